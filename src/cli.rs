@@ -1,0 +1,279 @@
+//! The `sealgate` command line. Errors are reported here, at the edge, with
+//! their context; the exit status is 0 for success, 1 for a failure, 2 for
+//! a usage error.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::spool::{QueueId, RecipientStatus, Spool, SqliteSpool};
+
+#[derive(Parser)]
+#[command(
+    name = "sealgate",
+    version,
+    about = "SMTP relay gateway that enforces qualified TLS on outbound mail"
+)]
+struct Cli {
+    /// Configuration file; without it the embedded defaults apply.
+    #[arg(long, short, global = true, env = "SEALGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect and change the queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Manage the users file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and check a configuration; print the error with file and line.
+    Check {
+        /// File to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Messages with pending recipients.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message with all its recipients.
+    Show {
+        id: QueueId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a message's pending recipients now.
+    Retry { id: QueueId },
+    /// Remove a message from the queue without a bounce.
+    Delete { id: QueueId },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Read a password from standard input and print a users-file line for NAME.
+    Hash { name: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let config = load_config(&cli.config)?;
+            init_logging();
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(crate::server::serve(config))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let Some(path) = file.or(cli.config) else {
+                bail!("name a file: sealgate config check FILE");
+            };
+            let config = Config::load(&path)?;
+            if let Some(users) = &config.auth.users_file {
+                crate::inbound::Users::load(users)?;
+            }
+            if let (Some(cert), Some(_)) = (&config.tls.certificate, &config.tls.private_key) {
+                crate::tls::load_certs(cert)?;
+            }
+            println!(
+                "{}: OK ({} listeners, {} tenants, {} routes)",
+                path.display(),
+                config.listeners.len(),
+                config.tenants.len(),
+                config.routes.len()
+            );
+            Ok(())
+        }
+        Command::Queue { command } => queue(load_config(&cli.config)?, command),
+        Command::User {
+            command: UserCommand::Hash { name },
+        } => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("password for {name} (one line):");
+            }
+            let mut password = String::new();
+            std::io::stdin().lock().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            let hash = crate::inbound::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{name}:{hash}");
+            Ok(())
+        }
+    }
+}
+
+fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()> {
+    let db = config.database_path();
+    if !db.exists() {
+        bail!(
+            "no spool at {} (has the gateway run with this data_dir?)",
+            db.display()
+        );
+    }
+    let spool = SqliteSpool::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    match command {
+        QueueCommand::List { json } => {
+            let list = spool.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:>9}  {:<19}  {:>7}  {:<30}  last reply",
+                "id", "size", "received", "pending", "sender"
+            );
+            for m in &list {
+                println!(
+                    "{:<16}  {:>9}  {:<19}  {:>3}/{:<3}  {:<30}  {}",
+                    m.id,
+                    m.size,
+                    time(m.received_at),
+                    m.pending,
+                    m.recipients,
+                    if m.sender.is_empty() { "<>" } else { &m.sender },
+                    m.last_reply.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} message(s)", list.len());
+            Ok(())
+        }
+        QueueCommand::Show { id, json } => {
+            let Some(m) = spool.show(id)? else {
+                bail!("{id}: no such message");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+                return Ok(());
+            }
+            let e = &m.envelope;
+            println!("id:        {}", m.id);
+            println!("tenant:    {}", e.tenant);
+            println!("from:      <{}>", e.sender);
+            println!("client:    {}", m.client);
+            println!("size:      {}", m.size);
+            println!("received:  {}", time(m.received_at));
+            println!("expires:   {}", time(m.expires_at));
+            for r in &m.recipients {
+                let status = match r.status {
+                    RecipientStatus::Pending => {
+                        format!("pending, next try {}", time(r.next_attempt))
+                    }
+                    RecipientStatus::Delivered => "delivered".into(),
+                    RecipientStatus::Failed => "failed".into(),
+                };
+                println!(
+                    "to:        <{}>  {status}, {} attempt(s)",
+                    r.address, r.attempts
+                );
+                if let Some(reply) = &r.last_reply {
+                    println!("           {reply}");
+                }
+            }
+            Ok(())
+        }
+        QueueCommand::Retry { id } => {
+            if let Some(answer) =
+                crate::control::request(&config.control_socket(), &format!("retry {id}"))
+            {
+                return report(answer);
+            }
+            let jobs = runtime.block_on(spool.retry(id, crate::queue::now()))?;
+            if jobs.is_empty() {
+                bail!("{id}: no pending recipients");
+            }
+            println!("{id}: due now; the gateway is not running, it will try at its next start");
+            Ok(())
+        }
+        QueueCommand::Delete { id } => {
+            if let Some(answer) =
+                crate::control::request(&config.control_socket(), &format!("delete {id}"))
+            {
+                return report(answer);
+            }
+            if !runtime.block_on(spool.delete(id))? {
+                bail!("{id}: no such message");
+            }
+            println!("{id}: deleted");
+            Ok(())
+        }
+    }
+}
+
+fn report(answer: String) -> anyhow::Result<()> {
+    match answer.strip_prefix("ok: ") {
+        Some(rest) => {
+            println!("{rest}");
+            Ok(())
+        }
+        None => bail!("{}", answer.strip_prefix("error: ").unwrap_or(&answer)),
+    }
+}
+
+fn time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

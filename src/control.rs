@@ -1,0 +1,108 @@
+//! The control socket: how `sealgate queue retry|delete` reach a running
+//! gateway, so that its schedule learns of the change at once.
+//!
+//! A Unix socket in `data_dir` (mode 0600). One request line, one reply
+//! line: `retry ID` or `delete ID`, answered `ok …` or `error …`. When no
+//! gateway runs, the CLI changes the spool itself.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use crate::queue::{QueueHandle, now};
+use crate::spool::{QueueId, Spool};
+
+pub struct Server {
+    listener: UnixListener,
+    spool: Arc<dyn Spool>,
+    queue: QueueHandle,
+}
+
+impl Server {
+    pub fn bind(path: &Path, spool: Arc<dyn Spool>, queue: QueueHandle) -> std::io::Result<Server> {
+        // A socket left by a killed gateway would block the bind.
+        if socket_answers(path) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another sealgate is running on {}", path.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Server {
+            listener,
+            spool,
+            queue,
+        })
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let stream = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+                _ = shutdown.changed() => return,
+            };
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.is_err() {
+                continue;
+            }
+            let answer = self.handle(line.trim()).await;
+            let _ = stream
+                .get_mut()
+                .write_all(format!("{answer}\n").as_bytes())
+                .await;
+        }
+    }
+
+    async fn handle(&self, line: &str) -> String {
+        let Some((op, id)) = line.split_once(' ') else {
+            return format!("error: cannot understand `{line}`");
+        };
+        let id: QueueId = match id.parse() {
+            Ok(id) => id,
+            Err(e) => return format!("error: {e}"),
+        };
+        match op {
+            "retry" => match self.spool.retry(id, now()).await {
+                Ok(jobs) if jobs.is_empty() => format!("error: {id}: no pending recipients"),
+                Ok(jobs) => {
+                    let n = jobs.len();
+                    self.queue.due(jobs);
+                    format!("ok: {id}: {n} destination(s) scheduled now")
+                }
+                Err(e) => format!("error: {e}"),
+            },
+            "delete" => match self.spool.delete(id).await {
+                Ok(true) => format!("ok: {id}: deleted"),
+                Ok(false) => format!("error: {id}: no such message"),
+                Err(e) => format!("error: {e}"),
+            },
+            _ => format!("error: unknown operation `{op}`"),
+        }
+    }
+}
+
+fn socket_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Sends one request to a running gateway; `None` when none is listening.
+pub fn request(path: &Path, line: &str) -> Option<String> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .ok()?;
+    Some(answer.trim().to_string())
+}

@@ -1,0 +1,859 @@
+//! One inbound SMTP session: the state machine from greeting to QUIT.
+//!
+//! Commands are parsed by smtp-proto; message data is un-dot-stuffed by its
+//! `DataReceiver`, which only ends on CRLF.CRLF (a bare-LF dot does not end
+//! the data, so SMTP smuggling finds no second end marker here). Replies are
+//! collected and written when the input buffer is used up, which is what
+//! PIPELINING (RFC 2920) needs. Every limit answers with its own reply and
+//! leaves the session usable, or closes it with a 421.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
+    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::InboundContext;
+use super::auth;
+use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
+use crate::qualify::TlsFacts;
+use crate::reply::Reply;
+use crate::spool::{Envelope, NewMessage, Notify, Recipient, Ret, SpoolError, TenantId};
+use crate::tls::ClientIdentity;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why relaying is allowed in this session.
+#[derive(Debug, Clone)]
+enum Authorization {
+    Network(ipnet::IpNet),
+    User(String),
+    ClientCertificate(String),
+}
+
+/// The mail transaction in progress (RFC 5321 §3.3).
+#[derive(Debug, Default)]
+struct Transaction {
+    sender: String,
+    env_id: Option<String>,
+    ret: Option<Ret>,
+    smtputf8: bool,
+    body_8bit: bool,
+    recipients: Vec<Recipient>,
+}
+
+/// What the input bytes are, at this point of the session.
+enum Phase {
+    Command,
+    /// After an over-long command line: skip to its end.
+    DiscardLine,
+    Data,
+    /// Over the size limit: read to the end of the data and throw it away.
+    DiscardData(DummyDataReceiver),
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPassword(String),
+}
+
+/// What the session loop does after a batch of input.
+enum Next {
+    Continue,
+    StartTls,
+    Close,
+}
+
+struct Session {
+    ctx: Arc<InboundContext>,
+    listener: ListenerConfig,
+    remote: SocketAddr,
+    out: Vec<u8>,
+    phase: Phase,
+    requests: RequestReceiver,
+    data: DataReceiver,
+    message: Vec<u8>,
+    auth_line: Vec<u8>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsFacts>,
+    client_cert: Option<ClientIdentity>,
+    relay: Option<(TenantId, Authorization)>,
+    authenticated: bool,
+    tx: Option<Transaction>,
+    errors: u32,
+    auth_failures: u32,
+}
+
+pub async fn run(
+    ctx: Arc<InboundContext>,
+    listener: ListenerConfig,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) {
+    let mut session = Session::new(ctx, listener, remote);
+    let mut stream: Box<dyn Io> = Box::new(tcp);
+    if listener_tls(&session) == ListenerTls::Implicit {
+        match session.handshake(stream).await {
+            Some(s) => stream = s,
+            None => return,
+        }
+    }
+    let greeting = Reply {
+        code: 220,
+        status: [0, 0, 0],
+        text: format!("{} ESMTP sealgate", session.ctx.config.hostname).into(),
+    };
+    session.reply(greeting);
+    if let Err(e) = session.serve(stream).await {
+        tracing::debug!(remote = %session.remote, "session ended: {e}");
+    }
+}
+
+fn listener_tls(s: &Session) -> ListenerTls {
+    s.listener.tls
+}
+
+impl Session {
+    fn new(ctx: Arc<InboundContext>, listener: ListenerConfig, remote: SocketAddr) -> Session {
+        let mut s = Session {
+            ctx,
+            listener,
+            remote,
+            out: Vec::with_capacity(1024),
+            phase: Phase::Command,
+            requests: RequestReceiver::default(),
+            data: DataReceiver::new(),
+            message: Vec::new(),
+            auth_line: Vec::new(),
+            helo: None,
+            esmtp: false,
+            tls: None,
+            client_cert: None,
+            relay: None,
+            authenticated: false,
+            tx: None,
+            errors: 0,
+            auth_failures: 0,
+        };
+        s.relay = s.network_authorization();
+        s
+    }
+
+    /// Relay by client network applies on relay listeners only: submission
+    /// requires authentication (RFC 6409 §4.3).
+    fn network_authorization(&self) -> Option<(TenantId, Authorization)> {
+        if self.listener.mode != ListenerMode::Relay {
+            return None;
+        }
+        let ip = self.remote.ip();
+        self.ctx.config.tenants.iter().find_map(|t| {
+            t.networks
+                .iter()
+                .find(|n| n.contains(&ip))
+                .map(|n| (TenantId(t.id.clone()), Authorization::Network(*n)))
+        })
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    /// A reply to a command that was wrong; too many of them end the session.
+    fn error(&mut self, reply: Reply) -> Next {
+        self.errors += 1;
+        self.reply(reply);
+        if self.errors >= self.ctx.config.limits.max_errors {
+            self.reply(Reply::TOO_MANY_ERRORS);
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    async fn serve(&mut self, mut stream: Box<dyn Io>) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                stream.flush().await?;
+                self.out.clear();
+            }
+            let in_data = matches!(self.phase, Phase::Data | Phase::DiscardData(_));
+            let limit = if in_data {
+                self.ctx.config.limits.data_timeout
+            } else {
+                self.ctx.config.limits.command_timeout
+            };
+            let busy = in_data || self.tx.is_some();
+            let read = tokio::select! {
+                r = timeout(limit, stream.read(&mut buf)) => r,
+                // Shutting down: an idle session is told to come back later;
+                // one in a transaction is left to finish it.
+                _ = shutdown.changed(), if !busy => {
+                    self.reply(Reply::SHUTTING_DOWN);
+                    stream.write_all(&self.out).await?;
+                    return stream.shutdown().await;
+                }
+            };
+            let n = match read {
+                Err(_) => {
+                    self.reply(Reply::TIMEOUT);
+                    stream.write_all(&self.out).await?;
+                    return stream.shutdown().await;
+                }
+                Ok(Ok(0)) => {
+                    if in_data {
+                        tracing::info!(remote = %self.remote, "client disconnected during DATA; nothing queued");
+                    }
+                    return Ok(());
+                }
+                Ok(r) => r?,
+            };
+            match self.ingest(&buf[..n]).await {
+                Next::Continue => {}
+                Next::Close => {
+                    stream.write_all(&self.out).await?;
+                    return stream.shutdown().await;
+                }
+                Next::StartTls => {
+                    stream.write_all(&self.out).await?;
+                    stream.flush().await?;
+                    self.out.clear();
+                    match self.handshake(stream).await {
+                        Some(s) => stream = s,
+                        None => return Ok(()),
+                    }
+                }
+            }
+            if *shutdown.borrow() && self.tx.is_none() && matches!(self.phase, Phase::Command) {
+                self.reply(Reply::SHUTTING_DOWN);
+                stream.write_all(&self.out).await?;
+                return stream.shutdown().await;
+            }
+        }
+    }
+
+    /// TLS handshake (STARTTLS or implicit); on success the session starts over (RFC 3207 §4.2).
+    async fn handshake(&mut self, stream: Box<dyn Io>) -> Option<Box<dyn Io>> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.config.clone());
+        let tls = match timeout(
+            self.ctx.config.limits.command_timeout,
+            acceptor.accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(remote = %self.remote, "TLS handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(remote = %self.remote, "TLS handshake timed out");
+                return None;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        self.tls = crate::tls::facts(conn, false);
+        self.client_cert = conn
+            .peer_certificates()
+            .and_then(|chain| ClientIdentity::from_chain(self.ctx.tls.client_ca.as_deref(), chain));
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        self.requests = RequestReceiver::default();
+        if let Some(auth) = self.certificate_authorization() {
+            self.relay = Some(auth);
+        }
+        Some(Box::new(tls))
+    }
+
+    fn certificate_authorization(&self) -> Option<(TenantId, Authorization)> {
+        let id = self.client_cert.as_ref()?;
+        self.ctx.config.tenants.iter().find_map(|t| {
+            let matched = t.client_certificates.iter().any(|rule| match rule {
+                ClientCertRule::Sha256(fp) => *fp == id.sha256,
+                ClientCertRule::Subject(s) => id.chain_verified && *s == id.subject,
+                ClientCertRule::San(name) => {
+                    id.chain_verified && id.dns_names.iter().any(|d| d.eq_ignore_ascii_case(name))
+                }
+            });
+            matched.then(|| {
+                (
+                    TenantId(t.id.clone()),
+                    Authorization::ClientCertificate(id.fingerprint()),
+                )
+            })
+        })
+    }
+
+    /// Processes one chunk of input.
+    async fn ingest(&mut self, chunk: &[u8]) -> Next {
+        let mut bytes = chunk.iter();
+        loop {
+            match &mut self.phase {
+                Phase::Command => {
+                    let request = match self.requests.ingest(&mut bytes) {
+                        Ok(r) => r.into_owned(),
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => return Next::Continue,
+                        Err(smtp_proto::Error::ResponseTooLong) => {
+                            self.phase = Phase::DiscardLine;
+                            if let Next::Close = self.error(Reply::LINE_TOO_LONG) {
+                                return Next::Close;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            if let Next::Close = self.error(parse_error_reply(&e)) {
+                                return Next::Close;
+                            }
+                            continue;
+                        }
+                    };
+                    match self.command(request).await {
+                        Next::Continue => {}
+                        Next::Close => return Next::Close,
+                        // Whatever the client pipelined after STARTTLS is
+                        // dropped, never read as if it came over TLS.
+                        Next::StartTls => return Next::StartTls,
+                    }
+                }
+                Phase::DiscardLine => {
+                    let rest = bytes.as_slice();
+                    match rest.iter().position(|b| *b == b'\n') {
+                        Some(i) => {
+                            bytes = rest[i + 1..].iter();
+                            self.phase = Phase::Command;
+                            self.requests = RequestReceiver::default();
+                        }
+                        None => return Next::Continue,
+                    }
+                }
+                Phase::Data => {
+                    let done = self.data.ingest(&mut bytes, &mut self.message);
+                    if done {
+                        self.phase = Phase::Command;
+                        self.finish_data().await;
+                    } else if self.message.len() > self.ctx.config.limits.max_message_size {
+                        self.phase = Phase::DiscardData(DummyDataReceiver::new_data(&self.data));
+                        self.message = Vec::new();
+                    } else {
+                        return Next::Continue;
+                    }
+                }
+                Phase::DiscardData(receiver) => {
+                    if receiver.ingest(&mut bytes) {
+                        self.phase = Phase::Command;
+                        self.tx = None;
+                        self.reply(Reply::MESSAGE_TOO_BIG.with_text(format!(
+                            "Message size exceeds fixed limit of {} bytes",
+                            self.ctx.config.limits.max_message_size
+                        )));
+                    } else {
+                        return Next::Continue;
+                    }
+                }
+                Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
+                    let rest = bytes.as_slice();
+                    let Some(i) = rest.iter().position(|b| *b == b'\n') else {
+                        if self.auth_line.len() + rest.len() > 4096 {
+                            self.phase = Phase::DiscardLine;
+                            self.auth_line.clear();
+                            return self.error(Reply::AUTH_MALFORMED);
+                        }
+                        self.auth_line.extend_from_slice(rest);
+                        return Next::Continue;
+                    };
+                    self.auth_line.extend_from_slice(&rest[..=i]);
+                    bytes = rest[i + 1..].iter();
+                    let line = std::mem::take(&mut self.auth_line);
+                    if let Next::Close = self.auth_step(&line).await {
+                        return Next::Close;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, request: Request<String>) -> Next {
+        match request {
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
+            Request::Lhlo { .. } => self.error(Reply::UNKNOWN_COMMAND),
+            Request::StartTls => self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Rset => {
+                self.tx = None;
+                self.reply(Reply::RESET_OK);
+                Next::Continue
+            }
+            Request::Noop { .. } => {
+                self.reply(Reply::OK);
+                Next::Continue
+            }
+            Request::Quit => {
+                self.reply(Reply::BYE);
+                Next::Close
+            }
+            Request::Vrfy { .. } => {
+                self.reply(Reply::VRFY_REFUSED);
+                Next::Continue
+            }
+            Request::Bdat { .. }
+            | Request::Expn { .. }
+            | Request::Help { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => self.error(Reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.listener.tls == ListenerTls::Starttls && self.tls.is_none()
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.tls.is_some() && !self.ctx.users.is_empty() && !self.authenticated
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) -> Next {
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        self.tx = None;
+        let name = &self.ctx.config.hostname;
+        if !esmtp {
+            self.reply(Reply::OK.with_text(name.clone()));
+            return Next::Continue;
+        }
+        let mut lines = vec![
+            name.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.ctx.config.limits.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "DSN".into(),
+        ];
+        if self.starttls_offered() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        // EHLO replies carry no enhanced status code (RFC 2034 §3).
+        self.reply(Reply {
+            code: 250,
+            status: [0, 0, 0],
+            text: lines.join("\n").into(),
+        });
+        Next::Continue
+    }
+
+    fn starttls(&mut self) -> Next {
+        if self.tls.is_some() {
+            return self.error(Reply::ALREADY_TLS);
+        }
+        if !self.starttls_offered() {
+            return self.error(Reply::NOT_IMPLEMENTED);
+        }
+        self.reply(Reply::READY_FOR_TLS);
+        Next::StartTls
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Next {
+        if self.authenticated {
+            return self.error(Reply::ALREADY_AUTHENTICATED);
+        }
+        if self.ctx.users.is_empty() {
+            return self.error(Reply::NOT_IMPLEMENTED);
+        }
+        if self.tls.is_none() {
+            // RFC 4954 §4: no passwords over an unencrypted session.
+            return self.error(Reply::TLS_REQUIRED);
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::BAD_SEQUENCE);
+        }
+        match mechanism {
+            AUTH_PLAIN if initial.is_empty() => {
+                self.reply(prompt(""));
+                self.phase = Phase::AuthPlain;
+            }
+            AUTH_PLAIN => return self.auth_plain(initial.as_bytes()).await,
+            AUTH_LOGIN if initial.is_empty() => {
+                self.reply(prompt("Username:"));
+                self.phase = Phase::AuthLoginUser;
+            }
+            AUTH_LOGIN => match auth::decode(initial.as_bytes()) {
+                Some(user) => {
+                    self.reply(prompt("Password:"));
+                    self.phase = Phase::AuthLoginPassword(user);
+                }
+                None => return self.error(Reply::AUTH_MALFORMED),
+            },
+            _ => return self.error(Reply::AUTH_MECHANISM_UNSUPPORTED),
+        }
+        Next::Continue
+    }
+
+    /// One line of a SASL exchange.
+    async fn auth_step(&mut self, line: &[u8]) -> Next {
+        let phase = std::mem::replace(&mut self.phase, Phase::Command);
+        if line.trim_ascii() == b"*" {
+            // RFC 4954 §4: the client cancels the exchange.
+            return self.error(Reply::AUTH_CANCELLED);
+        }
+        match phase {
+            Phase::AuthPlain => self.auth_plain(line).await,
+            Phase::AuthLoginUser => match auth::decode(line) {
+                Some(user) => {
+                    self.reply(prompt("Password:"));
+                    self.phase = Phase::AuthLoginPassword(user);
+                    Next::Continue
+                }
+                None => self.error(Reply::AUTH_MALFORMED),
+            },
+            Phase::AuthLoginPassword(user) => match auth::decode(line) {
+                Some(password) => self.check_credentials(user, password).await,
+                None => self.error(Reply::AUTH_MALFORMED),
+            },
+            other => {
+                self.phase = other;
+                Next::Continue
+            }
+        }
+    }
+
+    async fn auth_plain(&mut self, response: &[u8]) -> Next {
+        match auth::decode(response).and_then(|m| auth::split_plain(&m)) {
+            Some((user, password)) => self.check_credentials(user, password).await,
+            None => self.error(Reply::AUTH_MALFORMED),
+        }
+    }
+
+    async fn check_credentials(&mut self, user: String, password: String) -> Next {
+        let users = self.ctx.users.clone();
+        let name = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let config = &self.ctx.config;
+            let tenant = config
+                .tenants
+                .iter()
+                .find(|t| t.users.contains(&user))
+                .map(|t| t.id.clone())
+                .unwrap_or_else(|| config.default_tenant.clone());
+            tracing::info!(remote = %self.remote, %user, %tenant, "authenticated");
+            self.authenticated = true;
+            self.relay = Some((TenantId(tenant), Authorization::User(user)));
+            self.reply(Reply::AUTH_OK);
+            return Next::Continue;
+        }
+        tracing::info!(remote = %self.remote, %user, "authentication failed");
+        self.auth_failures += 1;
+        self.reply(Reply::AUTH_INVALID);
+        if self.auth_failures >= self.ctx.config.limits.max_auth_failures {
+            self.reply(Reply::TOO_MANY_ERRORS);
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Next {
+        if self.helo.is_none() {
+            return self.error(Reply::NEED_EHLO);
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::BAD_SEQUENCE.with_text("Nested MAIL command"));
+        }
+        if self.listener.mode == ListenerMode::Submission && self.relay.is_none() {
+            return self.error(
+                if self.tls.is_none() && self.listener.tls == ListenerTls::Starttls {
+                    Reply::TLS_REQUIRED
+                } else {
+                    Reply::AUTH_REQUIRED
+                },
+            );
+        }
+        let limit = self.ctx.config.limits.max_message_size;
+        if from.size > limit {
+            return self.error(
+                Reply::MESSAGE_TOO_BIG
+                    .with_text(format!("Message size exceeds fixed limit of {limit} bytes")),
+            );
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
+        }
+        self.tx = Some(Transaction {
+            sender: from.address,
+            env_id: from.env_id,
+            ret: if from.flags & MAIL_RET_FULL != 0 {
+                Some(Ret::Full)
+            } else if from.flags & MAIL_RET_HDRS != 0 {
+                Some(Ret::Headers)
+            } else {
+                None
+            },
+            smtputf8,
+            body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            recipients: Vec::new(),
+        });
+        self.reply(Reply::SENDER_OK);
+        Next::Continue
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Next {
+        let Some(tx) = &self.tx else {
+            return self.error(Reply::NEED_MAIL);
+        };
+        let smtputf8 = tx.smtputf8;
+        let count = tx.recipients.len();
+        let (domain_ok, address) = match to.address.rsplit_once('@') {
+            Some((local, domain)) => (!local.is_empty() && !domain.is_empty(), to.address.clone()),
+            None => (false, to.address.clone()),
+        };
+        if !domain_ok {
+            return self
+                .error(Reply::BAD_RECIPIENT.with_text("Recipient address must be local@domain"));
+        }
+        if !smtputf8 && !address.is_ascii() {
+            return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
+        }
+        if self.relay.is_none() {
+            // We own no mailboxes: every recipient is a relay request.
+            tracing::info!(remote = %self.remote, rcpt = %address, "relay denied");
+            return self
+                .error(Reply::RELAY_DENIED.with_text(format!("<{address}>: Relay access denied")));
+        }
+        if count >= self.ctx.config.limits.max_recipients {
+            self.reply(Reply::TOO_MANY_RECIPIENTS);
+            return Next::Continue;
+        }
+        let f = to.flags;
+        let notify = Notify {
+            success: f & RCPT_NOTIFY_SUCCESS != 0,
+            failure: f & RCPT_NOTIFY_FAILURE != 0,
+            delay: f & RCPT_NOTIFY_DELAY != 0,
+            never: f & RCPT_NOTIFY_NEVER != 0,
+            explicit: f
+                & (RCPT_NOTIFY_SUCCESS
+                    | RCPT_NOTIFY_FAILURE
+                    | RCPT_NOTIFY_DELAY
+                    | RCPT_NOTIFY_NEVER)
+                != 0,
+        };
+        if let Some(tx) = &mut self.tx {
+            tx.recipients
+                .push(Recipient::new(address, to.orcpt, notify));
+        }
+        self.reply(Reply::RECIPIENT_OK);
+        Next::Continue
+    }
+
+    fn data(&mut self) -> Next {
+        match &self.tx {
+            None => self.error(Reply::NEED_MAIL),
+            Some(tx) if tx.recipients.is_empty() => self.error(Reply::NO_VALID_RECIPIENTS),
+            Some(_) => {
+                self.reply(Reply::START_DATA);
+                self.phase = Phase::Data;
+                self.data = DataReceiver::new();
+                self.message.clear();
+                Next::Continue
+            }
+        }
+    }
+
+    /// The end of DATA: check the content, make it durable, then answer.
+    async fn finish_data(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let data = std::mem::take(&mut self.message);
+        let limits = &self.ctx.config.limits;
+        if data.len() > limits.max_message_size {
+            self.reply(Reply::MESSAGE_TOO_BIG.with_text(format!(
+                "Message size exceeds fixed limit of {} bytes",
+                limits.max_message_size
+            )));
+            return;
+        }
+        if let Some(len) = longest_line(&data).filter(|l| *l > limits.max_line_length) {
+            self.reply(Reply::DATA_LINE_TOO_LONG.with_text(format!(
+                "Message has a line of {len} bytes; the limit is {}",
+                limits.max_line_length
+            )));
+            return;
+        }
+        let Some((tenant, authorization)) = self.relay.clone() else {
+            // Cannot happen: RCPT refuses every recipient without relay rights.
+            self.reply(Reply::NO_VALID_RECIPIENTS);
+            return;
+        };
+        let spool = &self.ctx.spool;
+        let id = spool.next_id();
+        let now = chrono::Local::now();
+        let received = self.received_header(&tx, id, &now);
+        let mut body = Vec::with_capacity(received.len() + data.len() + 16);
+        body.extend_from_slice(received.as_bytes());
+        normalize_line_ends(&data, &mut body);
+        let domains = {
+            let mut d: Vec<String> = tx.recipients.iter().map(|r| r.domain.clone()).collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        let received_at = now.timestamp();
+        let lifetime = self.ctx.config.queue.max_lifetime.as_secs() as i64;
+        let message = NewMessage {
+            id,
+            envelope: Envelope {
+                tenant: tenant.clone(),
+                sender: tx.sender,
+                env_id: tx.env_id,
+                ret: tx.ret,
+                smtputf8: tx.smtputf8,
+                body_8bit: tx.body_8bit,
+                recipients: tx.recipients,
+            },
+            received_at,
+            expires_at: received_at + lifetime,
+            client: format!(
+                "{} helo={} {}",
+                self.remote.ip(),
+                self.helo.as_deref().unwrap_or(""),
+                match &authorization {
+                    Authorization::Network(n) => format!("network={n}"),
+                    Authorization::User(u) => format!("user={u}"),
+                    Authorization::ClientCertificate(fp) => format!("cert-sha256={fp}"),
+                }
+            ),
+            body,
+        };
+        let size = message.body.len();
+        let rcpts = message.envelope.recipients.len();
+        match spool.store(message).await {
+            Ok(()) => {
+                tracing::info!(%id, remote = %self.remote, %tenant, size, rcpts, "queued");
+                self.ctx.queue.submitted(id, domains, received_at);
+                self.reply(Reply::OK.with_text(format!("Ok: queued as {id}")));
+            }
+            Err(SpoolError::Full(e)) => {
+                tracing::error!(remote = %self.remote, "spool full, message refused: {e}");
+                self.reply(Reply::STORAGE_FULL);
+            }
+            Err(e) => {
+                tracing::error!(remote = %self.remote, "spool error, message refused: {e}");
+                self.reply(Reply::STORAGE_ERROR);
+            }
+        }
+    }
+
+    /// Our trace header (RFC 5321 §4.4), with the TLS facts of this session.
+    fn received_header(
+        &self,
+        tx: &Transaction,
+        id: crate::spool::QueueId,
+        now: &chrono::DateTime<chrono::Local>,
+    ) -> String {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let mut h = format!("Received: from {helo} ([{}])", self.remote.ip());
+        if let Some(tls) = &self.tls {
+            h.push_str(&format!(
+                "\r\n\t(using {} with cipher {}",
+                tls.version, tls.cipher_suite
+            ));
+            if let Some(group) = &tls.kx_group {
+                h.push_str(&format!(" key-exchange {group}"));
+            }
+            h.push(')');
+        }
+        if let Some((_, Authorization::ClientCertificate(fp))) = &self.relay {
+            h.push_str(&format!("\r\n\t(client certificate SHA-256 {fp})"));
+        }
+        // RFC 3848 and RFC 6531 §3.7.3 protocol names.
+        let protocol = format!(
+            "{}{}{}{}",
+            if tx.smtputf8 {
+                "UTF8SMTP"
+            } else if self.esmtp {
+                "ESMTP"
+            } else {
+                "SMTP"
+            },
+            if self.tls.is_some() { "S" } else { "" },
+            if self.authenticated { "A" } else { "" },
+            ""
+        );
+        h.push_str(&format!(
+            "\r\n\tby {} (sealgate) with {protocol} id {id}",
+            self.ctx.config.hostname
+        ));
+        if let [only] = tx.recipients.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{}>", only.address));
+        }
+        h.push_str(&format!("; {}\r\n", now.to_rfc2822()));
+        h
+    }
+}
+
+/// Copies message data, turning a bare LF into CRLF so that every line
+/// ends the same way on the way out.
+fn normalize_line_ends(data: &[u8], out: &mut Vec<u8>) {
+    let mut prev = 0u8;
+    for &b in data {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+}
+
+/// Length of the longest line, without its line end.
+fn longest_line(data: &[u8]) -> Option<usize> {
+    data.split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
+        .max()
+}
+
+fn prompt(text: &str) -> Reply {
+    Reply {
+        code: 334,
+        status: [0, 0, 0],
+        text: auth::encode(text).into(),
+    }
+}
+
+fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::UnknownCommand => Reply::UNKNOWN_COMMAND,
+        E::InvalidSenderAddress => Reply::BAD_SENDER,
+        E::InvalidRecipientAddress => Reply::BAD_RECIPIENT,
+        E::SyntaxError { syntax } => Reply::SYNTAX_ERROR.with_text(format!("Syntax: {syntax}")),
+        E::InvalidParameter { param } => {
+            Reply::SYNTAX_ERROR.with_text(format!("Invalid parameter {param}"))
+        }
+        E::UnsupportedParameter { param } => {
+            Reply::PARAM_NOT_IMPLEMENTED.with_text(format!("Unsupported parameter {param}"))
+        }
+        E::ResponseTooLong => Reply::LINE_TOO_LONG,
+        _ => Reply::SYNTAX_ERROR,
+    }
+}

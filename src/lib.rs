@@ -1,0 +1,19 @@
+//! sealgate: an outbound SMTP relay that delivers a message only over a
+//! transport good enough for it, and proves which transport it used.
+//!
+//! The modules follow the data flow of a message:
+//! `inbound` → `spool` → `queue` → `outbound` (with `dns` and `qualify`),
+//! wired together by `server`. See docs/ARCHITECTURE.md.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod dns;
+pub mod inbound;
+pub mod outbound;
+pub mod qualify;
+pub mod queue;
+pub mod reply;
+pub mod server;
+pub mod spool;
+pub mod tls;

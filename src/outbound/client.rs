@@ -1,0 +1,553 @@
+//! An SMTP client connection: greeting, EHLO, STARTTLS, and transactions
+//! with PIPELINING (RFC 2920) and per-recipient replies.
+//!
+//! Replies are framed here (lines up to the one without a `-`) and parsed by
+//! smtp-proto. Every network wait has a timeout; any I/O or protocol error
+//! makes the connection unusable, and the caller defers what was not
+//! confirmed.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+
+use crate::qualify::TlsFacts;
+use crate::reply::Reply;
+use crate::spool::{Envelope, Recipient, Ret};
+
+/// Longest reply we read, in all lines.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("timeout after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("unparsable reply from peer: {0}")]
+    Protocol(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The peer refused us at greeting or EHLO.
+    #[error("peer refused the session: {0}")]
+    Refused(Reply),
+}
+
+/// Timeouts for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub data: Duration,
+}
+
+/// What the peer offered in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    /// SIZE limit, 0 when none was given.
+    pub size: Option<usize>,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The replies of one transaction.
+#[derive(Debug, Clone)]
+pub struct TransactionReplies {
+    /// One entry per recipient, in order: the reply that decides its fate
+    /// (the MAIL reply if MAIL failed, the RCPT reply if RCPT failed, else
+    /// the reply after the data).
+    pub per_recipient: Vec<Reply>,
+}
+
+/// One SMTP session to a peer.
+pub struct SmtpClient {
+    stream: BufReader<Stream>,
+    pub peer: SocketAddr,
+    pub host: String,
+    pub caps: Capabilities,
+    pub tls: Option<TlsFacts>,
+    /// The peer offered STARTTLS but the handshake failed (we fell back to plaintext).
+    pub tls_failure: Option<String>,
+    pub transactions: usize,
+    /// Replies read so far: tells whether a failed transaction got anywhere.
+    replies: usize,
+    timeouts: Timeouts,
+    helo: String,
+}
+
+impl SmtpClient {
+    /// Connects, reads the greeting and says EHLO.
+    pub async fn connect(
+        peer: SocketAddr,
+        host: &str,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<SmtpClient, ClientError> {
+        let tcp = timeout(timeouts.connect, TcpStream::connect(peer))
+            .await
+            .map_err(|_| ClientError::Timeout(timeouts.connect, "TCP connect"))?
+            .map_err(|e| ClientError::Connect(peer, e))?;
+        let _ = tcp.set_nodelay(true);
+        let mut client = SmtpClient {
+            stream: BufReader::new(Stream::Plain(tcp)),
+            peer,
+            host: host.to_string(),
+            caps: Capabilities::default(),
+            tls: None,
+            tls_failure: None,
+            transactions: 0,
+            replies: 0,
+            timeouts,
+            helo: helo.to_string(),
+        };
+        let greeting = client.read_reply(timeouts.command, "greeting").await?.0;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused(greeting));
+        }
+        client.ehlo().await?;
+        Ok(client)
+    }
+
+    async fn ehlo(&mut self) -> Result<(), ClientError> {
+        self.write(format!("EHLO {}\r\n", self.helo).as_bytes())
+            .await?;
+        let (reply, raw) = self.read_reply(self.timeouts.command, "EHLO reply").await?;
+        if reply.code == 250 {
+            let ehlo = EhloResponse::parse(&mut raw.iter())
+                .map_err(|e| ClientError::Protocol(format!("EHLO reply: {e}")))?;
+            self.caps = Capabilities {
+                pipelining: ehlo.has_capability(EXT_PIPELINING),
+                starttls: ehlo.has_capability(EXT_START_TLS),
+                eight_bit: ehlo.has_capability(EXT_8BIT_MIME),
+                smtputf8: ehlo.has_capability(EXT_SMTP_UTF8),
+                dsn: ehlo.has_capability(EXT_DSN),
+                size: ehlo
+                    .has_capability(EXT_SIZE)
+                    .then_some(ehlo.size)
+                    .filter(|s| *s > 0),
+            };
+            return Ok(());
+        }
+        if !reply.is_permanent() {
+            return Err(ClientError::Refused(reply));
+        }
+        // RFC 5321 §3.2: a server that does not know EHLO gets HELO.
+        self.write(format!("HELO {}\r\n", self.helo).as_bytes())
+            .await?;
+        let reply = self
+            .read_reply(self.timeouts.command, "HELO reply")
+            .await?
+            .0;
+        if reply.code != 250 {
+            return Err(ClientError::Refused(reply));
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    /// Upgrades to TLS (RFC 3207) and says EHLO again. On `Err` the connection is unusable.
+    pub async fn starttls(
+        mut self,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<SmtpClient, (ClientError, Option<Reply>)> {
+        if let Err(e) = self.write(b"STARTTLS\r\n").await {
+            return Err((e, None));
+        }
+        let reply = match self
+            .read_reply(self.timeouts.command, "STARTTLS reply")
+            .await
+        {
+            Ok((r, _)) => r,
+            Err(e) => return Err((e, None)),
+        };
+        if reply.code != 220 {
+            return Err((
+                ClientError::Tls(format!("peer refused STARTTLS: {reply}")),
+                Some(reply),
+            ));
+        }
+        // Anything the peer sent after its 220 would be read as if it came
+        // over TLS: a known injection (CVE-2011-0411); refuse it.
+        if !self.stream.buffer().is_empty() {
+            return Err((
+                ClientError::Protocol("peer sent data after its STARTTLS reply".into()),
+                None,
+            ));
+        }
+        let Stream::Plain(tcp) = self.stream.into_inner() else {
+            return Err((
+                ClientError::Protocol("STARTTLS on a TLS connection".into()),
+                None,
+            ));
+        };
+        let tls = match timeout(self.timeouts.command, connector.connect(server_name, tcp)).await {
+            Err(_) => {
+                return Err((
+                    ClientError::Timeout(self.timeouts.command, "TLS handshake"),
+                    None,
+                ));
+            }
+            Ok(Err(e)) => return Err((ClientError::Tls(e.to_string()), None)),
+            Ok(Ok(tls)) => tls,
+        };
+        let facts = crate::tls::facts(tls.get_ref().1, false);
+        self.stream = BufReader::new(Stream::Tls(Box::new(tls)));
+        self.tls = facts;
+        if let Err(e) = self.ehlo().await {
+            return Err((e, None));
+        }
+        Ok(self)
+    }
+
+    /// Sends one message to the given recipients and collects a reply for each.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        recipients: &[&Recipient],
+        body: &[u8],
+    ) -> Result<TransactionReplies, ClientError> {
+        self.transactions += 1;
+        let mail = self.mail_from(envelope, body.len());
+        let rcpts: Vec<String> = recipients.iter().map(|r| self.rcpt_to(r)).collect();
+        let mut replies = Vec::with_capacity(rcpts.len());
+        let mail_reply;
+        let data_reply;
+        if self.caps.pipelining {
+            let mut batch = mail.into_bytes();
+            for r in &rcpts {
+                batch.extend_from_slice(r.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await?;
+            mail_reply = self
+                .read_reply(self.timeouts.command, "MAIL reply")
+                .await?
+                .0;
+            for _ in &rcpts {
+                replies.push(
+                    self.read_reply(self.timeouts.command, "RCPT reply")
+                        .await?
+                        .0,
+                );
+            }
+            data_reply = self
+                .read_reply(self.timeouts.command, "DATA reply")
+                .await?
+                .0;
+        } else {
+            self.write(mail.as_bytes()).await?;
+            mail_reply = self
+                .read_reply(self.timeouts.command, "MAIL reply")
+                .await?
+                .0;
+            if !mail_reply.is_positive() {
+                return self.abort(vec![mail_reply; recipients.len()]).await;
+            }
+            for r in &rcpts {
+                self.write(r.as_bytes()).await?;
+                replies.push(
+                    self.read_reply(self.timeouts.command, "RCPT reply")
+                        .await?
+                        .0,
+                );
+            }
+            if !replies.iter().any(Reply::is_positive) {
+                return self.abort(replies).await;
+            }
+            self.write(b"DATA\r\n").await?;
+            data_reply = self
+                .read_reply(self.timeouts.command, "DATA reply")
+                .await?
+                .0;
+        }
+        if !mail_reply.is_positive() {
+            return self.abort(vec![mail_reply; recipients.len()]).await;
+        }
+        if data_reply.code != 354 {
+            // No recipient accepted (the pipelined DATA then fails), or DATA itself refused.
+            let replies = replies
+                .into_iter()
+                .map(|r| {
+                    if r.is_positive() {
+                        data_reply.clone()
+                    } else {
+                        r
+                    }
+                })
+                .collect();
+            return self.abort(replies).await;
+        }
+        self.write_data(body).await?;
+        let final_reply = self
+            .read_reply(self.timeouts.data, "reply after DATA")
+            .await?
+            .0;
+        let per_recipient = replies
+            .into_iter()
+            .map(|r| {
+                if r.is_positive() {
+                    final_reply.clone()
+                } else {
+                    r
+                }
+            })
+            .collect();
+        Ok(TransactionReplies { per_recipient })
+    }
+
+    async fn abort(
+        &mut self,
+        per_recipient: Vec<Reply>,
+    ) -> Result<TransactionReplies, ClientError> {
+        self.write(b"RSET\r\n").await?;
+        self.read_reply(self.timeouts.command, "RSET reply").await?;
+        Ok(TransactionReplies { per_recipient })
+    }
+
+    fn mail_from(&self, e: &Envelope, size: usize) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", e.sender);
+        if self.caps.size.is_some() {
+            cmd.push_str(&format!(" SIZE={size}"));
+        }
+        if e.body_8bit && self.caps.eight_bit {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if e.smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            match e.ret {
+                Some(Ret::Full) => cmd.push_str(" RET=FULL"),
+                Some(Ret::Headers) => cmd.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(id) = &e.env_id {
+                cmd.push_str(&format!(" ENVID={}", xtext(id)));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    fn rcpt_to(&self, r: &Recipient) -> String {
+        let mut cmd = format!("RCPT TO:<{}>", r.address);
+        if self.caps.dsn {
+            let n = r.notify;
+            if n.explicit {
+                let words: Vec<&str> = if n.never {
+                    vec!["NEVER"]
+                } else {
+                    [
+                        (n.success, "SUCCESS"),
+                        (n.failure, "FAILURE"),
+                        (n.delay, "DELAY"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, w)| on.then_some(w))
+                    .collect()
+                };
+                cmd.push_str(&format!(" NOTIFY={}", words.join(",")));
+            }
+            if let Some(orcpt) = &r.orcpt {
+                cmd.push_str(&format!(" ORCPT=rfc822;{}", xtext(orcpt)));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    /// Sends the body with dot-stuffing (RFC 5321 §4.5.2) and the final dot.
+    async fn write_data(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+        let mut at_line_start = true;
+        for &b in body {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !body.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        timeout(self.timeouts.data, self.write(&out))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeouts.data, "sending message data"))?
+    }
+
+    pub fn replies_read(&self) -> usize {
+        self.replies
+    }
+
+    /// Ends a session politely. Errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5), "QUIT reply").await;
+        }
+        let _ = self.stream.get_mut().shutdown().await;
+    }
+
+    /// Checks that an idle connection still works before reusing it.
+    pub async fn rset(&mut self) -> Result<(), ClientError> {
+        self.write(b"RSET\r\n").await?;
+        let reply = self
+            .read_reply(self.timeouts.command, "RSET reply")
+            .await?
+            .0;
+        if reply.code == 250 {
+            Ok(())
+        } else {
+            Err(ClientError::Refused(reply))
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let stream = self.stream.get_mut();
+        timeout(self.timeouts.command, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(self.timeouts.command, "sending a command"))??;
+        Ok(())
+    }
+
+    /// Reads one complete (possibly multi-line) reply; returns it parsed and raw.
+    async fn read_reply(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<(Reply, Vec<u8>), ClientError> {
+        let stream = &mut self.stream;
+        let raw = timeout(limit, async {
+            let mut raw = Vec::new();
+            loop {
+                let start = raw.len();
+                let n = stream.read_until(b'\n', &mut raw).await?;
+                if n == 0 {
+                    return Err(ClientError::Closed);
+                }
+                if raw.len() > MAX_REPLY {
+                    return Err(ClientError::Protocol(format!(
+                        "{what} longer than {MAX_REPLY} bytes"
+                    )));
+                }
+                let line = &raw[start..];
+                if line.len() < 4 || line[3] != b'-' {
+                    return Ok(raw);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(limit, what))??;
+        let parsed = ResponseReceiver::default()
+            .parse(&mut raw.iter())
+            .map_err(|e| {
+                ClientError::Protocol(format!("{what}: {e}: {:?}", String::from_utf8_lossy(&raw)))
+            })?;
+        self.replies += 1;
+        let reply = Reply {
+            code: parsed.code,
+            status: parsed.esc,
+            text: parsed.message.into(),
+        };
+        Ok((reply, raw))
+    }
+}
+
+/// xtext encoding (RFC 3461 §4): `+XX` for `+`, `=`, controls and non-ASCII.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A connector for opportunistic TLS (any certificate; evidence recorded).
+pub fn opportunistic_connector() -> tokio_rustls::TlsConnector {
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(crate::tls::OpportunisticVerifier::new()))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3461_4_xtext() {
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext("Bob@Example.COM"), "Bob@Example.COM");
+    }
+}

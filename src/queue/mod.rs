@@ -1,0 +1,459 @@
+//! Scheduling: which job runs when, with retry backoff, expiry, concurrency
+//! limits and bounces.
+//!
+//! A *job* is the pending recipients of one message in one domain. The spool
+//! holds every job's due time; this module keeps a copy in memory so that
+//! picking the next job never scans the queue: a binary heap orders future
+//! jobs by due time (O(log n)), and due jobs wait in one FIFO per domain,
+//! served round-robin so that one slow destination cannot starve the rest.
+//! A job's outcome is written to the spool, with the DSN it causes, in one
+//! transaction before the job is forgotten here.
+
+pub mod dsn;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::outbound::{Detail, Outbound, Outcome};
+use crate::spool::{AttemptRecord, DueJob, QueueId, RecipientOutcome, Spool};
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+enum Event {
+    Due(DueJob),
+    Finished {
+        id: QueueId,
+        domain: Arc<str>,
+        next: Option<i64>,
+    },
+}
+
+/// How the rest of the gateway tells the queue about work.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl QueueHandle {
+    /// A message was stored durably; its recipients' domains are due at `due`.
+    pub fn submitted(&self, id: QueueId, domains: Vec<String>, due: i64) {
+        for domain in domains {
+            let _ = self.tx.send(Event::Due(DueJob { id, domain, due }));
+        }
+    }
+
+    /// Jobs whose due time changed (recovery, `queue retry`).
+    pub fn due(&self, jobs: Vec<DueJob>) {
+        for job in jobs {
+            let _ = self.tx.send(Event::Due(job));
+        }
+    }
+}
+
+type Key = (QueueId, Arc<str>);
+
+/// The in-memory schedule. Every operation is O(log n) in the queue size,
+/// or O(number of domains) for a dispatch round when all are saturated.
+#[derive(Default)]
+struct Schedule {
+    /// Future jobs by due time; entries whose due time changed are skipped when popped.
+    waiting: BinaryHeap<Reverse<(i64, QueueId, Arc<str>)>>,
+    /// Due time of every job that is waiting or ready (not in flight).
+    due_at: HashMap<Key, i64>,
+    ready: HashMap<Arc<str>, VecDeque<QueueId>>,
+    /// Domains with ready jobs, served in turn.
+    rotation: VecDeque<Arc<str>>,
+    in_flight: HashSet<Key>,
+    active: HashMap<Arc<str>, usize>,
+    total_active: usize,
+}
+
+impl Schedule {
+    fn add(&mut self, job: DueJob, now: i64) {
+        let domain: Arc<str> = job.domain.into();
+        let key = (job.id, domain.clone());
+        if self.in_flight.contains(&key) {
+            return;
+        }
+        if let Some(&due) = self.due_at.get(&key) {
+            if due <= job.due {
+                return;
+            }
+        }
+        self.due_at.insert(key, job.due);
+        if job.due <= now {
+            self.make_ready(job.id, domain);
+        } else {
+            self.waiting.push(Reverse((job.due, job.id, domain)));
+        }
+    }
+
+    fn make_ready(&mut self, id: QueueId, domain: Arc<str>) {
+        let queue = self.ready.entry(domain.clone()).or_default();
+        if queue.is_empty() {
+            self.rotation.push_back(domain);
+        }
+        queue.push_back(id);
+    }
+
+    /// Moves every job that has come due into the ready queues.
+    fn promote(&mut self, now: i64) {
+        while let Some(Reverse((due, _, _))) = self.waiting.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, id, domain))) = self.waiting.pop() else {
+                break;
+            };
+            if self.due_at.get(&(id, domain.clone())) == Some(&due) {
+                self.make_ready(id, domain);
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.waiting.peek().map(|Reverse((due, _, _))| *due)
+    }
+
+    /// Takes the next job that the limits allow to start.
+    fn take(&mut self, max_total: usize, max_per_domain: usize) -> Option<Key> {
+        if self.total_active >= max_total {
+            return None;
+        }
+        for _ in 0..self.rotation.len() {
+            let domain = self.rotation.pop_front()?;
+            if self.active.get(&domain).copied().unwrap_or(0) >= max_per_domain {
+                self.rotation.push_back(domain);
+                continue;
+            }
+            let queue = self.ready.get_mut(&domain)?;
+            let id = queue.pop_front()?;
+            if queue.is_empty() {
+                self.ready.remove(&domain);
+            } else {
+                self.rotation.push_back(domain.clone());
+            }
+            let key = (id, domain.clone());
+            if self.due_at.remove(&key).is_none() {
+                // Stale (superseded) entry; look again.
+                continue;
+            }
+            self.in_flight.insert(key.clone());
+            *self.active.entry(domain).or_insert(0) += 1;
+            self.total_active += 1;
+            return Some(key);
+        }
+        None
+    }
+
+    fn finished(&mut self, key: &Key) {
+        if self.in_flight.remove(key) {
+            self.total_active -= 1;
+            if let Some(n) = self.active.get_mut(&key.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.active.remove(&key.1);
+                }
+            }
+        }
+    }
+}
+
+/// The queue manager and its delivery tasks.
+pub struct Queue {
+    config: Arc<Config>,
+    spool: Arc<dyn Spool>,
+    outbound: Arc<Outbound>,
+    events: mpsc::UnboundedReceiver<Event>,
+    handle: QueueHandle,
+}
+
+impl Queue {
+    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>, outbound: Arc<Outbound>) -> Queue {
+        let (tx, events) = mpsc::unbounded_channel();
+        Queue {
+            config,
+            spool,
+            outbound,
+            events,
+            handle: QueueHandle { tx },
+        }
+    }
+
+    pub fn handle(&self) -> QueueHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until shutdown, then waits (bounded) for deliveries in flight.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut schedule = Schedule::default();
+        match self.spool.pending() {
+            Ok(jobs) => {
+                let now = now();
+                tracing::info!(jobs = jobs.len(), "queue recovered from the spool");
+                for job in jobs {
+                    schedule.add(job, now);
+                }
+            }
+            Err(e) => tracing::error!("cannot read the queue from the spool: {e}"),
+        }
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
+        let q = &self.config.queue;
+        loop {
+            let now = now();
+            schedule.promote(now);
+            while let Some((id, domain)) = schedule.take(q.max_concurrency, q.max_per_destination) {
+                self.spawn_attempt(id, domain);
+            }
+            let sleep = match schedule.next_due() {
+                Some(due) => Duration::from_millis(((due - now).max(0) as u64) * 1000 + 5),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(Event::Due(job)) => schedule.add(job, now),
+                    Some(Event::Finished { id, domain, next }) => {
+                        let key = (id, domain.clone());
+                        schedule.finished(&key);
+                        if let Some(due) = next {
+                            schedule.add(DueJob { id, domain: domain.to_string(), due }, now);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(sleep) => {}
+                _ = housekeeping.tick() => {
+                    ticks += 1;
+                    self.outbound.close_idle(false);
+                    if ticks % 60 == 0 {
+                        if let Err(e) = self.spool.purge(now).await {
+                            tracing::warn!("purging held messages failed: {e}");
+                        }
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Deliveries in flight finish (their results are recorded); nothing new starts.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while schedule.total_active > 0 {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Event::Finished { id, domain, .. })) => schedule.finished(&(id, domain)),
+                Ok(Some(Event::Due(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.outbound.close_idle(true);
+    }
+
+    fn spawn_attempt(&self, id: QueueId, domain: Arc<str>) {
+        let config = self.config.clone();
+        let spool = self.spool.clone();
+        let outbound = self.outbound.clone();
+        let tx = self.handle.tx.clone();
+        tokio::spawn(async move {
+            let (next, dsn) = attempt(&config, spool.as_ref(), &outbound, id, &domain).await;
+            if let Some(dsn) = dsn {
+                let _ = tx.send(Event::Due(dsn));
+            }
+            let _ = tx.send(Event::Finished { id, domain, next });
+        });
+    }
+}
+
+/// One delivery attempt of one job, recorded. Returns the job's next due
+/// time, if recipients remain, and the bounce it queued, if any.
+async fn attempt(
+    config: &Config,
+    spool: &dyn Spool,
+    outbound: &Outbound,
+    id: QueueId,
+    domain: &str,
+) -> (Option<i64>, Option<DueJob>) {
+    let job = match spool.load(id, domain) {
+        Ok(Some(job)) => job,
+        Ok(None) => return (None, None),
+        Err(e) => {
+            tracing::error!(%id, %domain, "cannot load job: {e}");
+            return (Some(now() + 60), None);
+        }
+    };
+    let result = outbound.deliver(&job).await;
+    let now = now();
+    let schedule = &config.queue.retry_schedule;
+    let tried = job
+        .recipients
+        .iter()
+        .map(|r| r.attempts as usize)
+        .max()
+        .unwrap_or(0);
+    let wait = schedule[tried.min(schedule.len() - 1)].as_secs() as i64;
+    let expired = now >= job.expires_at;
+
+    let mut outcomes = Vec::with_capacity(result.outcomes.len());
+    let mut failed: Vec<(u32, Detail)> = Vec::new();
+    let mut next_due: Option<i64> = None;
+    let level = result.verdict.as_ref().map(|v| v.level);
+    for (index, outcome) in result.outcomes {
+        let rcpt = job
+            .recipients
+            .iter()
+            .find(|r| r.index == index)
+            .map(|r| r.recipient.address.as_str())
+            .unwrap_or("");
+        match outcome {
+            Outcome::Delivered(d) => {
+                tracing::info!(%id, to = rcpt, ?level, status = "sent", "{}", d.text);
+                outcomes.push((index, RecipientOutcome::Delivered { reply: d.text }));
+            }
+            Outcome::Failed(d) => {
+                tracing::info!(%id, to = rcpt, ?level, status = "bounced", "{}", d.text);
+                outcomes.push((
+                    index,
+                    RecipientOutcome::Failed {
+                        reply: d.text.clone(),
+                    },
+                ));
+                failed.push((index, d));
+            }
+            Outcome::Deferred(d) if expired => {
+                let text = format!(
+                    "gave up after {} in the queue; last error: {}",
+                    humantime::format_duration(Duration::from_secs(
+                        (now - job.received_at).max(0) as u64
+                    )),
+                    d.text
+                );
+                tracing::info!(%id, to = rcpt, status = "expired", "{text}");
+                outcomes.push((
+                    index,
+                    RecipientOutcome::Failed {
+                        reply: text.clone(),
+                    },
+                ));
+                failed.push((index, Detail { text, ..d }));
+            }
+            Outcome::Deferred(d) => {
+                // The last try happens at expiry, not a full backoff after it.
+                let next = (now + wait).min(job.expires_at);
+                tracing::info!(%id, to = rcpt, status = "deferred", "{}", d.text);
+                outcomes.push((
+                    index,
+                    RecipientOutcome::Deferred {
+                        reply: d.text,
+                        next_attempt: next,
+                    },
+                ));
+                next_due = Some(next_due.map_or(next, |n: i64| n.min(next)));
+            }
+        }
+    }
+
+    let reportable: Vec<dsn::Failure<'_>> = failed
+        .iter()
+        .filter_map(|(index, detail)| {
+            let r = job.recipients.iter().find(|r| r.index == *index)?;
+            r.recipient.notify.on_failure().then_some(dsn::Failure {
+                recipient: &r.recipient,
+                detail,
+            })
+        })
+        .collect();
+    let lifetime = config.queue.max_lifetime.as_secs() as i64;
+    let dsn = dsn::build(
+        &config.hostname,
+        &job,
+        &reportable,
+        spool.next_id(),
+        now,
+        lifetime,
+    );
+    let dsn_job = dsn.as_ref().map(|d| DueJob {
+        id: d.id,
+        domain: d.envelope.recipients[0].domain.clone(),
+        due: now,
+    });
+
+    let record = AttemptRecord {
+        id,
+        outcomes,
+        dsn,
+        now,
+        purge_at: now + config.spool.hold_delivered.as_secs() as i64,
+    };
+    match spool.record(record).await {
+        Ok(_) => {
+            if let Some(d) = &dsn_job {
+                tracing::info!(%id, dsn = %d.id, "bounce queued to {}", job.envelope.sender);
+            }
+            (next_due, dsn_job)
+        }
+        Err(e) => {
+            // The spool still holds the old state: the job runs again later.
+            tracing::error!(%id, %domain, "cannot record the attempt: {e}");
+            (Some(now + 60), None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, domain: &str, due: i64) -> DueJob {
+        DueJob {
+            id: QueueId(id),
+            domain: domain.into(),
+            due,
+        }
+    }
+
+    #[test]
+    fn due_jobs_are_served_round_robin_within_limits() {
+        let mut s = Schedule::default();
+        for i in 0..5 {
+            s.add(job(i, "slow.test", 0), 10);
+        }
+        s.add(job(100, "fast.test", 0), 10);
+        let first = s.take(10, 2).unwrap();
+        let second = s.take(10, 2).unwrap();
+        assert_ne!(first.1, second.1, "domains take turns");
+        let third = s.take(10, 2).unwrap();
+        assert_eq!(&*third.1, "slow.test");
+        assert!(
+            s.take(10, 2).is_none(),
+            "slow.test is at its limit, fast.test is empty"
+        );
+        s.finished(&third);
+        assert!(s.take(10, 2).is_some());
+    }
+
+    #[test]
+    fn future_jobs_wait_and_an_earlier_due_time_wins() {
+        let mut s = Schedule::default();
+        s.add(job(1, "a.test", 100), 10);
+        assert!(s.take(10, 10).is_none());
+        assert_eq!(s.next_due(), Some(100));
+        // `queue retry`: the same job, due now.
+        s.add(job(1, "a.test", 10), 10);
+        let k = s.take(10, 10).expect("retried job is ready");
+        assert_eq!(k.0, QueueId(1));
+        s.promote(200);
+        assert!(
+            s.take(10, 10).is_none(),
+            "the superseded heap entry does not run the job twice"
+        );
+        s.finished(&k);
+        s.add(job(1, "a.test", 150), 160);
+        assert!(s.take(10, 10).is_some());
+    }
+}

@@ -1,0 +1,388 @@
+//! TLS material and evidence shared by both sides: the server certificate
+//! (from config, or self-signed on first start), client-certificate
+//! identities for relay authorization, and the facts of a negotiated session.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CommonState, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+use crate::config::Config;
+use crate::qualify::{CertInfo, PeerKey, TlsFacts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The inbound TLS set-up.
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// Verifies client certificate chains for subject/SAN rules (`tls.client_ca_file`).
+    pub client_ca: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// Loads the configured certificate, or creates (once) a self-signed one under `data_dir/tls`.
+pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
+    let (cert_path, key_path) = match (&config.tls.certificate, &config.tls.private_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            let cert = dir.join("self-signed.pem");
+            let key = dir.join("self-signed.key");
+            if !cert.exists() || !key.exists() {
+                generate_self_signed(&config.hostname, &cert, &key)?;
+            }
+            (cert, key)
+        }
+    };
+    let certs = load_certs(&cert_path)?;
+    let key = load_key(&key_path)?;
+    let client_ca = match &config.tls.client_ca_file {
+        Some(path) => {
+            let mut store = RootCertStore::empty();
+            for cert in load_certs(path)? {
+                store.add(cert).map_err(|e| file_error(path, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                .build()
+                .map_err(|e| file_error(path, e))?;
+            Some(verifier)
+        }
+        None => None,
+    };
+    let verifier = Arc::new(ClientIdentityVerifier {
+        provider: provider(),
+    });
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| file_error(&key_path, format!("does not match the certificate: {e}")))?;
+    server.ignore_client_order = true;
+    Ok(ServerTls {
+        config: Arc::new(server),
+        client_ca,
+    })
+}
+
+fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let params = rcgen::CertificateParams::new(vec![hostname.to_string()])
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    }
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, cert.pem()).map_err(|e| file_error(cert_path, e))?;
+    tracing::info!(path = %cert_path.display(), "generated a self-signed certificate for {hostname}");
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| file_error(path, e))?;
+    f.write_all(data).map_err(|e| file_error(path, e))
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate in file"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| file_error(path, e))?
+        .ok_or_else(|| file_error(path, "no PEM private key in file"))
+}
+
+/// Asks every client for a certificate and accepts any that proves its key;
+/// whether it authorizes anything is decided after the handshake by
+/// [`ClientIdentity`], against the tenants' rules.
+#[derive(Debug)]
+struct ClientIdentityVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ClientIdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Who a TLS client certificate says the client is.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub sha256: [u8; 32],
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    /// The chain verified against `tls.client_ca_file`; names count only then.
+    pub chain_verified: bool,
+}
+
+impl ClientIdentity {
+    /// Reads the identity from the certificates a client presented.
+    pub fn from_chain(
+        client_ca: Option<&dyn ClientCertVerifier>,
+        chain: &[CertificateDer<'_>],
+    ) -> Option<ClientIdentity> {
+        let leaf = chain.first()?;
+        let sha256: [u8; 32] = Sha256::digest(leaf.as_ref()).into();
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+        let dns_names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chain_verified = client_ca.is_some_and(|ca| {
+            let (leaf, rest) = (&chain[0], &chain[1..]);
+            ca.verify_client_cert(leaf, rest, UnixTime::now()).is_ok()
+        });
+        Some(ClientIdentity {
+            sha256,
+            subject: cert.subject().to_string(),
+            dns_names,
+            chain_verified,
+        })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Accepts any server certificate: opportunistic TLS (RFC 7435), as the relay
+/// core delivers. The handshake signature is still verified, so the peer
+/// holds the key of the certificate we record as evidence.
+#[derive(Debug)]
+pub struct OpportunisticVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl OpportunisticVerifier {
+    pub fn new() -> Self {
+        OpportunisticVerifier {
+            provider: provider(),
+        }
+    }
+}
+
+impl Default for OpportunisticVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerCertVerifier for OpportunisticVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The facts of a finished handshake, from either side of the connection.
+pub fn facts(state: &CommonState, ocsp_stapled: bool) -> Option<TlsFacts> {
+    let version = match state.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher_suite = format!("{:?}", state.negotiated_cipher_suite()?.suite());
+    let kx_group = state
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()).to_lowercase());
+    let certs = state.peer_certificates().unwrap_or(&[]);
+    let chain = certs.iter().filter_map(|c| cert_info(c)).collect();
+    let peer_key = certs.first().and_then(|c| peer_key(c));
+    Some(TlsFacts {
+        version,
+        cipher_suite,
+        kx_group,
+        peer_key,
+        chain,
+        ocsp_stapled,
+    })
+}
+
+fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sha256: hex(&Sha256::digest(der.as_ref())),
+        not_after: cert
+            .validity()
+            .not_after
+            .to_rfc2822()
+            .unwrap_or_else(|_| cert.validity().not_after.to_string()),
+    })
+}
+
+fn peer_key(der: &CertificateDer<'_>) -> Option<PeerKey> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let spki = cert.public_key();
+    let (algorithm, bits) = match spki.parsed().ok()? {
+        PublicKey::RSA(rsa) => ("RSA".to_string(), rsa.key_size()),
+        PublicKey::EC(ec) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| match oid.to_id_string().as_str() {
+                    "1.2.840.10045.3.1.7" => "P-256".to_string(),
+                    "1.3.132.0.34" => "P-384".to_string(),
+                    "1.3.132.0.35" => "P-521".to_string(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            (format!("ECDSA {curve}"), ec.key_size())
+        }
+        PublicKey::DSA(_) => ("DSA".to_string(), 0),
+        PublicKey::GostR3410(_) | PublicKey::GostR3410_2012(_) => ("GOST".to_string(), 0),
+        PublicKey::Unknown(_) => (spki.algorithm.algorithm.to_id_string(), 0),
+    };
+    Some(PeerKey {
+        algorithm,
+        bits: bits as u32,
+    })
+}
