@@ -65,12 +65,12 @@ impl PerClient {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.table.counts.lock() {
-            if let Some(c) = counts.get_mut(&self.ip) {
-                *c -= 1;
-                if *c == 0 {
-                    counts.remove(&self.ip);
-                }
+        if let Ok(mut counts) = self.table.counts.lock()
+            && let Some(c) = counts.get_mut(&self.ip)
+        {
+            *c -= 1;
+            if *c == 0 {
+                counts.remove(&self.ip);
             }
         }
     }

@@ -83,10 +83,10 @@ impl Schedule {
         if self.in_flight.contains(&key) {
             return;
         }
-        if let Some(&due) = self.due_at.get(&key) {
-            if due <= job.due {
-                return;
-            }
+        if let Some(&due) = self.due_at.get(&key)
+            && due <= job.due
+        {
+            return;
         }
         self.due_at.insert(key, job.due);
         if job.due <= now {
@@ -234,10 +234,10 @@ impl Queue {
                 _ = housekeeping.tick() => {
                     ticks += 1;
                     self.outbound.close_idle(false);
-                    if ticks % 60 == 0 {
-                        if let Err(e) = self.spool.purge(now).await {
-                            tracing::warn!("purging held messages failed: {e}");
-                        }
+                    if ticks.is_multiple_of(60)
+                        && let Err(e) = self.spool.purge(now).await
+                    {
+                        tracing::warn!("purging held messages failed: {e}");
                     }
                 }
                 _ = shutdown.changed() => break,

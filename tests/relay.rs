@@ -1,0 +1,648 @@
+//! The relay core against real peers: swaks and a raw client in front,
+//! a private Postfix as the destination MX behind.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn message(subject: &str, body: &str) -> String {
+    format!(
+        "From: Sender <sender@src.test>\r\nTo: rcpt@dst.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@src.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    )
+}
+
+fn lf(s: &str) -> Vec<u8> {
+    s.replace("\r\n", "\n").into_bytes()
+}
+
+#[test]
+fn swaks_plain_and_starttls_arrive_byte_exact() {
+    let gw = Gateway::start("");
+    for (tls, name) in [(false, "plain"), (true, "tls")] {
+        let rcpt = format!("{}@exact.test", unique(name));
+        let data = message(
+            &unique("exact"),
+            "Grüße aus Köln.\r\n.leading dot survives stuffing\r\n",
+        );
+        let file = gw.dir.path().join(format!("{name}.eml"));
+        std::fs::write(&file, &data).unwrap();
+        let server = format!("127.0.0.1:{}", gw.relay);
+        let file = file.to_str().unwrap();
+        let mut args = vec![
+            "--server",
+            &server,
+            "--from",
+            "sender@src.test",
+            "--to",
+            &rcpt,
+            "--data",
+            file,
+            "--pipeline",
+        ];
+        if tls {
+            args.push("--tls");
+        }
+        let (ok, out) = swaks(&args);
+        assert!(ok, "swaks failed:\n{out}");
+        assert!(out.contains("queued as"), "{out}");
+
+        let got = dest().wait_mails(&rcpt, 1, T).remove(0);
+        // swaks ends the data with its own CRLF before the dot: one empty line more.
+        let mut sent = lf(&data);
+        sent.push(b'\n');
+        assert_eq!(
+            String::from_utf8_lossy(&strip_trace(&got)),
+            String::from_utf8_lossy(&sent),
+            "content changed on the way"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("by gw.test (sealgate) with ESMTP"),
+            "our Received header:\n{text}"
+        );
+        assert_eq!(
+            text.contains("(using TLSv1."),
+            tls,
+            "TLS facts in Received:\n{text}"
+        );
+    }
+    // The outbound side used STARTTLS towards Postfix (opportunistic).
+    assert!(gw.log().contains("Encrypted"), "{}", gw.log());
+}
+
+#[test]
+fn multi_recipient_8bit_and_smtputf8_arrive() {
+    let gw = Gateway::start("");
+    let id = unique("utf8");
+    let rcpts = [
+        format!("{id}-a@one.test"),
+        format!("{id}-b@one.test"),
+        format!("jörg-{id}@zwei.test"),
+    ];
+    let data = format!(
+        "From: Jörg <jörg@src.test>\r\nTo: {}\r\nSubject: Übermorgen\r\nMessage-ID: <{id}@src.test>\r\n\
+         Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         8-bit body: äöü ß € 日本語\r\n",
+        rcpts.join(", ")
+    );
+    let mut c = Client::connect(gw.relay);
+    assert!(c.cmd("EHLO client.test").contains("SMTPUTF8"));
+    assert!(
+        c.cmd("MAIL FROM:<jörg@src.test> SMTPUTF8 BODY=8BITMIME")
+            .starts_with("250")
+    );
+    for r in &rcpts {
+        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(data.as_bytes());
+    c.send(b".\r\n");
+    let reply = c.reply();
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    for r in &rcpts {
+        let got = dest().wait_mails(r, 1, T).remove(0);
+        assert_eq!(strip_trace(&got), lf(&data), "for {r}");
+        assert!(
+            String::from_utf8_lossy(&got).contains("with UTF8SMTP"),
+            "RFC 6531 protocol name"
+        );
+    }
+    // Without SMTPUTF8 a non-ASCII address is refused (RFC 6531 §3.4).
+    assert!(c.cmd("MAIL FROM:<jörg@src.test>").starts_with("553 5.6.7"));
+}
+
+#[test]
+fn submission_needs_starttls_then_auth() {
+    let gw = Gateway::start("");
+    let server = format!("127.0.0.1:{}", gw.submission);
+    let mut c = Client::connect(gw.submission);
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "no AUTH before TLS:\n{ehlo}"
+    );
+    assert!(
+        c.cmd("AUTH PLAIN AGFsaWNlAHg=").starts_with("530 5.7.0"),
+        "AUTH before STARTTLS is refused"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<a@src.test>").starts_with("530"),
+        "no mail before TLS and AUTH"
+    );
+
+    let rcpt = format!("{}@sub.test", unique("auth"));
+    for mech in ["PLAIN", "LOGIN"] {
+        let (ok, out) = swaks(&[
+            "--server",
+            &server,
+            "--from",
+            "alice@src.test",
+            "--to",
+            &rcpt,
+            "--tls",
+            "--auth",
+            mech,
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            PASSWORD,
+        ]);
+        assert!(ok && out.contains("235 2.7.0"), "AUTH {mech}:\n{out}");
+    }
+    dest().wait_mails(&rcpt, 2, T);
+
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "alice@src.test",
+        "--to",
+        &rcpt,
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "wrong",
+    ]);
+    assert!(!ok && out.contains("535 5.7.8"), "wrong password:\n{out}");
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "alice@src.test",
+        "--to",
+        &rcpt,
+        "--tls",
+    ]);
+    assert!(!ok && out.contains("530 5.7.0"), "TLS without AUTH:\n{out}");
+}
+
+#[test]
+fn open_relay_attempts_are_refused() {
+    let gw = Gateway::start("[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.1/32\"]\n");
+    let rcpt = format!("{}@victim.test", unique("relay"));
+    let mut c = Client::connect_from("127.0.0.9", gw.relay);
+    c.cmd("EHLO spammer.test");
+    assert!(c.cmd("MAIL FROM:<spam@spam.test>").starts_with("250"));
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    assert!(c.cmd("DATA").starts_with("554"), "no recipients, no data");
+    // The same with swaks, over STARTTLS.
+    let (ok, out) = swaks(&[
+        "--server",
+        &format!("127.0.0.1:{}", gw.relay),
+        "--local-interface",
+        "127.0.0.9",
+        "--from",
+        "spam@spam.test",
+        "--to",
+        &rcpt,
+        "--tls",
+    ]);
+    assert!(!ok && out.contains("554 5.7.1"), "{out}");
+    // From the allowed network it relays.
+    let mut ok_client = Client::connect(gw.relay);
+    ok_client.cmd("EHLO ok.test");
+    let r = ok_client.message(
+        "a@src.test",
+        &[&rcpt],
+        message("allowed", "x\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    dest().wait_mails(&rcpt, 1, T);
+    assert!(gw.queue().is_empty() || dest().mails(&rcpt).len() == 1);
+}
+
+#[test]
+fn transient_failure_is_retried_then_delivered() {
+    // No connection reuse: a cached session would keep talking to the smtpd
+    // process that still has the old access rule after the reload.
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub).replace("idle_timeout = \"2s\"", "idle_timeout = \"0s\"")
+    });
+    let local = unique("tempfail");
+    let rcpt = format!("{local}@retry.test");
+    let rule = format!("/^{local}@/ 451 4.3.0 Try again later");
+    dest().add_rule(&rule);
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message(
+        "sender@src.test",
+        &[&rcpt],
+        message(&local, "retry me\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let id = reply.trim().rsplit(' ').next().unwrap().to_string();
+
+    // Deferred, with the peer's words recorded.
+    let shown = wait_for(T, "a deferred attempt", || {
+        let out = gw.cli(&["queue", "show", &id, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = &v["recipients"][0];
+        (r["attempts"].as_u64()? >= 1 && r["status"] == "pending").then_some(v)
+    });
+    assert!(
+        shown["recipients"][0]["last_reply"]
+            .as_str()
+            .unwrap()
+            .contains("451 4.3.0"),
+        "{shown}"
+    );
+    assert!(dest().mails(&rcpt).is_empty());
+
+    dest().remove_rule(&rule);
+    // `queue retry` reaches the running gateway through its control socket.
+    let out = gw.cli(&["queue", "retry", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest().wait_mails(&rcpt, 1, T);
+    gw.wait_queue_empty(T);
+}
+
+#[test]
+fn permanent_failure_bounces_with_a_dsn() {
+    let gw = Gateway::start("");
+    let sender = format!("{}@src.test", unique("sender"));
+    let rcpt = format!("reject-{}@dst.test", unique("x"));
+    let good = format!("{}@dst.test", unique("good"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    c.cmd(&format!("MAIL FROM:<{sender}> RET=HDRS ENVID=env-42"));
+    assert!(
+        c.cmd(&format!(
+            "RCPT TO:<{rcpt}> NOTIFY=FAILURE ORCPT=rfc822;orig@dst.test"
+        ))
+        .starts_with("250")
+    );
+    assert!(c.cmd(&format!("RCPT TO:<{good}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(message("bounce-me", "secret body\r\n").as_bytes());
+    c.send(b".\r\n");
+    assert!(c.reply().starts_with("250"));
+
+    dest().wait_mails(&good, 1, T);
+    let dsn = String::from_utf8(dest().wait_mails(&sender, 1, T).remove(0)).unwrap();
+    for needle in [
+        "multipart/report",
+        "delivery-status",
+        &format!("Final-Recipient: rfc822; {rcpt}"),
+        "Original-Recipient: rfc822; orig@dst.test",
+        "Original-Envelope-Id: env-42",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+        "Subject: bounce-me",
+    ] {
+        assert!(dsn.contains(needle), "DSN lacks {needle:?}:\n{dsn}");
+    }
+    assert!(
+        !dsn.contains(&good),
+        "only the failed recipient is reported"
+    );
+    assert!(!dsn.contains("secret body"), "RET=HDRS returns no body");
+    gw.wait_queue_empty(T);
+}
+
+#[test]
+fn unreachable_past_lifetime_bounces() {
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub).replace(
+            "retry_schedule = [\"1s\"]",
+            "retry_schedule = [\"1s\"]\nmax_lifetime = \"3s\"",
+        )
+    });
+    let sender = format!("{}@src.test", unique("expiry"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let r = c.message(
+        &sender,
+        &["nobody@unreachable.test"],
+        message("expire", "x\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let dsn = String::from_utf8(dest().wait_mails(&sender, 1, T).remove(0)).unwrap();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@unreachable.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("gave up after"), "{dsn}");
+    assert!(dsn.contains("Status: 4.4."), "{dsn}");
+    gw.wait_queue_empty(T);
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_message() {
+    use std::sync::{Arc, Mutex};
+    let mut gw = Gateway::start("");
+    let tag = unique("crash");
+    let rcpt = format!("{tag}@crash.test");
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let port = gw.relay;
+    let mut threads = Vec::new();
+    for t in 0..8 {
+        let acked = acked.clone();
+        let rcpt = rcpt.clone();
+        threads.push(std::thread::spawn(move || {
+            // Stops at the first failure: the gateway died under it.
+            let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return;
+            };
+            drop(stream);
+            let mut c = Client::connect(port);
+            c.cmd("EHLO load.test");
+            for i in 0..200 {
+                let mid = format!("{t}.{i}");
+                let data = message(&format!("crash-{mid}"), "load\r\n");
+                if !c.cmd("MAIL FROM:<load@src.test>").starts_with("250")
+                    || !c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250")
+                    || !c.cmd("DATA").starts_with("354")
+                {
+                    return;
+                }
+                c.send(data.as_bytes());
+                c.send(b".\r\n");
+                if c.reply().starts_with("250") {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push(format!("<crash-{mid}@src.test>"));
+                } else {
+                    return;
+                }
+            }
+        }));
+    }
+    let delay = 200 + rand::random::<u64>() % 600;
+    std::thread::sleep(Duration::from_millis(delay));
+    gw.kill9();
+    for t in threads {
+        let _ = t.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        !acked.is_empty(),
+        "no message was acknowledged before the kill at {delay} ms"
+    );
+    gw.restart();
+    gw.wait_queue_empty(Duration::from_secs(120));
+    let delivered: Vec<String> = dest()
+        .mails(&rcpt)
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(m)
+                .lines()
+                .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_string))
+        })
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !delivered.contains(id)).collect();
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    sorted.dedup();
+    let duplicates = delivered.len() - sorted.len();
+    eprintln!(
+        "crash test: killed at {delay} ms; {} acknowledged, {} delivered, {} lost, {duplicates} duplicate(s)",
+        acked.len(),
+        delivered.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {lost:?}"
+    );
+    // A duplicate can only come from a delivery the peer took just before the
+    // kill and we had not yet recorded: at most one per delivery in flight.
+    assert!(duplicates <= 20, "{duplicates} duplicates");
+}
+
+#[test]
+fn bad_input_gets_clear_replies_and_loses_nothing() {
+    let gw = Gateway::start("[limits]\nmax_message_size = 200000\nmax_errors = 50\n");
+    let mut c = Client::connect(gw.relay);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(
+        c.cmd("FOOBAR baz").starts_with("500 5.5.1"),
+        "unknown command"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<not an address").starts_with("50"),
+        "malformed MAIL"
+    );
+    assert!(
+        c.cmd("RCPT TO:<x@y.test>").starts_with("503"),
+        "RCPT before MAIL"
+    );
+
+    // A 1 MB command line: one reply, and the session goes on.
+    let mut long = vec![b'X'; 1 << 20];
+    long.extend_from_slice(b"\r\n");
+    c.send(&long);
+    assert!(c.reply().starts_with("500 5.5.2"));
+    assert!(
+        c.cmd("NOOP").starts_with("250"),
+        "session usable after a long line"
+    );
+
+    // Pipelined garbage: one reply per line, in order.
+    c.send(b"GARBAGE1\r\nGARBAGE2\r\nNOOP\r\n");
+    assert!(c.reply().starts_with("500"));
+    assert!(c.reply().starts_with("500"));
+    assert!(c.reply().starts_with("250"));
+
+    // A 1 MB line inside DATA is refused at the end of the data; session usable.
+    let rcpt = format!("{}@bad.test", unique("bad"));
+    c.cmd("MAIL FROM:<a@src.test>");
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut data = b"Subject: long\r\n\r\n".to_vec();
+    data.extend(std::iter::repeat_n(b'y', 150_000));
+    data.extend_from_slice(b"\r\n.\r\n");
+    c.send(&data);
+    let r = c.reply();
+    assert!(r.starts_with("554 5.6.0"), "{r}");
+
+    // Oversize message: 552 after the data, session usable.
+    c.cmd("MAIL FROM:<a@src.test>");
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    for _ in 0..300 {
+        c.send(&[b'z'; 998]);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    assert!(c.reply().starts_with("552 5.3.4"));
+    assert!(
+        c.cmd("MAIL FROM:<a@src.test> SIZE=999999999")
+            .starts_with("552 5.3.4"),
+        "SIZE checked at MAIL"
+    );
+
+    // Bare LF inside the data is stored as CRLF; a bare-LF dot does not end the data.
+    c.cmd("RSET");
+    c.cmd("MAIL FROM:<a@src.test>");
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let headers = "From: a@src.test\nDate: Mon, 23 Nov 2026 10:00:00 +0000\nSubject: bare\nMessage-ID: <bare@src.test>\n";
+    c.send(format!("{headers}\nline one\n.\nline three\r\n.\r\n").as_bytes());
+    assert!(c.reply().starts_with("250"));
+    let got = dest().wait_mails(&rcpt, 1, T).remove(0);
+    let body = strip_trace(&got);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{headers}\nline one\n.\nline three\n")
+    );
+    assert_eq!(
+        dest().mails(&rcpt).len(),
+        1,
+        "only the good message arrived"
+    );
+
+    // A client that drops mid-DATA leaves nothing queued.
+    let before = gw.queue().len();
+    let mut d = Client::connect(gw.relay);
+    d.cmd("EHLO client.test");
+    d.cmd("MAIL FROM:<a@src.test>");
+    d.cmd("RCPT TO:<dropped@bad.test>");
+    assert!(d.cmd("DATA").starts_with("354"));
+    d.send(b"Subject: half\r\n\r\nhalf a mess");
+    drop(d);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.queue().len(), before, "a partial message was queued");
+    assert!(!gw.log().contains("dropped@bad.test"));
+
+    // Too many errors end the session with 421.
+    let mut e = Client::connect(gw.relay);
+    for _ in 0..49 {
+        e.cmd("BAD");
+    }
+    assert!(
+        e.cmd("BAD").starts_with("500"),
+        "the last bad command gets its own reply"
+    );
+    let last = e.reply();
+    assert!(last.starts_with("421 4.7.0"), "{last}");
+    assert!(e.closed());
+}
+
+#[test]
+fn sigterm_finishes_the_transaction_in_progress() {
+    let mut gw = Gateway::start("");
+    let rcpt = format!("{}@term.test", unique("term"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@src.test>");
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: during shutdown\r\n\r\nfirst half\r\n");
+    gw.signal_term();
+    // The listener closes, but the session in DATA is left to finish.
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(b"second half\r\n.\r\n");
+    let reply = c.reply();
+    assert!(
+        reply.starts_with("250"),
+        "the transaction in progress completes: {reply}"
+    );
+    assert!(gw.wait_exit(), "exit status 0 after SIGTERM:\n{}", gw.log());
+    // What was accepted is on disk and goes out after the next start.
+    gw.restart();
+    dest().wait_mails(&rcpt, 1, T);
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "hostname = \"gw\"\n\n[queue]\nmax_lifetime = \"forever\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml:4:")
+            && err.contains("queue.max_lifetime")
+            && err.contains("duration"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"relay\"\nport = 25\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("bad.toml:4:")
+            && err.contains("unknown field `port`"),
+        "{err}"
+    );
+
+    // The shipped example, with its files made real in a temporary /etc/sealgate.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sealgate.toml"))
+            .unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=gw",
+        ])
+        .arg("-keyout")
+        .arg(etc.join("tls/key.pem"))
+        .arg("-out")
+        .arg(etc.join("tls/fullchain.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let gw_users = Gateway::start("");
+    std::fs::copy(gw_users.dir.path().join("users"), etc.join("users")).unwrap();
+    let path = dir.path().join("example.toml");
+    std::fs::write(
+        &path,
+        example.replace("/etc/sealgate", etc.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy/sealgate.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,521 @@
+//! Real peers for the integration tests: one private Postfix destination
+//! shared by every test (started once, by `tests/peers/postfix.sh`), a
+//! sealgate process per test with its own data directory, swaks, and a
+//! raw SMTP client for input no well-behaved client would send.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const DEST_PORT: u16 = 24025;
+pub const PASSWORD: &str = "correct horse battery staple";
+
+fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers")
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postfix.sh")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The shared Postfix destination on 127.0.0.1:24025.
+pub struct Dest {
+    pub dir: PathBuf,
+    rules: Mutex<()>,
+}
+
+pub fn dest() -> &'static Dest {
+    static DEST: OnceLock<Dest> = OnceLock::new();
+    DEST.get_or_init(|| {
+        let dir = peers_dir().join("postfix-dest");
+        std::fs::create_dir_all(&dir).expect("peers dir");
+        // Several test binaries may start at once; one of them starts Postfix.
+        let lock = std::fs::File::create(peers_dir().join("postfix-dest.lock")).expect("lock file");
+        lock.lock().expect("lock");
+        std::fs::write(
+            dir.join("access"),
+            "/^reject-/ 550 5.1.1 No such user here\n",
+        )
+        .ok();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["dest", dir.to_str().unwrap(), &DEST_PORT.to_string()])
+            .output()
+            .expect(
+                "run tests/peers/postfix.sh (is postfix installed? run the README test command)",
+            );
+        assert!(
+            out.status.success(),
+            "starting Postfix failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Dest {
+            dir,
+            rules: Mutex::new(()),
+        }
+    })
+}
+
+impl Dest {
+    /// Messages delivered to `rcpt`, in arrival order.
+    pub fn mails(&self, rcpt: &str) -> Vec<Vec<u8>> {
+        let dir = self.dir.join("mail").join(rcpt);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    /// Waits until `rcpt` has at least `n` messages.
+    pub fn wait_mails(&self, rcpt: &str, n: usize, limit: Duration) -> Vec<Vec<u8>> {
+        wait_for(
+            limit,
+            &format!("{n} message(s) for {rcpt} at Postfix"),
+            || {
+                let m = self.mails(rcpt);
+                (m.len() >= n).then_some(m)
+            },
+        )
+    }
+
+    /// Adds a line to the recipient access map (regexp) and reloads Postfix.
+    pub fn add_rule(&self, line: &str) {
+        let _guard = self.rules.lock().unwrap();
+        let path = self.dir.join("access");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        self.reload();
+    }
+
+    pub fn remove_rule(&self, line: &str) {
+        let _guard = self.rules.lock().unwrap();
+        let path = self.dir.join("access");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| *l != line)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).unwrap();
+        self.reload();
+    }
+
+    fn reload(&self) {
+        let ok = Command::new("postfix")
+            .args(["-c", self.dir.to_str().unwrap(), "reload"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "postfix reload failed");
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One sealgate process with its own data directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub relay: u16,
+    pub submission: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealgate")
+}
+
+/// The test configuration: relay and submission listeners, everything routed to Postfix.
+pub fn base_config(dir: &Path, relay: u16, submission: u16) -> String {
+    format!(
+        r#"hostname = "gw.test"
+data_dir = "{dir}"
+
+[[listener]]
+address = "127.0.0.1:{relay}"
+mode = "relay"
+
+[[listener]]
+address = "127.0.0.1:{submission}"
+mode = "submission"
+
+[auth]
+users_file = "{dir}/users"
+
+[queue]
+retry_schedule = ["1s"]
+
+[outbound]
+port = {DEST_PORT}
+idle_timeout = "2s"
+
+[[route]]
+domain = "unreachable.test"
+next_hop = "127.0.0.1:1"
+
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:{DEST_PORT}"
+"#,
+        dir = dir.display()
+    )
+}
+
+impl Gateway {
+    /// Starts sealgate with the base configuration plus `extra` TOML
+    /// (tables may be added; `tenants` replaces the default tenant list).
+    pub fn start(extra: &str) -> Gateway {
+        Self::start_with(|dir, relay, sub| format!("{}\n{extra}", base_config(dir, relay, sub)))
+    }
+
+    pub fn start_with(make: impl FnOnce(&Path, u16, u16) -> String) -> Gateway {
+        dest();
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, submission) = (free_port(), free_port());
+        let mut text = make(dir.path(), relay, submission);
+        if !text.contains("[[tenant]]") {
+            text.push_str("\n[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\nusers = [\"alice\"]\n");
+        }
+        let config = dir.path().join("sealgate.toml");
+        std::fs::write(&config, text).unwrap();
+        std::fs::write(
+            dir.path().join("users"),
+            format!("alice:{}\n", users_hash()),
+        )
+        .unwrap();
+        let mut gw = Gateway {
+            dir,
+            relay,
+            submission,
+            config,
+            child: None,
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("log"))
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["--config", self.config.to_str().unwrap(), "serve"])
+            .env("SEALGATE_LOG", "info,sealgate=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sealgate");
+        self.child = Some(child);
+        let port = self.relay;
+        wait_for(Duration::from_secs(20), "sealgate to listen", || {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("sealgate exited with {status}:\n{}", self.log());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal_term(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns whether it exited with status 0.
+    pub fn wait_exit(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs a sealgate subcommand against this gateway's configuration.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("run sealgate")
+    }
+
+    /// `sealgate queue list --json`.
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["queue", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "queue list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn wait_queue_empty(&self, limit: Duration) {
+        wait_for(limit, "the queue to drain", || {
+            self.queue().is_empty().then_some(())
+        });
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sealgate log ({}) ----\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// A users-file hash of PASSWORD, made once by `sealgate user hash`.
+fn users_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let mut child = Command::new(bin())
+            .args(["user", "hash", "alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let line = String::from_utf8(out.stdout).unwrap();
+        line.trim()
+            .strip_prefix("alice:")
+            .expect("user:hash")
+            .to_string()
+    })
+}
+
+/// Runs swaks; returns success and the whole transcript.
+pub fn swaks(args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(["--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("swaks is installed (run the README test command)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A raw SMTP client: sends exactly the bytes it is given.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        Self::connect_from("127.0.0.1", port)
+    }
+
+    /// Connects from a chosen loopback source address.
+    pub fn connect_from(source: &str, port: u16) -> Client {
+        let socket = socket2_connect(source, port);
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = Client {
+            reader: BufReader::new(socket),
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+
+    /// Sends a whole message: MAIL, RCPTs, DATA, content; returns the final reply.
+    pub fn message(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "RCPT: {r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send(data);
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+fn socket2_connect(source: &str, port: u16) -> TcpStream {
+    // std has no bind-before-connect; a loopback source is all we need.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    let addr = |ip: &str, port: u16| {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = addr(source, 0);
+    let remote = addr("127.0.0.1", port);
+    unsafe {
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind {source}"
+        );
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect {port}"
+        );
+        use std::os::fd::FromRawFd;
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Removes the leading `Received:` headers (with their continuation lines)
+/// and turns CRLF into LF, so a delivered copy compares with what was sent.
+pub fn strip_trace(message: &[u8]) -> Vec<u8> {
+    let text: Vec<u8> = message.iter().copied().filter(|b| *b != b'\r').collect();
+    let mut rest = &text[..];
+    loop {
+        if rest.starts_with(b"Received:") {
+            let mut end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            while end < rest.len() && (rest[end] == b' ' || rest[end] == b'\t') {
+                end += rest[end..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len() - end, |i| i + 1);
+            }
+            rest = &rest[end..];
+        } else {
+            return rest.to_vec();
+        }
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>())
+}
+
+pub fn addr(s: SocketAddr) -> String {
+    s.to_string()
+}
