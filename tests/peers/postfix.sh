@@ -15,6 +15,7 @@ port=$3
 if [ -f "$dir/main.cf" ] && postfix -c "$dir" status >/dev/null 2>&1; then exit 0; fi
 
 mkdir -p "$dir/queue" "$dir/data" "$dir/mail"
+chmod 755 "$dir"
 chown postfix "$dir/data"
 chown nobody:nogroup "$dir/mail"
 [ -f "$dir/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=dest.test \
