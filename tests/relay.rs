@@ -646,3 +646,179 @@ fn config_errors_name_file_line_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Makes a self-signed client certificate; returns (cert, key, SHA-256 of the DER).
+fn client_certificate(dir: &std::path::Path) -> (String, String, String) {
+    let cert = dir.join("client.pem");
+    let key = dir.join("client.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=connector.example"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .stdout;
+    use sha2::Digest;
+    let fp: String = sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}:"))
+        .collect();
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+        fp.trim_end_matches(':').to_string(),
+    )
+}
+
+#[test]
+fn client_certificate_pin_authorizes_relay() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, fp) = client_certificate(certs.path());
+    // No network may relay: only the pinned certificate.
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "default_tenant = \"m365\"\n{}\n[[tenant]]\nid = \"m365\"\nclient_certificates = [{{ sha256 = \"{fp}\" }}]\n",
+            base_config(dir, relay, sub)
+        )
+    });
+    let server = format!("127.0.0.1:{}", gw.relay);
+    let rcpt = format!("{}@cert.test", unique("cert"));
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "a@src.test",
+        "--to",
+        &rcpt,
+        "--tls",
+    ]);
+    assert!(
+        !ok && out.contains("554 5.7.1"),
+        "no certificate, no relay:\n{out}"
+    );
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "a@src.test",
+        "--to",
+        &rcpt,
+        "--tls",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    assert!(ok, "pinned certificate relays:\n{out}");
+    let got = String::from_utf8(dest().wait_mails(&rcpt, 1, T).remove(0)).unwrap();
+    assert!(
+        got.contains(&format!(
+            "(client certificate SHA-256 {})",
+            fp.replace(':', "")
+        )),
+        "{got}"
+    );
+    let queued = gw.log();
+    assert!(
+        queued.contains("tenant=m365"),
+        "the session is bound to the certificate's tenant:\n{queued}"
+    );
+}
+
+#[test]
+fn implicit_tls_listener() {
+    let port = free_port();
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[[listener]]\naddress = \"127.0.0.1:{port}\"\nmode = \"relay\"\ntls = \"implicit\"\n",
+            base_config(dir, relay, sub)
+        )
+    });
+    let rcpt = format!("{}@smtps.test", unique("smtps"));
+    let (ok, out) = swaks(&[
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--tlsc",
+        "--from",
+        "a@src.test",
+        "--to",
+        &rcpt,
+    ]);
+    assert!(ok, "{out}");
+    let got = String::from_utf8(dest().wait_mails(&rcpt, 1, T).remove(0)).unwrap();
+    assert!(got.contains("with ESMTPS"), "{got}");
+    drop(gw);
+}
+
+#[test]
+fn connection_limits_and_timeouts() {
+    let gw = Gateway::start("[limits]\nmax_connections_per_client = 2\ncommand_timeout = \"1s\"\n");
+    let _a = Client::connect(gw.relay);
+    let _b = Client::connect(gw.relay);
+    let mut third =
+        std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", gw.relay)).unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut third, &mut line).unwrap();
+    assert!(
+        line.starts_with("421 4.7.0"),
+        "third connection from one client: {line}"
+    );
+    // Another client address still gets in.
+    let mut other = Client::connect_from("127.0.0.2", gw.relay);
+    // An idle session times out with 421 and is closed.
+    let reply = other.reply();
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(other.closed());
+}
+
+#[test]
+fn queue_delete_removes_without_bounce() {
+    let gw = Gateway::start("");
+    let sender = format!("{}@src.test", unique("deleted"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let r = c.message(
+        &sender,
+        &["nobody@unreachable.test"],
+        message("delete-me", "x\r\n").as_bytes(),
+    );
+    let id = r.trim().rsplit(' ').next().unwrap().to_string();
+    wait_for(T, "the message in the queue", || {
+        (gw.queue().len() == 1).then_some(())
+    });
+    let out = gw.cli(&["queue", "delete", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(gw.queue().is_empty());
+    let out = gw.cli(&["queue", "show", &id]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no such message")
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        dest().mails(&sender).is_empty(),
+        "a deleted message does not bounce"
+    );
+}
