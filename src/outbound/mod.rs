@@ -140,9 +140,6 @@ impl Outbound {
             };
         };
         let domain = first.recipient.domain.clone();
-        if let Some(outcome) = self.precheck(job) {
-            return all(job, outcome, None);
-        }
 
         if let Some(mut idle) = self.take_idle(&domain) {
             match self.transact(&mut idle.client, job).await {
@@ -205,12 +202,6 @@ impl Outbound {
             Outcome::Deferred(Detail::local([4, 4, 1], last_error)),
             None,
         )
-    }
-
-    /// Refusals that need no connection.
-    fn precheck(&self, job: &LoadedJob) -> Option<Outcome> {
-        let _ = (self, job);
-        None
     }
 
     /// The hosts to try for a domain, best first.
@@ -296,6 +287,22 @@ impl Outbound {
         job: &LoadedJob,
     ) -> Result<Vec<(u32, Outcome)>, (ClientError, bool)> {
         let recipients: Vec<_> = job.recipients.iter().map(|p| &p.recipient).collect();
+        if job.envelope.smtputf8 && !client.caps.smtputf8 && needs_smtputf8(job) {
+            // RFC 6531 §3.4: non-ASCII addresses cannot go to a server
+            // without SMTPUTF8; downgrading them is not ours to do.
+            let remote = format!("{}[{}]", client.host, client.peer.ip());
+            let detail = Detail {
+                status: [5, 6, 7],
+                remote: Some(remote.clone()),
+                reply: None,
+                text: format!("{remote} does not support SMTPUTF8, which this message needs"),
+            };
+            return Ok(job
+                .recipients
+                .iter()
+                .map(|p| (p.index, Outcome::Failed(detail.clone())))
+                .collect());
+        }
         let before = client.replies_read();
         let replies = match client.send(&job.envelope, &recipients, &job.body).await {
             Ok(r) => r,
@@ -367,6 +374,15 @@ impl Outbound {
             tokio::spawn(idle.client.quit());
         }
     }
+}
+
+/// Whether the envelope has a non-ASCII address.
+fn needs_smtputf8(job: &LoadedJob) -> bool {
+    !job.envelope.sender.is_ascii()
+        || job
+            .recipients
+            .iter()
+            .any(|p| !p.recipient.address.is_ascii())
 }
 
 fn all(job: &LoadedJob, outcome: Outcome, verdict: Option<Verdict>) -> Attempt {
