@@ -565,39 +565,35 @@ fn sigterm_finishes_the_transaction_in_progress() {
 #[test]
 fn config_errors_name_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["config", "check", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check(
+        "bad.toml",
         "hostname = \"gw\"\n\n[queue]\nmax_lifetime = \"forever\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["config", "check", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    );
+    assert!(!ok);
     assert!(
         err.contains("bad.toml:4:")
             && err.contains("queue.max_lifetime")
             && err.contains("duration"),
         "{err}"
     );
-
-    std::fs::write(
-        &path,
+    let (ok, err) = check(
+        "bad.toml",
         "[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"relay\"\nport = 25\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["config", "check", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
-        !out.status.success()
-            && err.contains("bad.toml:4:")
-            && err.contains("unknown field `port`"),
+        !ok && err.contains("bad.toml:4:") && err.contains("unknown field `port`"),
         "{err}"
     );
 
@@ -607,70 +603,24 @@ fn config_errors_name_file_line_and_key() {
             .unwrap();
     let etc = dir.path().join("etc");
     std::fs::create_dir_all(etc.join("tls")).unwrap();
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=gw",
-        ])
-        .arg("-keyout")
-        .arg(etc.join("tls/key.pem"))
-        .arg("-out")
-        .arg(etc.join("tls/fullchain.pem"))
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let gw_users = Gateway::start("");
-    std::fs::copy(gw_users.dir.path().join("users"), etc.join("users")).unwrap();
-    let path = dir.path().join("example.toml");
-    std::fs::write(
-        &path,
-        example.replace("/etc/sealgate", etc.to_str().unwrap()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["config", "check", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deploy/sealgate.toml: {}",
-        String::from_utf8_lossy(&out.stderr)
+    self_signed(
+        "gw",
+        &etc.join("tls/fullchain.pem"),
+        &etc.join("tls/key.pem"),
     );
+    std::fs::write(etc.join("users"), format!("alice:{}\n", users_hash())).unwrap();
+    let (ok, err) = check(
+        "example.toml",
+        &example.replace("/etc/sealgate", etc.to_str().unwrap()),
+    );
+    assert!(ok, "deploy/sealgate.toml: {err}");
 }
 
 /// Makes a self-signed client certificate; returns (cert, key, SHA-256 of the DER).
 fn client_certificate(dir: &std::path::Path) -> (String, String, String) {
     let cert = dir.join("client.pem");
     let key = dir.join("client.key");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=connector.example"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    self_signed("connector.example", &cert, &key);
     let der = std::process::Command::new("openssl")
         .args(["x509", "-outform", "DER", "-in"])
         .arg(&cert)

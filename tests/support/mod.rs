@@ -342,7 +342,7 @@ impl Drop for Gateway {
 }
 
 /// A users-file hash of PASSWORD, made once by `sealgate user hash`.
-fn users_hash() -> &'static str {
+pub fn users_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
         let mut child = Command::new(bin())
@@ -518,4 +518,30 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn addr(s: SocketAddr) -> String {
     s.to_string()
+}
+
+/// Makes a self-signed P-256 certificate for `cn` with openssl.
+pub fn self_signed(cn: &str, cert: &Path, key: &Path) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }
