@@ -13,6 +13,12 @@ if [ "$mode" = stop ]; then
 fi
 port=$3
 if [ -f "$dir/main.cf" ] && postfix -c "$dir" status >/dev/null 2>&1; then exit 0; fi
+# Postfix binds with SO_REUSEPORT: a second instance on a busy port would
+# silently share its connections. Refuse instead.
+if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+  echo "127.0.0.1:$port is already in use (another Postfix from another checkout?)" >&2
+  exit 1
+fi
 
 mkdir -p "$dir/queue" "$dir/data" "$dir/mail"
 chmod 755 "$dir"
