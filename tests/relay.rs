@@ -722,8 +722,14 @@ fn implicit_tls_listener() {
 #[test]
 fn connection_limits_and_timeouts() {
     let gw = Gateway::start("[limits]\nmax_connections_per_client = 2\ncommand_timeout = \"1s\"\n");
-    let _a = Client::connect(gw.relay);
-    let _b = Client::connect(gw.relay);
+    // The harness's readiness probe may hold a slot for a moment: wait for two.
+    let slot = || {
+        wait_for(T, "a connection slot", || {
+            Client::try_connect_from("127.0.0.1", gw.relay).ok()
+        })
+    };
+    let _a = slot();
+    let _b = slot();
     let mut third =
         std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", gw.relay)).unwrap());
     let mut line = String::new();

@@ -394,6 +394,14 @@ impl Client {
 
     /// Connects from a chosen loopback source address.
     pub fn connect_from(source: &str, port: u16) -> Client {
+        match Self::try_connect_from(source, port) {
+            Ok(c) => c,
+            Err(greeting) => panic!("greeting: {greeting}"),
+        }
+    }
+
+    /// Connects; `Err` with the greeting when it is not 220.
+    pub fn try_connect_from(source: &str, port: u16) -> Result<Client, String> {
         let socket = socket2_connect(source, port);
         socket
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -402,8 +410,11 @@ impl Client {
             reader: BufReader::new(socket),
         };
         let greeting = c.reply();
-        assert!(greeting.starts_with("220"), "greeting: {greeting}");
-        c
+        if greeting.starts_with("220") {
+            Ok(c)
+        } else {
+            Err(greeting)
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
