@@ -98,7 +98,7 @@ pub async fn run(
 ) {
     let mut session = Session::new(ctx, listener, remote);
     let mut stream: Box<dyn Io> = Box::new(tcp);
-    if listener_tls(&session) == ListenerTls::Implicit {
+    if session.listener.tls == ListenerTls::Implicit {
         match session.handshake(stream).await {
             Some(s) => stream = s,
             None => return,
@@ -113,10 +113,6 @@ pub async fn run(
     if let Err(e) = session.serve(stream).await {
         tracing::debug!(remote = %session.remote, "session ended: {e}");
     }
-}
-
-fn listener_tls(s: &Session) -> ListenerTls {
-    s.listener.tls
 }
 
 impl Session {
@@ -788,7 +784,7 @@ impl Session {
         }
         // RFC 3848 and RFC 6531 §3.7.3 protocol names.
         let protocol = format!(
-            "{}{}{}{}",
+            "{}{}{}",
             if tx.smtputf8 {
                 "UTF8SMTP"
             } else if self.esmtp {
@@ -798,7 +794,6 @@ impl Session {
             },
             if self.tls.is_some() { "S" } else { "" },
             if self.authenticated { "A" } else { "" },
-            ""
         );
         h.push_str(&format!(
             "\r\n\tby {} (sealgate) with {protocol} id {id}",

@@ -3,10 +3,8 @@
 //! sealgate process per test with its own data directory, swaks, and a
 //! raw SMTP client for input no well-behaved client would send.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -525,10 +523,6 @@ pub fn strip_trace(message: &[u8]) -> Vec<u8> {
 
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>())
-}
-
-pub fn addr(s: SocketAddr) -> String {
-    s.to_string()
 }
 
 /// Makes a self-signed P-256 certificate for `cn` with openssl.
