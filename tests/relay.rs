@@ -399,15 +399,26 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     );
     gw.restart();
     gw.wait_queue_empty(Duration::from_secs(120));
-    let delivered: Vec<String> = dest()
-        .mails(&rcpt)
-        .iter()
-        .filter_map(|m| {
-            String::from_utf8_lossy(m)
-                .lines()
-                .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_string))
-        })
-        .collect();
+    let message_ids = || -> Vec<String> {
+        dest()
+            .mails(&rcpt)
+            .iter()
+            .filter_map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_string))
+            })
+            .collect()
+    };
+    // Postfix hands mail to its pipe transport after its own 250, so an empty
+    // sealgate queue does not mean every message is on disk at the peer yet:
+    // poll until each acknowledged message has arrived, or give up and report.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut delivered = message_ids();
+    while acked.iter().any(|id| !delivered.contains(id)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        delivered = message_ids();
+    }
     let lost: Vec<&String> = acked.iter().filter(|id| !delivered.contains(id)).collect();
     let mut sorted = delivered.clone();
     sorted.sort();
