@@ -30,6 +30,15 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
+    /// Qualify a domain's mail exchangers the way delivery would: DNSSEC,
+    /// DANE, MTA-STS, STARTTLS and the certificate, on a real connection
+    /// that ends with QUIT. Exit status 0 whenever the check ran.
+    Check {
+        domain: String,
+        /// The stable JSON of docs/check-json.md instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration file.
     Config {
         #[command(subcommand)]
@@ -107,6 +116,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(crate::server::serve(config))
+        }
+        Command::Check { domain, json } => {
+            let config = load_config(&cli.config)?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = runtime.block_on(async {
+                let dns = crate::dns::Dns::new(&config.dns)?;
+                let outbound =
+                    crate::outbound::Outbound::new(std::sync::Arc::new(config), dns, None)?;
+                anyhow::Ok(outbound.check(&domain).await)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check_text(&report));
+            }
+            Ok(())
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -276,4 +302,72 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `sealgate check` for people: one block per MX host.
+fn check_text(report: &crate::outbound::CheckReport) -> String {
+    use std::fmt::Write;
+    let name = |v: &dyn erased::Name| v.name();
+    let mut out = format!("{}: {}\n", report.domain, name(&report.level));
+    if let Some(e) = &report.error {
+        let _ = writeln!(out, "  {e}");
+    }
+    for mx in &report.mx {
+        let _ = writeln!(
+            out,
+            "\nMX {} {} [{}]: {}",
+            mx.preference,
+            mx.host,
+            mx.address.as_deref().unwrap_or("-"),
+            name(&mx.level)
+        );
+        if let Some(e) = &mx.error {
+            let _ = writeln!(out, "  not used: {e}");
+        }
+        for c in &mx.checks {
+            let _ = writeln!(
+                out,
+                "  {:<13} {:<15} {}",
+                name(&c.name),
+                name(&c.status),
+                c.detail
+            );
+        }
+        if let Some(t) = &mx.tls {
+            let _ = writeln!(
+                out,
+                "  tls           {} {} {}{}",
+                t.version,
+                t.cipher_suite,
+                t.kx_group.as_deref().unwrap_or("-"),
+                t.peer_key
+                    .as_ref()
+                    .map(|k| format!(", {} {} bits", k.algorithm, k.bits))
+                    .unwrap_or_default()
+            );
+            for c in &t.chain {
+                let _ = writeln!(
+                    out,
+                    "  cert          {} (issuer {}, until {})",
+                    c.subject, c.issuer, c.not_after
+                );
+            }
+        }
+    }
+    out
+}
+
+mod erased {
+    /// The serde name of a unit enum variant (`qualified`, `key_size`, …).
+    pub trait Name {
+        fn name(&self) -> String;
+    }
+    impl<T: serde::Serialize> Name for T {
+        fn name(&self) -> String {
+            serde_json::to_value(self)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }
+    }
 }

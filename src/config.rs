@@ -31,6 +31,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub outbound: OutboundConfig,
     pub dns: DnsConfig,
+    pub mta_sts: MtaStsConfig,
     pub spool: SpoolConfig,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
@@ -63,6 +64,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             outbound: OutboundConfig::default(),
             dns: DnsConfig::default(),
+            mta_sts: MtaStsConfig::default(),
             spool: SpoolConfig::default(),
             routes: Vec::new(),
             tenants: vec![Tenant {
@@ -223,6 +225,8 @@ pub struct OutboundConfig {
     pub idle_timeout: Duration,
     /// Transactions sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
+    /// Trust anchors for PKIX authentication of peers.
+    pub pkix_roots: RootStore,
 }
 
 impl Default for OutboundConfig {
@@ -235,6 +239,7 @@ impl Default for OutboundConfig {
             data_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(5),
             max_messages_per_connection: 100,
+            pkix_roots: RootStore::Mozilla,
         }
     }
 }
@@ -244,6 +249,60 @@ impl Default for OutboundConfig {
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty means the system's /etc/resolv.conf.
     pub servers: Vec<SocketAddr>,
+    /// DNSKEY records to anchor DNSSEC validation at; default: the IANA root
+    /// keys built in from `certs/root-anchors.dnskey`.
+    pub trust_anchor: Option<PathBuf>,
+}
+
+/// Where PKIX trust comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RootStore {
+    /// The Mozilla root program, built in (webpki-roots).
+    Mozilla,
+    /// The operating system's store.
+    System,
+    /// CA certificates from a PEM file.
+    File(PathBuf),
+}
+
+impl TryFrom<String> for RootStore {
+    type Error = String;
+    fn try_from(s: String) -> Result<RootStore, String> {
+        match s.as_str() {
+            "mozilla" => Ok(RootStore::Mozilla),
+            "system" => Ok(RootStore::System),
+            "" => Err("expected `mozilla`, `system` or the path of a PEM file".into()),
+            path => Ok(RootStore::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// MTA-STS (RFC 8461) policy discovery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    pub enabled: bool,
+    /// Port of the policy host (443 on the Internet; tests use another).
+    pub https_port: u16,
+    /// Trust for the policy host's certificate; default: `outbound.pkix_roots`.
+    pub roots: Option<RootStore>,
+    #[serde(deserialize_with = "duration")]
+    pub fetch_timeout: Duration,
+    /// Largest policy accepted (RFC 8461 §3.3 suggests 64 KiB).
+    pub max_policy_size: usize,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            https_port: 443,
+            roots: None,
+            fetch_timeout: Duration::from_secs(30),
+            max_policy_size: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,7 +28,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => Users::default(),
     };
     let dns = Dns::new(&config.dns)?;
-    let outbound = Arc::new(Outbound::new(config.clone(), dns));
+    let outbound = Arc::new(Outbound::new(
+        config.clone(),
+        dns,
+        Some(config.database_path()),
+    )?);
     let queue = Queue::new(config.clone(), spool.clone(), outbound);
     let handle = queue.handle();
     let listeners = inbound::bind(&config).await?;

@@ -17,10 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rustls::pki_types::ServerName;
+use serde::Serialize;
 
 use crate::config::Config;
-use crate::dns::{Dns, DnsError, MxAnswer};
-use crate::qualify::{Check, CheckName, Status, Verdict};
+use crate::dns::{Dns, DnsError, MxAnswer, Security, Tlsa};
+use crate::qualify::mta_sts::{Discovery, Mode, MtaSts, Policy};
+use crate::qualify::pkix::{Roots, RootsError};
+use crate::qualify::verifier::{self, CertEvidence, DeliveryVerifier};
+use crate::qualify::{Check, CheckName, Level, Status, TlsFacts, Verdict, dane};
 use crate::reply::Reply;
 use crate::spool::LoadedJob;
 use client::{ClientError, SmtpClient, Timeouts};
@@ -82,7 +86,7 @@ pub struct Attempt {
     pub verdict: Option<Verdict>,
 }
 
-/// One host to try, with its addresses.
+/// One host to try.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub host: String,
@@ -98,6 +102,36 @@ struct RouteFailure {
     text: String,
 }
 
+/// The hosts of a domain, best first, each with what it requires.
+struct Route {
+    hosts: Vec<HostPlan>,
+}
+
+/// A host that may be tried, or why it may not.
+enum HostPlan {
+    Use(Box<Candidate>),
+    Skip { target: Target, reason: String },
+}
+
+/// A host with the rules its connection must meet.
+#[derive(Debug, Clone)]
+struct Candidate {
+    target: Target,
+    addresses: Vec<IpAddr>,
+    /// Reference identities for the certificate (RFC 7672 §3.2.2).
+    names: Vec<String>,
+    /// Usable TLSA records: when present, only DANE authenticates.
+    tlsa: Vec<Tlsa>,
+    /// Why TLS is mandatory for this host, if it is (no plaintext fallback).
+    require_tls: Option<String>,
+    dnssec: Check,
+    /// `dane` when no usable TLSA records exist (why DANE does not apply).
+    dane: Check,
+    /// MTA-STS policy that governs this host (not when DANE applies).
+    sts: Option<Policy>,
+    sts_detail: String,
+}
+
 struct Idle {
     client: SmtpClient,
     since: Instant,
@@ -108,18 +142,69 @@ struct Idle {
 pub struct Outbound {
     config: Arc<Config>,
     dns: Dns,
-    connector: tokio_rustls::TlsConnector,
+    roots: Roots,
+    mta_sts: Option<MtaSts>,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
+/// `sealgate check`: one entry per MX host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub preference: u16,
+    pub address: Option<String>,
+    pub level: Level,
+    pub checks: Vec<Check>,
+    pub tls: Option<TlsFacts>,
+    /// Why the host was not (or could not be) used, if so.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub domain: String,
+    /// The best level any MX reached.
+    pub level: Level,
+    pub mx: Vec<HostReport>,
+    /// Why no host could be listed, if so.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+    #[error("MTA-STS: {0}")]
+    MtaSts(String),
+}
+
 impl Outbound {
-    pub fn new(config: Arc<Config>, dns: Dns) -> Outbound {
-        Outbound {
+    /// `db`: where MTA-STS policies are cached across restarts (none: memory only).
+    pub fn new(
+        config: Arc<Config>,
+        dns: Dns,
+        db: Option<std::path::PathBuf>,
+    ) -> Result<Outbound, OutboundError> {
+        let roots = Roots::load(&config.outbound.pkix_roots)?;
+        let mta_sts = if config.mta_sts.enabled {
+            let sts_roots = match &config.mta_sts.roots {
+                Some(r) => Roots::load(r)?,
+                None => roots.clone(),
+            };
+            Some(
+                MtaSts::new(&config.mta_sts, &sts_roots, dns.clone(), db)
+                    .map_err(OutboundError::MtaSts)?,
+            )
+        } else {
+            None
+        };
+        Ok(Outbound {
             config,
             dns,
-            connector: client::opportunistic_connector(),
+            roots,
+            mta_sts,
             idle: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -155,8 +240,8 @@ impl Outbound {
             }
         }
 
-        let targets = match self.route(&domain).await {
-            Ok(t) => t,
+        let route = match self.route(&domain).await {
+            Ok(r) => r,
             Err(f) if f.permanent => {
                 return all(job, Outcome::Failed(Detail::local(f.status, f.text)), None);
             }
@@ -170,23 +255,36 @@ impl Outbound {
         };
 
         let mut last_error = format!("no mail exchanger of {domain} could be reached");
-        for target in &targets {
-            let addresses = match self.dns.addresses(&target.host).await {
-                Ok(a) => a,
-                Err(e) => {
-                    last_error = e.to_string();
+        let mut last_verdict = None;
+        for plan in &route.hosts {
+            let candidate = match plan {
+                HostPlan::Use(c) => c,
+                HostPlan::Skip { target, reason } => {
+                    last_error = format!("{}: {reason}", target.host);
+                    tracing::info!(%domain, "{last_error}");
                     continue;
                 }
             };
-            for ip in addresses {
-                let mut session = match self.open(&domain, target, ip).await {
+            for &ip in &candidate.addresses {
+                let mut session = match self.open(&domain, candidate, ip).await {
                     Ok(s) => s,
                     Err(e) => {
-                        last_error = format!("{}[{ip}]: {e}", target.host);
+                        last_error = format!("{}[{ip}]: {e}", candidate.target.host);
                         tracing::info!(%domain, "{last_error}");
                         continue;
                     }
                 };
+                if let Some(verdict) = &session.verdict
+                    && let Err(reason) = candidate.acceptable(verdict)
+                {
+                    // Never downgrade (RFC 7672 §2.2, RFC 8461 §5): this host
+                    // is not used; another may be, or the message waits.
+                    last_error = format!("{}[{ip}]: {reason}", candidate.target.host);
+                    tracing::warn!(%domain, "not delivering: {last_error}");
+                    last_verdict = session.verdict.take();
+                    tokio::spawn(session.client.quit());
+                    continue;
+                }
                 return match self.transact(&mut session.client, job).await {
                     Ok(outcomes) => {
                         let verdict = session.verdict.clone();
@@ -200,67 +298,349 @@ impl Outbound {
         all(
             job,
             Outcome::Deferred(Detail::local([4, 4, 1], last_error)),
-            None,
+            last_verdict,
         )
     }
 
-    /// The hosts to try for a domain, best first.
-    async fn route(&self, domain: &str) -> Result<Vec<Target>, RouteFailure> {
-        if let Some(route) = self.config.routes.iter().find(|r| r.domain.matches(domain)) {
-            return Ok(vec![Target {
-                host: route.next_hop.host.clone(),
-                preference: 0,
-                port: route.next_hop.port,
-            }]);
+    /// `sealgate check`: every MX host of a domain qualified on a real
+    /// connection (EHLO, STARTTLS with the delivery verifier, QUIT).
+    pub async fn check(&self, domain: &str) -> CheckReport {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let route = match self.route(&domain).await {
+            Ok(r) => r,
+            Err(f) => {
+                return CheckReport {
+                    domain,
+                    level: Level::Plaintext,
+                    mx: Vec::new(),
+                    error: Some(f.text),
+                };
+            }
+        };
+        let mut reports = Vec::new();
+        for plan in &route.hosts {
+            let c = match plan {
+                HostPlan::Skip { target, reason } => {
+                    reports.push(HostReport {
+                        host: target.host.clone(),
+                        preference: target.preference,
+                        address: None,
+                        level: Level::Plaintext,
+                        checks: Vec::new(),
+                        tls: None,
+                        error: Some(reason.clone()),
+                    });
+                    continue;
+                }
+                HostPlan::Use(c) => c,
+            };
+            let mut report = HostReport {
+                host: c.target.host.clone(),
+                preference: c.target.preference,
+                address: None,
+                level: Level::Plaintext,
+                checks: Vec::new(),
+                tls: None,
+                error: None,
+            };
+            for &ip in &c.addresses {
+                report.address = Some(ip.to_string());
+                match self.open(&domain, c, ip).await {
+                    Ok(session) => {
+                        if let Some(v) = &session.verdict {
+                            report.level = v.level;
+                            report.checks = v.checks.clone();
+                            report.tls = v.tls.clone();
+                            report.error = c.acceptable(v).err();
+                        }
+                        session.client.quit().await;
+                        break;
+                    }
+                    Err(e) => report.error = Some(e.to_string()),
+                }
+            }
+            reports.push(report);
         }
-        let port = self.config.outbound.port;
-        match self.dns.mx(domain).await {
-            Ok(MxAnswer::Hosts(hosts)) => Ok(hosts
-                .into_iter()
-                .map(|(preference, host)| Target {
-                    host,
-                    preference,
-                    port,
-                })
-                .collect()),
-            Ok(MxAnswer::Implicit) => Ok(vec![Target {
-                host: domain.to_string(),
-                preference: 0,
-                port,
-            }]),
-            Ok(MxAnswer::NullMx) => Err(RouteFailure {
-                permanent: true,
-                status: [5, 1, 10],
-                text: format!("{domain} accepts no mail (null MX, RFC 7505)"),
-            }),
-            Err(DnsError::NoSuchDomain(d)) => Err(RouteFailure {
-                permanent: true,
-                status: [5, 1, 2],
-                text: format!("domain {d} does not exist"),
-            }),
-            Err(e) => Err(RouteFailure {
-                permanent: false,
-                status: [4, 4, 3],
-                text: e.to_string(),
-            }),
+        let level = reports
+            .iter()
+            .filter(|r| r.error.is_none())
+            .map(|r| r.level)
+            .max()
+            .unwrap_or(Level::Plaintext);
+        CheckReport {
+            domain,
+            level,
+            mx: reports,
+            error: None,
         }
     }
 
-    /// Connects to one address and secures the session as far as the peer allows.
-    async fn open(&self, domain: &str, target: &Target, ip: IpAddr) -> Result<Idle, ClientError> {
+    /// The hosts to try for a domain, best first, with their requirements.
+    async fn route(&self, domain: &str) -> Result<Route, RouteFailure> {
+        if let Some(route) = self.config.routes.iter().find(|r| r.domain.matches(domain)) {
+            let target = Target {
+                host: route.next_hop.host.clone(),
+                preference: 0,
+                port: route.next_hop.port,
+            };
+            let plan = match self.dns.addresses(&target.host).await {
+                Ok(a) => HostPlan::Use(Box::new(Candidate {
+                    names: vec![target.host.clone()],
+                    target,
+                    addresses: a.value,
+                    tlsa: Vec::new(),
+                    require_tls: None,
+                    dnssec: Check::new(
+                        CheckName::Dnssec,
+                        Status::NotApplicable,
+                        "static route: no MX lookup",
+                    ),
+                    dane: Check::new(CheckName::Dane, Status::NotApplicable, "static route"),
+                    sts: None,
+                    sts_detail: "static route".into(),
+                })),
+                Err(e) => HostPlan::Skip {
+                    target,
+                    reason: e.to_string(),
+                },
+            };
+            return Ok(Route { hosts: vec![plan] });
+        }
+        let port = self.config.outbound.port;
+        let mx = match self.dns.mx(domain).await {
+            Ok(mx) => mx,
+            Err(DnsError::NoSuchDomain { name, .. }) => {
+                return Err(RouteFailure {
+                    permanent: true,
+                    status: [5, 1, 2],
+                    text: format!("domain {name} does not exist"),
+                });
+            }
+            Err(e @ DnsError::Bogus { .. }) => {
+                return Err(RouteFailure {
+                    permanent: false,
+                    status: [4, 7, 5],
+                    text: format!("{e}: not used"),
+                });
+            }
+            Err(e) => {
+                return Err(RouteFailure {
+                    permanent: false,
+                    status: [4, 4, 3],
+                    text: e.to_string(),
+                });
+            }
+        };
+        let targets: Vec<Target> = match &mx.value {
+            MxAnswer::Hosts(hosts) => hosts
+                .iter()
+                .map(|(preference, host)| Target {
+                    host: host.clone(),
+                    preference: *preference,
+                    port,
+                })
+                .collect(),
+            MxAnswer::Implicit => vec![Target {
+                host: domain.to_string(),
+                preference: 0,
+                port,
+            }],
+            MxAnswer::NullMx => {
+                return Err(RouteFailure {
+                    permanent: true,
+                    status: [5, 1, 10],
+                    text: format!("{domain} accepts no mail (null MX, RFC 7505)"),
+                });
+            }
+        };
+        let sts = match &self.mta_sts {
+            Some(m) => Some(m.discover(domain).await),
+            None => None,
+        };
+        let mut hosts = Vec::new();
+        for target in targets {
+            hosts.push(self.plan_host(target, mx.security, sts.as_ref()).await);
+        }
+        Ok(Route { hosts })
+    }
+
+    /// DNSSEC, DANE and MTA-STS for one MX host, before connecting.
+    async fn plan_host(
+        &self,
+        target: Target,
+        mx_security: Security,
+        sts: Option<&Discovery>,
+    ) -> HostPlan {
+        let addresses = match self.dns.addresses(&target.host).await {
+            Ok(a) => a,
+            Err(e) => {
+                return HostPlan::Skip {
+                    target,
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let host = target.host.clone();
+        let mut names = vec![host.clone()];
+        let mut security = mx_security.and(addresses.security);
+        let mut dnssec_parts = vec![
+            format!("MX {}", mx_security.name()),
+            format!("{host} A/AAAA {}", addresses.security.name()),
+        ];
+        let mut tlsa = Vec::new();
+        let mut require_tls = None;
+        let mut dane = Check::new(
+            CheckName::Dane,
+            Status::NotApplicable,
+            "MX or address records not DNSSEC-secure: DANE does not apply (RFC 7672 §2.2)",
+        );
+        // RFC 7672 §2.2: TLSA records count only for a host whose MX and
+        // address records are secure.
+        if security == Security::Secure {
+            // §2.2.2: with a secure CNAME chain, the expanded name first.
+            let mut bases = Vec::new();
+            if addresses.canonical != host {
+                bases.push(addresses.canonical.clone());
+            }
+            bases.push(host.clone());
+            let mut found = None;
+            for base in &bases {
+                match self.dns.tlsa(base, target.port).await {
+                    Ok(answer) => {
+                        found = Some((base.clone(), answer));
+                        break;
+                    }
+                    Err(e) if e.is_absent() => continue,
+                    Err(e) => {
+                        return HostPlan::Skip {
+                            target,
+                            reason: format!(
+                                "{e}: host not used (RFC 7672 §2.2.1, TLSA lookup must succeed)"
+                            ),
+                        };
+                    }
+                }
+            }
+            match found {
+                None => {
+                    dane = Check::new(
+                        CheckName::Dane,
+                        Status::NotApplicable,
+                        format!("no TLSA records at _{}._tcp.{host}", target.port),
+                    );
+                }
+                Some((base, answer)) => {
+                    dnssec_parts.push(format!("TLSA {}", answer.security.name()));
+                    security = security.and(answer.security);
+                    if answer.security != Security::Secure {
+                        dane = Check::new(
+                            CheckName::Dane,
+                            Status::NotApplicable,
+                            format!(
+                                "TLSA records at _{}._tcp.{base} are not DNSSEC-secure: ignored",
+                                target.port
+                            ),
+                        );
+                    } else {
+                        tlsa = dane::usable(&answer.value);
+                        if base != host {
+                            names = vec![base.clone(), host.clone()];
+                        }
+                        require_tls = Some(if tlsa.is_empty() {
+                            dane = Check::new(
+                                CheckName::Dane,
+                                Status::NotApplicable,
+                                "TLSA records present but none usable: TLS without authentication is mandatory (RFC 7672 §2.2)",
+                            );
+                            "TLSA records published".to_string()
+                        } else {
+                            "usable TLSA records published (DANE)".to_string()
+                        });
+                    }
+                }
+            }
+        }
+        let dnssec = match security {
+            Security::Secure => {
+                Check::new(CheckName::Dnssec, Status::Pass, dnssec_parts.join(", "))
+            }
+            Security::Insecure => Check::new(
+                CheckName::Dnssec,
+                Status::Fail,
+                format!("zone unsigned: {}", dnssec_parts.join(", ")),
+            ),
+            Security::Bogus => Check::new(CheckName::Dnssec, Status::Fail, dnssec_parts.join(", ")),
+            Security::Indeterminate => {
+                Check::new(CheckName::Dnssec, Status::Error, dnssec_parts.join(", "))
+            }
+        };
+        // RFC 8461 §2: DANE takes precedence over MTA-STS for a host with usable TLSA.
+        let (sts_policy, sts_detail) = match sts {
+            _ if !tlsa.is_empty() => (
+                None,
+                "DANE applies to this host and takes precedence (RFC 8461 §2)".to_string(),
+            ),
+            None => (None, "MTA-STS disabled".to_string()),
+            Some(Discovery::None(why)) => (None, why.clone()),
+            Some(Discovery::Policy(p, how)) if p.mode == Mode::None => {
+                (None, format!("policy mode none ({how})"))
+            }
+            Some(Discovery::Policy(p, how)) => {
+                if p.mode == Mode::Enforce && !p.matches(&host) {
+                    return HostPlan::Skip {
+                        target,
+                        reason: format!(
+                            "MTA-STS enforce: {host} does not match the policy's mx patterns {} (RFC 8461 §4.1): host not used",
+                            p.mx.join(", ")
+                        ),
+                    };
+                }
+                if p.mode == Mode::Enforce && require_tls.is_none() {
+                    require_tls = Some("MTA-STS policy in enforce mode".to_string());
+                }
+                (Some(p.clone()), how.clone())
+            }
+        };
+        HostPlan::Use(Box::new(Candidate {
+            target,
+            addresses: addresses.value,
+            names,
+            tlsa,
+            require_tls,
+            dnssec,
+            dane,
+            sts: sts_policy,
+            sts_detail,
+        }))
+    }
+
+    /// Connects to one address and secures the session as far as the host's
+    /// rules require (mandatory TLS) or the peer allows (opportunistic).
+    async fn open(&self, domain: &str, c: &Candidate, ip: IpAddr) -> Result<Idle, ClientError> {
+        let target = &c.target;
         let addr = SocketAddr::new(ip, target.port);
         let helo = self.config.helo_name();
         let client = SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
+        let (verifier, evidence) =
+            DeliveryVerifier::new(self.roots.clone(), c.names.clone(), c.tlsa.clone());
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(verifier::client_config(verifier)));
         let client = if client.caps.starttls {
             let name = ServerName::try_from(target.host.clone())
                 .unwrap_or_else(|_| ServerName::IpAddress(ip.into()));
-            match client.starttls(&self.connector, name).await {
+            match client.starttls(&connector, name).await {
                 Ok(c) => c,
+                Err((e, _)) if c.require_tls.is_some() => {
+                    return Err(ClientError::Tls(format!(
+                        "{e}; TLS is mandatory for this host ({}), no plaintext fallback",
+                        c.require_tls.as_deref().unwrap_or_default()
+                    )));
+                }
                 Err((e, _)) => {
                     // Opportunistic TLS (RFC 7435 §3): a failed handshake
                     // falls back to a new plaintext session, as Postfix's
-                    // "may" level does. The qualifying issues make this
-                    // depend on the message's class.
+                    // "may" level does. The policy decides whether that
+                    // transport is good enough for a given message.
                     tracing::info!(%domain, host = %target.host, "STARTTLS failed, continuing without TLS: {e}");
                     let mut c =
                         SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
@@ -268,10 +648,20 @@ impl Outbound {
                     c
                 }
             }
+        } else if let Some(why) = &c.require_tls {
+            tokio::spawn(client.quit());
+            return Err(ClientError::Tls(format!(
+                "STARTTLS not offered, but TLS is mandatory for this host ({why})"
+            )));
         } else {
             client
         };
-        let verdict = verdict_of(domain, &client);
+        let evidence = evidence.lock().ok().and_then(|mut e| e.take());
+        let mut client = client;
+        if let (Some(facts), Some(e)) = (client.tls.as_mut(), &evidence) {
+            facts.ocsp_stapled = e.ocsp_stapled;
+        }
+        let verdict = verdict_of(domain, &client, c, evidence);
         Ok(Idle {
             client,
             since: Instant::now(),
@@ -406,10 +796,16 @@ fn deferred_by(client: &SmtpClient, e: &ClientError) -> Outcome {
     })
 }
 
-/// The relay core's verdict: was the session encrypted, and with what.
-fn verdict_of(domain: &str, client: &SmtpClient) -> Verdict {
+/// The verdict of a connection: what was negotiated, and what the
+/// certificate evidence and the host's DNS say.
+fn verdict_of(
+    domain: &str,
+    client: &SmtpClient,
+    c: &Candidate,
+    evidence: Option<CertEvidence>,
+) -> Verdict {
     let now = chrono::Utc::now().timestamp();
-    let mut checks = Vec::new();
+    let mut checks = vec![c.dnssec.clone()];
     match (&client.tls, &client.tls_failure) {
         (Some(facts), _) => {
             checks.push(Check::new(
@@ -435,6 +831,21 @@ fn verdict_of(domain: &str, client: &SmtpClient) -> Verdict {
             "STARTTLS not offered",
         )),
     }
+    let evidence = evidence.filter(|_| client.tls.is_some());
+    match &evidence {
+        Some(e) => {
+            checks.push(e.dane.clone().unwrap_or_else(|| c.dane.clone()));
+            checks.push(e.pkix.clone());
+            checks.push(e.hostname.clone());
+        }
+        None => {
+            checks.push(c.dane.clone());
+            for name in [CheckName::Pkix, CheckName::Hostname] {
+                checks.push(Check::new(name, Status::NotApplicable, "no TLS session"));
+            }
+        }
+    }
+    checks.push(sts_check(c, evidence.as_ref()));
     Verdict::new(
         domain,
         &client.host,
@@ -443,4 +854,86 @@ fn verdict_of(domain: &str, client: &SmtpClient) -> Verdict {
         client.tls.clone(),
         now,
     )
+}
+
+/// The `mta_sts` check: did this connection keep the policy's promise?
+fn sts_check(c: &Candidate, evidence: Option<&CertEvidence>) -> Check {
+    let Some(policy) = &c.sts else {
+        return Check::new(
+            CheckName::MtaSts,
+            Status::NotApplicable,
+            c.sts_detail.clone(),
+        );
+    };
+    let mut failures = Vec::new();
+    if !policy.matches(&c.target.host) {
+        failures.push(format!("{} is not in the policy's mx list", c.target.host));
+    }
+    match evidence {
+        None => failures.push("no TLS session".to_string()),
+        Some(e) => {
+            for check in [&e.pkix, &e.hostname] {
+                if check.status != Status::Pass {
+                    failures.push(check.detail.clone());
+                }
+            }
+        }
+    }
+    let mode = policy.mode.name();
+    if failures.is_empty() {
+        Check::new(
+            CheckName::MtaSts,
+            Status::Pass,
+            format!(
+                "policy id {} mode {mode}: MX matches, certificate valid ({})",
+                policy.id, c.sts_detail
+            ),
+        )
+    } else {
+        Check::new(
+            CheckName::MtaSts,
+            Status::Fail,
+            format!(
+                "policy id {} mode {mode}: {}{}",
+                policy.id,
+                failures.join("; "),
+                if policy.mode == Mode::Testing {
+                    " (testing mode: reported, delivered anyway)"
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
+}
+
+impl Candidate {
+    /// Whether a connection may carry mail to this host: DANE and MTA-STS
+    /// enforce are promises by the domain, never downgraded.
+    fn acceptable(&self, verdict: &Verdict) -> Result<(), String> {
+        let check = |name| verdict.checks.iter().find(|c| c.name == name);
+        if !self.tlsa.is_empty() {
+            match check(CheckName::Dane) {
+                Some(c) if c.status == Status::Pass => {}
+                Some(c) => {
+                    return Err(format!(
+                        "DANE authentication failed: {} (RFC 7672 §2.2: not delivered)",
+                        c.detail
+                    ));
+                }
+                None => return Err("DANE authentication did not run".into()),
+            }
+        }
+        if let Some(p) = &self.sts
+            && p.mode == Mode::Enforce
+            && let Some(c) = check(CheckName::MtaSts)
+            && c.status != Status::Pass
+        {
+            return Err(format!(
+                "MTA-STS enforce: {} (RFC 8461 §5: not delivered)",
+                c.detail
+            ));
+        }
+        Ok(())
+    }
 }

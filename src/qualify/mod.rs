@@ -6,9 +6,15 @@
 //! [`Check`]s, never set by hand, so "why not qualified?" always has an
 //! answer: the checks that did not pass, with their detail.
 //!
-//! The relay core fills in `starttls` and `protocol`; DNSSEC, DANE, MTA-STS,
-//! PKIX, revocation and the BSI profile checks are added by their own
-//! submodules as they land.
+//! Submodules: [`dane`] (TLSA matching), [`pkix`] (chain and host name),
+//! [`mta_sts`] (policy discovery), [`verifier`] (the rustls verifier of the
+//! delivery connection that gathers their evidence). Revocation and the BSI
+//! profile checks join them with the certificate issue.
+
+pub mod dane;
+pub mod mta_sts;
+pub mod pkix;
+pub mod verifier;
 
 use serde::Serialize;
 
