@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-peers=(postfix swaks libnet-ssleay-perl openssl sqlite3)
+peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils)
 missing=()
 for p in "${peers[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -22,6 +22,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 status=0
 cargo test --all-targets || status=$?
-# Stop the shared Postfix destination the integration tests started.
+# Stop the peers the integration tests started and left for each other.
 bash tests/peers/postfix.sh stop target/tmp/peers/postfix-dest
+world=target/tmp/peers/dns-world
+bash tests/peers/postfix.sh stop "$world/mx"
+bash tests/peers/knot.sh stop "$world/knot"
+for pid in "$world"/www/*/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
 exit $status

@@ -9,15 +9,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn message(subject: &str, body: &str) -> String {
-    format!(
-        "From: Sender <sender@src.test>\r\nTo: rcpt@dst.test\r\nSubject: {subject}\r\n\
-         Message-ID: <{subject}@src.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Transfer-Encoding: 8bit\r\n\r\n{body}"
-    )
-}
-
 fn lf(s: &str) -> Vec<u8> {
     s.replace("\r\n", "\n").into_bytes()
 }

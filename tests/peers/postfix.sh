@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Private Postfix instances on loopback for tests and benchmarks.
 #   postfix.sh dest  DIR PORT            destination MX: accepts *.test into maildirs under DIR/mail
+#                                        ($ADDR: listen address, default 127.0.0.1;
+#                                         $CHAIN: PEM file with key and certificate chain)
 #   postfix.sh relay DIR PORT NEXTHOP    relay for 127.0.0.0/8 to NEXTHOP (host:port); TLS level in $SMTP_TLS (none)
 #   postfix.sh stop  DIR
 # Idempotent: an instance already running in DIR is left as it is.
@@ -11,12 +13,12 @@ if [ "$mode" = stop ]; then
   [ -f "$dir/main.cf" ] && postfix -c "$dir" stop >/dev/null 2>&1 || true
   exit 0
 fi
-port=$3
+port=$3 addr=${ADDR:-127.0.0.1}
 if [ -f "$dir/main.cf" ] && postfix -c "$dir" status >/dev/null 2>&1; then exit 0; fi
 # Postfix binds with SO_REUSEPORT: a second instance on a busy port would
 # silently share its connections. Refuse instead.
-if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
-  echo "127.0.0.1:$port is already in use (another Postfix from another checkout?)" >&2
+if (exec 3<>/dev/tcp/"$addr"/"$port") 2>/dev/null; then
+  echo "$addr:$port is already in use (another Postfix from another checkout?)" >&2
   exit 1
 fi
 
@@ -27,6 +29,7 @@ chown nobody:nogroup "$dir/mail"
 [ -f "$dir/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=dest.test \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" >/dev/null 2>&1
 chmod 600 "$dir/key.pem"
+chain=${CHAIN:-$dir/key.pem, $dir/cert.pem}
 : > "$dir/log"
 [ -f "$dir/access" ] || : > "$dir/access"
 
@@ -36,7 +39,7 @@ meta_directory = /etc/postfix
 queue_directory = $dir/queue
 data_directory = $dir/data
 mail_owner = postfix
-inet_interfaces = 127.0.0.1
+inet_interfaces = all
 inet_protocols = ipv4
 myhostname = dest.test
 mydestination =
@@ -49,7 +52,7 @@ maillog_file_prefixes = $dir
 smtputf8_enable = yes
 message_size_limit = 104857600
 smtpd_tls_security_level = may
-smtpd_tls_chain_files = $dir/key.pem, $dir/cert.pem
+smtpd_tls_chain_files = $chain
 smtpd_recipient_restrictions = check_recipient_access regexp:$dir/access, permit_mynetworks, reject_unauth_destination
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtp_dns_support_level = disabled
@@ -89,7 +92,7 @@ CF
 esac
 
 cat > "$dir/master.cf" <<CF
-127.0.0.1:$port inet n - n - - smtpd
+$addr:$port inet n - n - - smtpd
 pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
@@ -116,7 +119,7 @@ CF
 postfix -c "$dir" check
 postfix -c "$dir" start >/dev/null 2>&1 || { cat "$dir/log" >&2; exit 1; }
 for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && exit 0
+  (exec 3<>/dev/tcp/"$addr"/"$port") 2>/dev/null && exit 0
   sleep 0.05
 done
 echo "postfix in $dir did not listen on $port" >&2; cat "$dir/log" >&2; exit 1

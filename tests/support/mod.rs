@@ -2,6 +2,9 @@
 //! shared by every test (started once, by `tests/peers/postfix.sh`), a
 //! sealgate process per test with its own data directory, swaks, and a
 //! raw SMTP client for input no well-behaved client would send.
+//!
+//! Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -519,6 +522,16 @@ pub fn strip_trace(message: &[u8]) -> Vec<u8> {
             return rest.to_vec();
         }
     }
+}
+
+/// A complete message (Postfix would add missing Date/From headers).
+pub fn message(subject: &str, body: &str) -> String {
+    format!(
+        "From: Sender <sender@src.test>\r\nTo: rcpt@dst.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@src.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    )
 }
 
 pub fn unique(prefix: &str) -> String {

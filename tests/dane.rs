@@ -1,0 +1,272 @@
+//! DNSSEC, DANE (RFC 7672) and MTA-STS (RFC 8461) against real peers:
+//! Knot DNS serving signed zones under a test root, a Postfix MX with a
+//! test-CA certificate, MTA-STS policies over HTTPS. Tests are named after
+//! the section they prove.
+
+mod support;
+#[path = "support/world.rs"]
+mod world;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use world::world;
+
+const T: Duration = Duration::from_secs(30);
+
+fn gateway() -> Gateway {
+    let w = world();
+    Gateway::start_with(|dir, relay, sub| w.config(dir, relay, sub))
+}
+
+/// Sends one message to `rcpt` through the gateway; returns its queue id.
+fn send(gw: &Gateway, rcpt: &str) -> String {
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message(
+        "sender@src.test",
+        &[rcpt],
+        message(&unique("m"), "secret\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    reply.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+/// `sealgate check DOMAIN --json`, parsed.
+fn check(gw: &Gateway, domain: &str) -> Value {
+    let out = gw.cli(&["check", domain, "--json"]);
+    assert!(
+        out.status.success(),
+        "check {domain}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("check --json prints JSON")
+}
+
+fn status<'a>(host: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let c = host["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {host}"));
+    (c["status"].as_str().unwrap(), c["detail"].as_str().unwrap())
+}
+
+/// Waits until the message was tried and is still pending; returns the reason.
+fn deferred_reason(gw: &Gateway, id: &str) -> String {
+    let shown = wait_for(T, "a deferred attempt", || {
+        let out = gw.cli(&["queue", "show", id, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = &v["recipients"][0];
+        (r["attempts"].as_u64()? >= 1 && r["status"] == "pending").then_some(v)
+    });
+    shown["recipients"][0]["last_reply"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn delivered(rcpt: &str) -> Vec<Vec<u8>> {
+    wait_for(T, &format!("delivery to {rcpt}"), || {
+        let m = world().mails(rcpt);
+        (!m.is_empty()).then_some(m)
+    })
+}
+
+#[test]
+fn rfc7672_3_1_1_dane_ee_match_delivers_authenticated() {
+    let gw = gateway();
+    let rcpt = format!("{}@ee.dane.test", unique("ee"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "ee.dane.test");
+    let mx = &v["mx"][0];
+    assert_eq!(mx["host"], "mx.ee.dane.test");
+    assert_eq!(mx["level"], "authenticated", "{v:#}");
+    let (s, d) = status(mx, "dane");
+    assert_eq!(s, "pass", "{d}");
+    assert!(d.contains("DANE-EE") && d.contains("3 1 1"), "{d}");
+    let (s, d) = status(mx, "dnssec");
+    assert_eq!(s, "pass", "{d}");
+    assert!(d.contains("TLSA secure"), "{d}");
+    assert!(
+        gw.log().contains("level=Some(Authenticated)"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn rfc7672_3_1_2_dane_ta_match_checks_chain_and_name() {
+    let gw = gateway();
+    let rcpt = format!("{}@ta.dane.test", unique("ta"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "ta.dane.test");
+    let (s, d) = status(&v["mx"][0], "dane");
+    assert_eq!(s, "pass", "{d}");
+    assert!(
+        d.contains("DANE-TA") && d.contains("sealgate test CA") && d.contains("mx.ta.dane.test"),
+        "{d}"
+    );
+    assert_eq!(v["level"], "authenticated");
+}
+
+#[test]
+fn rfc7672_2_2_tlsa_mismatch_defers_and_never_downgrades() {
+    let gw = gateway();
+    let rcpt = format!("{}@mismatch.dane.test", unique("mismatch"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(reason.contains("DANE authentication failed"), "{reason}");
+    assert!(world().mails(&rcpt).is_empty(), "nothing was delivered");
+    // The certificate is PKIX-valid for the name; DANE alone decides.
+    let v = check(&gw, "mismatch.dane.test");
+    let mx = &v["mx"][0];
+    assert_eq!(status(mx, "pkix").0, "pass");
+    assert_eq!(status(mx, "dane").0, "fail");
+    assert_eq!(mx["level"], "encrypted", "{v:#}");
+    assert!(mx["error"].as_str().unwrap().contains("RFC 7672"), "{v:#}");
+}
+
+#[test]
+fn rfc7672_2_2_a_failing_host_gives_way_to_the_next_mx() {
+    let gw = gateway();
+    let rcpt = format!("{}@fallback.dane.test", unique("fallback"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "fallback.dane.test");
+    assert_eq!(v["mx"][0]["host"], "mx.mismatch.dane.test");
+    assert_eq!(status(&v["mx"][0], "dane").0, "fail");
+    assert_eq!(v["mx"][1]["host"], "mx.ee.dane.test");
+    assert_eq!(status(&v["mx"][1], "dane").0, "pass");
+    assert_eq!(v["level"], "authenticated");
+}
+
+#[test]
+fn rfc7672_2_2_1_servfail_on_tlsa_means_the_host_is_not_used() {
+    let gw = gateway();
+    let rcpt = format!("{}@servfail.dane.test", unique("servfail"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(
+        reason.contains("TLSA") && reason.contains("not used"),
+        "{reason}"
+    );
+    assert!(world().mails(&rcpt).is_empty());
+    let v = check(&gw, "servfail.dane.test");
+    assert!(
+        v["mx"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Server Failure"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn rfc4035_5_bogus_mx_answer_is_never_used() {
+    let gw = gateway();
+    let rcpt = format!("{}@bogus.test", unique("bogus"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(reason.contains("DNSSEC-bogus"), "{reason}");
+    assert!(world().mails(&rcpt).is_empty());
+}
+
+#[test]
+fn rfc7672_2_2_unsigned_zone_has_no_dane_and_pkix_decides() {
+    let gw = gateway();
+    let rcpt = format!("{}@unsigned.test", unique("unsigned"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "unsigned.test");
+    let mx = &v["mx"][0];
+    // The zone even publishes a non-matching TLSA record: insecure, so ignored.
+    assert_eq!(status(mx, "dane").0, "not_applicable");
+    let (s, d) = status(mx, "dnssec");
+    assert_eq!(s, "fail");
+    assert!(d.contains("zone unsigned"), "{d}");
+    assert_eq!(status(mx, "pkix").0, "pass");
+    assert_eq!(status(mx, "hostname").0, "pass");
+    assert_eq!(mx["level"], "authenticated");
+}
+
+#[test]
+fn rfc7672_2_2_2_cname_mx_host_uses_the_expanded_tlsa_base() {
+    let gw = gateway();
+    let rcpt = format!("{}@cname.dane.test", unique("cname"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "cname.dane.test");
+    let mx = &v["mx"][0];
+    assert_eq!(mx["host"], "mx.cname.dane.test");
+    // The TLSA record exists only at the CNAME target.
+    let (s, d) = status(mx, "dane");
+    assert_eq!(s, "pass", "{d}");
+    assert_eq!(status(mx, "dnssec").0, "pass");
+}
+
+#[test]
+fn rfc8461_4_1_enforce_with_matching_mx_delivers() {
+    let gw = gateway();
+    let rcpt = format!("{}@enforce.sts.test", unique("enforce"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "enforce.sts.test");
+    let (s, d) = status(&v["mx"][0], "mta_sts");
+    assert_eq!(s, "pass", "{d}");
+    assert!(d.contains("mode enforce"), "{d}");
+}
+
+#[test]
+fn rfc8461_4_1_enforce_with_non_matching_mx_defers() {
+    let gw = gateway();
+    let rcpt = format!("{}@badmx.sts.test", unique("badmx"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(
+        reason.contains("MTA-STS enforce") && reason.contains("does not match"),
+        "{reason}"
+    );
+    assert!(world().mails(&rcpt).is_empty());
+}
+
+#[test]
+fn rfc8461_5_testing_mode_delivers_and_records_the_failure() {
+    let gw = gateway();
+    let rcpt = format!("{}@testing.sts.test", unique("testing"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "testing.sts.test");
+    let mx = &v["mx"][0];
+    let (s, d) = status(mx, "mta_sts");
+    assert_eq!(s, "fail");
+    assert!(
+        d.contains("testing mode") && d.contains("not valid for mx.testing.sts.test"),
+        "{d}"
+    );
+    assert_eq!(status(mx, "hostname").0, "fail");
+    assert!(mx["error"].is_null(), "testing mode does not block: {v:#}");
+    assert_eq!(mx["level"], "encrypted");
+}
+
+#[test]
+fn check_prints_a_readable_verdict() {
+    let gw = gateway();
+    let out = gw.cli(&["check", "ee.dane.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("ee.dane.test: authenticated"), "{text}");
+    assert!(
+        text.contains("MX 10 mx.ee.dane.test [127.0.1.1]: authenticated"),
+        "{text}"
+    );
+    assert!(text.contains("dane          pass"), "{text}");
+    // A domain that does not exist: the check ran, and says so.
+    let out = gw.cli(&["check", "nx.dane.test"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+}

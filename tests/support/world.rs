@@ -1,0 +1,303 @@
+//! A small DNS world on loopback for the DNSSEC, DANE and MTA-STS tests:
+//! Knot DNS serving a signed test root and child zones (tests/peers/knot.sh),
+//! one Postfix MX on 127.0.1.1 with a certificate from a test CA made here,
+//! and `openssl s_server -WWW` serving MTA-STS policies on 127.0.2.x.
+//! Started once per test process; every run makes fresh keys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const KNOT_PORT: u16 = 24053;
+pub const MX_ADDR: &str = "127.0.1.1";
+pub const MX_PORT: u16 = 24025;
+pub const HTTPS_PORT: u16 = 24443;
+
+/// Names the MX certificate is valid for. `mx.testing.sts.test` is not
+/// among them on purpose: its MTA-STS check must fail.
+const CERT_NAMES: &[&str] = &[
+    "mx.ee.dane.test",
+    "mx.ta.dane.test",
+    "mx.mismatch.dane.test",
+    "mx.unsigned.test",
+    "mx.enforce.sts.test",
+    "mx.badmx.sts.test",
+    "mta-sts.enforce.sts.test",
+    "mta-sts.badmx.sts.test",
+    "mta-sts.testing.sts.test",
+];
+
+/// MTA-STS policy hosts: (domain, address, policy).
+const POLICIES: &[(&str, &str, &str)] = &[
+    (
+        "enforce.sts.test",
+        "127.0.2.1",
+        "version: STSv1\nmode: enforce\nmx: mx.enforce.sts.test\nmax_age: 86400\n",
+    ),
+    (
+        "badmx.sts.test",
+        "127.0.2.2",
+        "version: STSv1\nmode: enforce\nmx: *.elsewhere.test\nmax_age: 86400\n",
+    ),
+    (
+        "testing.sts.test",
+        "127.0.2.3",
+        "version: STSv1\nmode: testing\nmx: mx.testing.sts.test\nmax_age: 86400\n",
+    ),
+];
+
+pub struct World {
+    pub dir: PathBuf,
+}
+
+pub fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers/dns-world");
+        stop(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("knot")).unwrap();
+        let (ee, ta, other) = certificates(&dir);
+        zones(&dir.join("knot"), &ee, &ta, &other);
+        run(Command::new("bash")
+            .arg(peer_script("knot.sh"))
+            .arg("start")
+            .arg(dir.join("knot"))
+            .arg(KNOT_PORT.to_string()));
+        run(Command::new("bash")
+            .arg(peer_script("postfix.sh"))
+            .arg("dest")
+            .arg(dir.join("mx"))
+            .arg(MX_PORT.to_string())
+            .env("ADDR", MX_ADDR)
+            .env("CHAIN", dir.join("chain.pem")));
+        for (domain, addr, policy) in POLICIES {
+            let www = dir.join("www").join(domain);
+            std::fs::create_dir_all(www.join(".well-known")).unwrap();
+            std::fs::write(www.join(".well-known/mta-sts.txt"), policy).unwrap();
+            // Outlives this process on purpose, like Knot and Postfix; stopped
+            // through its pid file by `stop` and by the suite's end.
+            #[allow(clippy::zombie_processes)]
+            let child = Command::new("openssl")
+                .args(["s_server", "-quiet", "-WWW", "-accept"])
+                .arg(format!("{addr}:{HTTPS_PORT}"))
+                .arg("-cert")
+                .arg(dir.join("leaf.pem"))
+                .arg("-key")
+                .arg(dir.join("leaf.key"))
+                .current_dir(&www)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server");
+            std::fs::write(www.join("pid"), child.id().to_string()).unwrap();
+            wait_listening(addr, HTTPS_PORT);
+        }
+        World { dir }
+    })
+}
+
+impl World {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn anchor(&self) -> PathBuf {
+        self.dir.join("knot/root.keys")
+    }
+
+    /// Messages the MX received for `rcpt`.
+    pub fn mails(&self, rcpt: &str) -> Vec<Vec<u8>> {
+        let dir = self.dir.join("mx/mail").join(rcpt);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    /// A gateway configuration routed by this world's DNS (no static routes).
+    pub fn config(&self, dir: &Path, relay: u16, submission: u16) -> String {
+        let base = super::support::base_config(dir, relay, submission);
+        let base = base.split("[[route]]").next().unwrap_or_default();
+        let base = base.replace(
+            "idle_timeout = \"2s\"",
+            &format!(
+                "idle_timeout = \"0s\"\npkix_roots = \"{}\"\nconnect_timeout = \"5s\"",
+                self.ca().display()
+            ),
+        );
+        format!(
+            "{base}\n[dns]\nservers = [\"127.0.0.1:{KNOT_PORT}\"]\ntrust_anchor = \"{}\"\n\n[mta_sts]\nhttps_port = {HTTPS_PORT}\nfetch_timeout = \"5s\"\nroots = \"{}\"\n",
+            self.anchor().display(),
+            self.ca().display()
+        )
+    }
+}
+
+/// Stops whatever a previous run left (the suite's end also does this).
+pub fn stop(dir: &Path) {
+    let _ = Command::new("bash")
+        .arg(peer_script("knot.sh"))
+        .arg("stop")
+        .arg(dir.join("knot"))
+        .status();
+    let _ = Command::new("bash")
+        .arg(peer_script("postfix.sh"))
+        .arg("stop")
+        .arg(dir.join("mx"))
+        .status();
+    for (domain, _, _) in POLICIES {
+        if let Ok(pid) = std::fs::read_to_string(dir.join("www").join(domain).join("pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// Test CA, the MX certificate, and the TLSA data: (DANE-EE 3 1 1 of the
+/// MX key, DANE-TA 2 0 1 of the CA certificate, 3 1 1 of an unrelated key).
+fn certificates(dir: &Path) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, PublicKeyData,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sealgate test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = CERT_NAMES.iter().map(|s| s.to_string()).collect();
+    let mut leaf_params = CertificateParams::new(names).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "mx.ee.dane.test");
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    // Postfix wants the key first, then the chain; the CA travels along for DANE-TA.
+    std::fs::write(
+        dir.join("chain.pem"),
+        format!("{}{}{}", leaf_key.serialize_pem(), leaf.pem(), ca.pem()),
+    )
+    .unwrap();
+
+    let spki_sha256 = |key: &KeyPair| hex(&Sha256::digest(key.subject_public_key_info()));
+    let other = KeyPair::generate().unwrap();
+    (
+        spki_sha256(&leaf_key),
+        hex(&Sha256::digest(ca.der())),
+        spki_sha256(&other),
+    )
+}
+
+fn zones(dir: &Path, ee: &str, ta: &str, other: &str) {
+    let mx = MX_ADDR;
+    let p = MX_PORT;
+    let files: Vec<(&str, &str, String)> = vec![
+        (".", "signed", String::new()),
+        ("test.", "signed", String::new()),
+        (
+            "dane.test.",
+            "signed",
+            format!(
+                "ee.dane.test. MX 10 mx.ee.dane.test.
+mx.ee.dane.test. A {mx}
+_{p}._tcp.mx.ee.dane.test. TLSA 3 1 1 {ee}
+ta.dane.test. MX 10 mx.ta.dane.test.
+mx.ta.dane.test. A {mx}
+_{p}._tcp.mx.ta.dane.test. TLSA 2 0 1 {ta}
+mismatch.dane.test. MX 10 mx.mismatch.dane.test.
+mx.mismatch.dane.test. A {mx}
+_{p}._tcp.mx.mismatch.dane.test. TLSA 3 1 1 {other}
+fallback.dane.test. MX 10 mx.mismatch.dane.test.
+fallback.dane.test. MX 20 mx.ee.dane.test.
+servfail.dane.test. MX 10 mx.servfail.dane.test.
+mx.servfail.dane.test. A {mx}
+cname.dane.test. MX 10 mx.cname.dane.test.
+mx.cname.dane.test. CNAME mx.ee.dane.test.
+"
+            ),
+        ),
+        ("_tcp.mx.servfail.dane.test.", "broken", String::new()),
+        (
+            "unsigned.test.",
+            "unsigned",
+            format!(
+                "unsigned.test. MX 10 mx.unsigned.test.
+mx.unsigned.test. A {mx}
+_{p}._tcp.mx.unsigned.test. TLSA 3 1 1 {other}
+"
+            ),
+        ),
+        (
+            "bogus.test.",
+            "bogus",
+            format!("bogus.test. MX 10 mx.bogus.test.\nmx.bogus.test. A {mx}\n"),
+        ),
+        ("sts.test.", "unsigned", {
+            let mut z = String::new();
+            for (domain, addr, _) in POLICIES {
+                z.push_str(&format!(
+                    "{domain}. MX 10 mx.{domain}.\nmx.{domain}. A {mx}\n_mta-sts.{domain}. TXT \"v=STSv1; id=1\"\nmta-sts.{domain}. A {addr}\n"
+                ));
+            }
+            z
+        }),
+    ];
+    let mut list = String::new();
+    for (name, mode, records) in &files {
+        list.push_str(&format!("{name} {mode}\n"));
+        let file = if *name == "." {
+            "root".to_string()
+        } else {
+            name.trim_end_matches('.').to_string()
+        };
+        std::fs::write(dir.join(format!("{file}.zone")), records).unwrap();
+    }
+    std::fs::write(dir.join("zones"), list).unwrap();
+}
+
+fn peer_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run a peer script");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_listening(addr: &str, port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect((addr, port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{addr}:{port} did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
