@@ -115,6 +115,39 @@ fn rfc7672_3_1_2_dane_ta_match_checks_chain_and_name() {
 }
 
 #[test]
+fn rfc7672_3_2_2_dane_ta_needs_the_mx_name_in_the_certificate() {
+    let gw = gateway();
+    let rcpt = format!("{}@taname.dane.test", unique("taname"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(reason.contains("DANE authentication failed"), "{reason}");
+    assert!(world().mails(&rcpt).is_empty());
+    let v = check(&gw, "taname.dane.test");
+    let (s, d) = status(&v["mx"][0], "dane");
+    assert_eq!(s, "fail");
+    assert!(
+        d.contains("sealgate test CA") && d.contains("not valid for mx.taname.dane.test"),
+        "{d}"
+    );
+}
+
+#[test]
+fn rfc7672_2_2_only_unusable_tlsa_means_tls_without_authentication() {
+    let gw = gateway();
+    let rcpt = format!("{}@unusable.dane.test", unique("unusable"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let v = check(&gw, "unusable.dane.test");
+    let mx = &v["mx"][0];
+    let (s, d) = status(mx, "dane");
+    assert_eq!(s, "not_applicable");
+    assert!(d.contains("none usable"), "{d}");
+    // PKIX-TA(1) is not how SMTP authenticates (§3.1.3): encrypted, no more.
+    assert_eq!(status(mx, "hostname").0, "fail");
+    assert_eq!(mx["level"], "encrypted");
+}
+
+#[test]
 fn rfc7672_2_2_tlsa_mismatch_defers_and_never_downgrades() {
     let gw = gateway();
     let rcpt = format!("{}@mismatch.dane.test", unique("mismatch"));

@@ -229,6 +229,12 @@ servfail.dane.test. MX 10 mx.servfail.dane.test.
 mx.servfail.dane.test. A {mx}
 cname.dane.test. MX 10 mx.cname.dane.test.
 mx.cname.dane.test. CNAME mx.ee.dane.test.
+taname.dane.test. MX 10 mx.taname.dane.test.
+mx.taname.dane.test. A {mx}
+_{p}._tcp.mx.taname.dane.test. TLSA 2 0 1 {ta}
+unusable.dane.test. MX 10 mx.unusable.dane.test.
+mx.unusable.dane.test. A {mx}
+_{p}._tcp.mx.unusable.dane.test. TLSA 1 1 1 {ee}
 "
             ),
         ),
