@@ -140,19 +140,6 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
-impl std::fmt::Display for Tlsa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {} {} {}",
-            self.usage,
-            self.selector,
-            self.matching,
-            crate::tls::hex(&self.data).to_lowercase()
-        )
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("DNSSEC trust anchor {path}: {message}")]
 pub struct AnchorError {

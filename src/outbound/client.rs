@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -528,17 +527,6 @@ fn xtext(s: &str) -> String {
         }
     }
     out
-}
-
-/// A connector for opportunistic TLS (any certificate; evidence recorded).
-pub fn opportunistic_connector() -> tokio_rustls::TlsConnector {
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(crate::tls::OpportunisticVerifier::new()))
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[cfg(test)]
