@@ -77,16 +77,22 @@ pub fn dest() -> &'static Dest {
     })
 }
 
+/// Messages a Postfix peer started by tests/peers/postfix.sh in `dir` saved
+/// for `rcpt`, in arrival order.
+pub fn saved_mails(dir: &Path, rcpt: &str) -> Vec<Vec<u8>> {
+    let dir = dir.join("mail").join(rcpt);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+    files.sort();
+    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+}
+
 impl Dest {
     /// Messages delivered to `rcpt`, in arrival order.
     pub fn mails(&self, rcpt: &str) -> Vec<Vec<u8>> {
-        let dir = self.dir.join("mail").join(rcpt);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-        files.sort();
-        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+        saved_mails(&self.dir, rcpt)
     }
 
     /// Waits until `rcpt` has at least `n` messages.

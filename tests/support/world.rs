@@ -112,13 +112,7 @@ impl World {
 
     /// Messages the MX received for `rcpt`.
     pub fn mails(&self, rcpt: &str) -> Vec<Vec<u8>> {
-        let dir = self.dir.join("mx/mail").join(rcpt);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-        files.sort();
-        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+        super::support::saved_mails(&self.dir.join("mx"), rcpt)
     }
 
     /// A gateway configuration routed by this world's DNS (no static routes).
