@@ -128,6 +128,9 @@ pub struct TlsConfig {
     pub private_key: Option<PathBuf>,
     /// PEM CA certificates that client certificates matched by subject or SAN must chain to.
     pub client_ca_file: Option<PathBuf>,
+    /// The TLS profile of both directions: what sealgate's own TLS server
+    /// offers, and what a delivery connection must meet to be `qualified`.
+    pub profile: crate::qualify::bsi::Profile,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

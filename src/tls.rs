@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::qualify::bsi;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -80,11 +81,12 @@ pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
     let verifier = Arc::new(ClientIdentityVerifier {
         provider: provider(),
     });
-    let mut server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| file_error(&key_path, format!("does not match the certificate: {e}")))?;
+    let mut server =
+        rustls::ServerConfig::builder_with_provider(Arc::new(config.tls.profile.server_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| file_error(&key_path, format!("does not match the certificate: {e}")))?;
     server.ignore_client_order = true;
     Ok(ServerTls {
         config: Arc::new(server),
@@ -260,10 +262,10 @@ pub fn facts(state: &CommonState, ocsp_stapled: bool) -> Option<TlsFacts> {
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
         other => format!("{other:?}"),
     };
-    let cipher_suite = format!("{:?}", state.negotiated_cipher_suite()?.suite());
+    let cipher_suite = bsi::suite_name(state.negotiated_cipher_suite()?.suite());
     let kx_group = state
         .negotiated_key_exchange_group()
-        .map(|g| format!("{:?}", g.name()).to_lowercase());
+        .map(|g| bsi::group_name(g.name()));
     let certs = state.peer_certificates().unwrap_or(&[]);
     let chain = certs.iter().filter_map(|c| cert_info(c)).collect();
     let peer_key = certs.first().and_then(|c| peer_key(c));
@@ -283,11 +285,9 @@ fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         sha256: hex(&Sha256::digest(der.as_ref())),
-        not_after: cert
-            .validity()
-            .not_after
-            .to_rfc2822()
-            .unwrap_or_else(|_| cert.validity().not_after.to_string()),
+        not_after: chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| cert.validity().not_after.to_string()),
     })
 }
 

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::dns::{Dns, DnsError, MxAnswer, Security, Tlsa};
+use crate::qualify::bsi::Profile;
 use crate::qualify::mta_sts::{Discovery, Mode, MtaSts, Policy};
 use crate::qualify::pkix::{Roots, RootsError};
 use crate::qualify::verifier::{self, CertEvidence, DeliveryVerifier};
@@ -623,8 +624,10 @@ impl Outbound {
         let client = SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
         let (verifier, evidence) =
             DeliveryVerifier::new(self.roots.clone(), c.names.clone(), c.tlsa.clone());
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(verifier::client_config(verifier)));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(verifier::client_config(
+            verifier,
+            self.config.tls.profile,
+        )));
         let client = if client.caps.starttls {
             let name = ServerName::try_from(target.host.clone())
                 .unwrap_or_else(|_| ServerName::IpAddress(ip.into()));
@@ -661,7 +664,7 @@ impl Outbound {
         if let (Some(facts), Some(e)) = (client.tls.as_mut(), &evidence) {
             facts.ocsp_stapled = e.ocsp_stapled;
         }
-        let verdict = verdict_of(domain, &client, c, evidence);
+        let verdict = verdict_of(domain, &client, c, evidence, self.config.tls.profile);
         Ok(Idle {
             client,
             since: Instant::now(),
@@ -803,6 +806,7 @@ fn verdict_of(
     client: &SmtpClient,
     c: &Candidate,
     evidence: Option<CertEvidence>,
+    profile: Profile,
 ) -> Verdict {
     let now = chrono::Utc::now().timestamp();
     let mut checks = vec![c.dnssec.clone()];
@@ -813,12 +817,7 @@ fn verdict_of(
                 Status::Pass,
                 "STARTTLS negotiated",
             ));
-            let modern = facts.version == "TLSv1.3" || facts.version == "TLSv1.2";
-            checks.push(Check::new(
-                CheckName::Protocol,
-                if modern { Status::Pass } else { Status::Fail },
-                format!("{} with {}", facts.version, facts.cipher_suite),
-            ));
+            checks.extend(profile.checks(facts));
         }
         (None, Some(failure)) => checks.push(Check::new(
             CheckName::Starttls,

@@ -8,9 +8,10 @@
 //!
 //! Submodules: [`dane`] (TLSA matching), [`pkix`] (chain and host name),
 //! [`mta_sts`] (policy discovery), [`verifier`] (the rustls verifier of the
-//! delivery connection that gathers their evidence). Revocation and the BSI
-//! profile checks join them with the certificate issue.
+//! delivery connection that gathers their evidence), [`bsi`] (the TLS
+//! profile the negotiated parameters are judged by).
 
+pub mod bsi;
 pub mod dane;
 pub mod mta_sts;
 pub mod pkix;

@@ -13,6 +13,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::bsi::Profile;
 use super::pkix::{self, Roots};
 use super::{Check, dane};
 use crate::dns::Tlsa;
@@ -116,9 +117,10 @@ impl ServerCertVerifier for DeliveryVerifier {
     }
 }
 
-/// A client configuration for one delivery connection with this verifier.
-pub fn client_config(verifier: Arc<DeliveryVerifier>) -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+/// A client configuration for one delivery connection with this verifier,
+/// offering the profile's suites and groups first.
+pub fn client_config(verifier: Arc<DeliveryVerifier>, profile: Profile) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(profile.client_provider()))
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions")
         .dangerous()
