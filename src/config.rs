@@ -32,6 +32,7 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub dns: DnsConfig,
     pub mta_sts: MtaStsConfig,
+    pub revocation: RevocationConfig,
     pub spool: SpoolConfig,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
@@ -65,6 +66,7 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             dns: DnsConfig::default(),
             mta_sts: MtaStsConfig::default(),
+            revocation: RevocationConfig::default(),
             spool: SpoolConfig::default(),
             routes: Vec::new(),
             tenants: vec![Tenant {
@@ -294,6 +296,29 @@ pub struct MtaStsConfig {
     pub fetch_timeout: Duration,
     /// Largest policy accepted (RFC 8461 §3.3 suggests 64 KiB).
     pub max_policy_size: usize,
+}
+
+/// Revocation checking of delivery peers' certificates (OCSP, CRL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// Time limit of one OCSP query or CRL download.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Largest OCSP response accepted.
+    pub max_ocsp_size: usize,
+    /// Largest CRL accepted.
+    pub max_crl_size: usize,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            timeout: Duration::from_secs(10),
+            max_ocsp_size: 64 * 1024,
+            max_crl_size: 20 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for MtaStsConfig {

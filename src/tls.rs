@@ -268,7 +268,7 @@ pub fn facts(state: &CommonState, ocsp_stapled: bool) -> Option<TlsFacts> {
         .map(|g| bsi::group_name(g.name()));
     let certs = state.peer_certificates().unwrap_or(&[]);
     let chain = certs.iter().filter_map(|c| cert_info(c)).collect();
-    let peer_key = certs.first().and_then(|c| peer_key(c));
+    let peer_key = certs.first().and_then(|c| peer_key_of(c));
     Some(TlsFacts {
         version,
         cipher_suite,
@@ -291,8 +291,9 @@ fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
     })
 }
 
-fn peer_key(der: &CertificateDer<'_>) -> Option<PeerKey> {
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+/// The public key of a DER certificate, for the evidence.
+pub fn peer_key_of(der: &[u8]) -> Option<PeerKey> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
     let spki = cert.public_key();
     let (algorithm, bits) = match spki.parsed().ok()? {
         PublicKey::RSA(rsa) => ("RSA".to_string(), rsa.key_size()),

@@ -127,6 +127,8 @@ pub struct SmtpClient {
     pub tls: Option<TlsFacts>,
     /// The peer offered STARTTLS but the handshake failed (we fell back to plaintext).
     pub tls_failure: Option<String>,
+    /// What the peer offered to a probe after the handshake failed.
+    pub tls_offer: Option<crate::qualify::probe::Offer>,
     pub transactions: usize,
     /// Replies read so far: tells whether a failed transaction got anywhere.
     replies: usize,
@@ -154,6 +156,7 @@ impl SmtpClient {
             caps: Capabilities::default(),
             tls: None,
             tls_failure: None,
+            tls_offer: None,
             transactions: 0,
             replies: 0,
             timeouts,
@@ -204,12 +207,8 @@ impl SmtpClient {
         Ok(())
     }
 
-    /// Upgrades to TLS (RFC 3207) and says EHLO again. On `Err` the connection is unusable.
-    pub async fn starttls(
-        mut self,
-        connector: &tokio_rustls::TlsConnector,
-        server_name: rustls::pki_types::ServerName<'static>,
-    ) -> Result<SmtpClient, (ClientError, Option<Reply>)> {
+    /// Sends STARTTLS and checks the 220 reply (RFC 3207).
+    async fn starttls_command(&mut self) -> Result<(), (ClientError, Option<Reply>)> {
         if let Err(e) = self.write(b"STARTTLS\r\n").await {
             return Err((e, None));
         }
@@ -234,6 +233,26 @@ impl SmtpClient {
                 None,
             ));
         }
+        Ok(())
+    }
+
+    /// Sends STARTTLS and hands over the bare TCP stream, for a probe that
+    /// speaks TLS records itself.
+    pub async fn starttls_raw(mut self) -> Result<TcpStream, ClientError> {
+        self.starttls_command().await.map_err(|(e, _)| e)?;
+        match self.stream.into_inner() {
+            Stream::Plain(tcp) => Ok(tcp),
+            Stream::Tls(_) => Err(ClientError::Protocol("STARTTLS on a TLS connection".into())),
+        }
+    }
+
+    /// Upgrades to TLS (RFC 3207) and says EHLO again. On `Err` the connection is unusable.
+    pub async fn starttls(
+        mut self,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<SmtpClient, (ClientError, Option<Reply>)> {
+        self.starttls_command().await?;
         let Stream::Plain(tcp) = self.stream.into_inner() else {
             return Err((
                 ClientError::Protocol("STARTTLS on a TLS connection".into()),

@@ -24,6 +24,8 @@ use crate::dns::{Dns, DnsError, MxAnswer, Security, Tlsa};
 use crate::qualify::bsi::Profile;
 use crate::qualify::mta_sts::{Discovery, Mode, MtaSts, Policy};
 use crate::qualify::pkix::{Roots, RootsError};
+use crate::qualify::probe::{self, Offer};
+use crate::qualify::revocation::Revocation;
 use crate::qualify::verifier::{self, CertEvidence, DeliveryVerifier};
 use crate::qualify::{Check, CheckName, Level, Status, TlsFacts, Verdict, dane};
 use crate::reply::Reply;
@@ -145,6 +147,7 @@ pub struct Outbound {
     dns: Dns,
     roots: Roots,
     mta_sts: Option<MtaSts>,
+    revocation: Revocation,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
@@ -177,6 +180,8 @@ pub enum OutboundError {
     Roots(#[from] RootsError),
     #[error("MTA-STS: {0}")]
     MtaSts(String),
+    #[error("revocation: {0}")]
+    Revocation(String),
 }
 
 impl Outbound {
@@ -199,11 +204,14 @@ impl Outbound {
         } else {
             None
         };
+        let revocation =
+            Revocation::new(&config.revocation, dns.clone()).map_err(OutboundError::Revocation)?;
         Ok(Outbound {
             config,
             dns,
             roots,
             mta_sts,
+            revocation,
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -633,21 +641,36 @@ impl Outbound {
                 .unwrap_or_else(|_| ServerName::IpAddress(ip.into()));
             match client.starttls(&connector, name).await {
                 Ok(c) => c,
-                Err((e, _)) if c.require_tls.is_some() => {
-                    return Err(ClientError::Tls(format!(
-                        "{e}; TLS is mandatory for this host ({}), no plaintext fallback",
-                        c.require_tls.as_deref().unwrap_or_default()
-                    )));
-                }
-                Err((e, _)) => {
+                Err((e, refused)) => {
+                    // A failed handshake still gets a verdict that names
+                    // what the peer offers (docs/tls-profiles.md).
+                    let offer = match (&e, refused) {
+                        (ClientError::Tls(_), None) => self.probe(addr, &target.host).await,
+                        _ => Err(String::new()),
+                    };
+                    let failure = match &offer {
+                        Ok(o) => format!(
+                            "{e}; the peer offers {} ({})",
+                            o.describe(),
+                            self.config.tls.profile
+                        ),
+                        Err(why) if !why.is_empty() => format!("{e}; probe: {why}"),
+                        Err(_) => e.to_string(),
+                    };
+                    if let Some(why) = &c.require_tls {
+                        return Err(ClientError::Tls(format!(
+                            "{failure}; TLS is mandatory for this host ({why}), no plaintext fallback"
+                        )));
+                    }
                     // Opportunistic TLS (RFC 7435 §3): a failed handshake
                     // falls back to a new plaintext session, as Postfix's
                     // "may" level does. The policy decides whether that
                     // transport is good enough for a given message.
-                    tracing::info!(%domain, host = %target.host, "STARTTLS failed, continuing without TLS: {e}");
+                    tracing::info!(%domain, host = %target.host, "STARTTLS failed, continuing without TLS: {failure}");
                     let mut c =
                         SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
-                    c.tls_failure = Some(e.to_string());
+                    c.tls_failure = Some(failure);
+                    c.tls_offer = offer.ok();
                     c
                 }
             }
@@ -659,17 +682,60 @@ impl Outbound {
         } else {
             client
         };
-        let evidence = evidence.lock().ok().and_then(|mut e| e.take());
+        let evidence = evidence
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .filter(|_| client.tls.is_some());
         let mut client = client;
         if let (Some(facts), Some(e)) = (client.tls.as_mut(), &evidence) {
-            facts.ocsp_stapled = e.ocsp_stapled;
+            facts.ocsp_stapled = !e.staple.is_empty();
         }
-        let verdict = verdict_of(domain, &client, c, evidence, self.config.tls.profile);
+        let revocation = self.revocation_check(evidence.as_ref()).await;
+        let verdict = verdict_of(
+            domain,
+            &client,
+            c,
+            evidence,
+            revocation,
+            self.config.tls.profile,
+        );
         Ok(Idle {
             client,
             since: Instant::now(),
             verdict: Some(verdict),
         })
+    }
+
+    /// A second connection that asks the peer what it offers (qualify::probe).
+    async fn probe(&self, addr: SocketAddr, host: &str) -> Result<Offer, String> {
+        let helo = self.config.helo_name();
+        let client = SmtpClient::connect(addr, host, helo, self.timeouts())
+            .await
+            .map_err(|e| e.to_string())?;
+        let tcp = client.starttls_raw().await.map_err(|e| e.to_string())?;
+        probe::probe(tcp, host, self.config.outbound.command_timeout).await
+    }
+
+    /// The `revocation` check, for a peer that PKIX authenticated.
+    async fn revocation_check(&self, evidence: Option<&CertEvidence>) -> Check {
+        let na = |why: &str| Check::new(CheckName::Revocation, Status::NotApplicable, why);
+        let Some(e) = evidence else {
+            return na("no TLS session");
+        };
+        if e.pkix.status == Status::Pass {
+            let now = chrono::Utc::now().timestamp();
+            return self
+                .revocation
+                .check(&e.chain, &e.staple, &self.roots, now)
+                .await;
+        }
+        match &e.dane {
+            Some(d) if d.status == Status::Pass => na(
+                "authenticated by DANE: the DNSSEC-signed TLSA record vouches for the key (RFC 7672 §3.1)",
+            ),
+            _ => na("certificate not authenticated by PKIX"),
+        }
     }
 
     /// Runs the transaction. On error, the flag says whether the peer may
@@ -806,6 +872,7 @@ fn verdict_of(
     client: &SmtpClient,
     c: &Candidate,
     evidence: Option<CertEvidence>,
+    revocation: Check,
     profile: Profile,
 ) -> Verdict {
     let now = chrono::Utc::now().timestamp();
@@ -819,18 +886,25 @@ fn verdict_of(
             ));
             checks.extend(profile.checks(facts));
         }
-        (None, Some(failure)) => checks.push(Check::new(
-            CheckName::Starttls,
-            Status::Fail,
-            format!("STARTTLS offered but failed: {failure}"),
-        )),
+        (None, Some(failure)) => {
+            checks.push(Check::new(
+                CheckName::Starttls,
+                Status::Fail,
+                format!("STARTTLS offered but failed: {failure}"),
+            ));
+            if let Some(offer) = &client.tls_offer {
+                let facts = offer.facts();
+                checks.push(profile.protocol(&facts.version));
+                checks.push(profile.cipher(&facts.cipher_suite));
+                checks.push(profile.key_size(facts.peer_key.as_ref()));
+            }
+        }
         (None, None) => checks.push(Check::new(
             CheckName::Starttls,
             Status::Fail,
             "STARTTLS not offered",
         )),
     }
-    let evidence = evidence.filter(|_| client.tls.is_some());
     match &evidence {
         Some(e) => {
             checks.push(e.dane.clone().unwrap_or_else(|| c.dane.clone()));
@@ -844,6 +918,7 @@ fn verdict_of(
             }
         }
     }
+    checks.push(revocation);
     checks.push(sts_check(c, evidence.as_ref()));
     Verdict::new(
         domain,
@@ -911,6 +986,14 @@ impl Candidate {
     /// enforce are promises by the domain, never downgraded.
     fn acceptable(&self, verdict: &Verdict) -> Result<(), String> {
         let check = |name| verdict.checks.iter().find(|c| c.name == name);
+        if let Some(c) = check(CheckName::Revocation)
+            && c.status == Status::Fail
+        {
+            return Err(format!(
+                "the certificate is revoked: {} (never delivered over a revoked certificate)",
+                c.detail
+            ));
+        }
         if !self.tlsa.is_empty() {
             match check(CheckName::Dane) {
                 Some(c) if c.status == Status::Pass => {}

@@ -8,13 +8,16 @@
 //!
 //! Submodules: [`dane`] (TLSA matching), [`pkix`] (chain and host name),
 //! [`mta_sts`] (policy discovery), [`verifier`] (the rustls verifier of the
-//! delivery connection that gathers their evidence), [`bsi`] (the TLS
-//! profile the negotiated parameters are judged by).
+//! delivery connection that gathers their evidence), [`revocation`] (OCSP
+//! and CRL), [`bsi`] (the TLS profile the negotiated parameters are judged
+//! by).
 
 pub mod bsi;
 pub mod dane;
 pub mod mta_sts;
 pub mod pkix;
+pub mod probe;
+pub mod revocation;
 pub mod verifier;
 
 use serde::Serialize;

@@ -245,15 +245,12 @@ impl MtaSts {
             "https://mta-sts.{domain}:{}/.well-known/mta-sts.txt",
             self.port
         );
-        let mut response = self.http.get(&url).send().await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            format!("{url}: {text}")
-        })?;
+        let mut response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", super::revocation::error_chain(&e)))?;
         if response.status() != reqwest::StatusCode::OK {
             return Err(format!("{url}: HTTP {}", response.status()));
         }
@@ -338,7 +335,7 @@ impl MtaSts {
 }
 
 /// Resolves the policy host through our own resolver.
-struct Resolver(Dns);
+pub(crate) struct Resolver(pub(crate) Dns);
 
 impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {

@@ -25,7 +25,10 @@ pub struct CertEvidence {
     pub hostname: Check,
     /// Present only when usable TLSA records were given.
     pub dane: Option<Check>,
-    pub ocsp_stapled: bool,
+    /// The presented chain, end entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The stapled OCSP response; empty when none came.
+    pub staple: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -76,7 +79,11 @@ impl ServerCertVerifier for DeliveryVerifier {
                 pkix,
                 hostname,
                 dane,
-                ocsp_stapled: !ocsp_response.is_empty(),
+                chain: std::iter::once(end_entity)
+                    .chain(intermediates)
+                    .map(|c| c.clone().into_owned())
+                    .collect(),
+                staple: ocsp_response.to_vec(),
             });
         }
         Ok(ServerCertVerified::assertion())
