@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh)
+peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3)
 missing=()
 for p in "${peers[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,5 +27,6 @@ bash tests/peers/postfix.sh stop target/tmp/peers/postfix-dest
 world=target/tmp/peers/dns-world
 bash tests/peers/postfix.sh stop "$world/mx"
 bash tests/peers/knot.sh stop "$world/knot"
+bash tests/peers/pki.sh stop "$world/pki"
 for pid in "$world"/www/*/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
 exit $status

@@ -2,7 +2,9 @@
 # Private Postfix instances on loopback for tests and benchmarks.
 #   postfix.sh dest  DIR PORT            destination MX: accepts *.test into maildirs under DIR/mail
 #                                        ($ADDR: listen address, default 127.0.0.1;
-#                                         $CHAIN: PEM file with key and certificate chain)
+#                                         $CHAIN: PEM file with key and certificate chain;
+#                                         $EXTRA_MASTER: file of more master.cf lines, e.g.
+#                                         listeners with their own -o TLS settings)
 #   postfix.sh relay DIR PORT NEXTHOP    relay for 127.0.0.0/8 to NEXTHOP (host:port); TLS level in $SMTP_TLS (none)
 #   postfix.sh stop  DIR
 # Idempotent: an instance already running in DIR is left as it is.
@@ -116,6 +118,7 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 sink      unix  - n n - - pipe flags=q user=nobody argv=$dir/save.sh $dir/mail \${recipient}
 CF
+[ -n "${EXTRA_MASTER:-}" ] && cat "$EXTRA_MASTER" >> "$dir/master.cf"
 postfix -c "$dir" check
 postfix -c "$dir" start >/dev/null 2>&1 || { cat "$dir/log" >&2; exit 1; }
 for _ in $(seq 100); do

@@ -2,7 +2,14 @@
 //! Knot DNS serving a signed test root and child zones (tests/peers/knot.sh),
 //! one Postfix MX on 127.0.1.1 with a certificate from a test CA made here,
 //! and `openssl s_server -WWW` serving MTA-STS policies on 127.0.2.x.
+//! For the certificate tests: a test PKI made with `openssl ca`
+//! (tests/peers/pki.sh) with an `openssl ocsp` responder and a CRL over
+//! HTTP, and one more Postfix listener per peer variant on 127.0.3.x
+//! (same Postfix instance, `-o` TLS settings per listener), each the MX of
+//! `NAME.pki.test` in a signed zone.
 //! Started once per test process; every run makes fresh keys.
+
+#![allow(dead_code)] // each test binary uses a part of the world
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +22,45 @@ pub const KNOT_PORT: u16 = 24053;
 pub const MX_ADDR: &str = "127.0.1.1";
 pub const MX_PORT: u16 = 24025;
 pub const HTTPS_PORT: u16 = 24443;
+pub const OCSP_PORT: u16 = 24080;
+/// Nothing listens here: the "responder down" peer's OCSP URL.
+pub const DEAD_PORT: u16 = 24081;
+pub const CRL_PORT: u16 = 24090;
+
+/// The certificate peers: (name, PEM in pki/peers, extra `-o` settings).
+/// `NAME.pki.test` has MX `mx.NAME.pki.test` at 127.0.3.(index + 1).
+pub const PKI_PEERS: &[(&str, &str, &str)] = &[
+    ("good", "good", ""),
+    ("ecdsa", "ecdsa", ""),
+    ("rsa2048", "rsa2048", ""),
+    ("rsa1024", "rsa1024", ""),
+    ("expired", "expired", ""),
+    ("notyet", "notyet", ""),
+    ("wrongname", "wrongname", ""),
+    ("selfsigned", "selfsigned", ""),
+    ("unknownca", "unknownca", ""),
+    ("revoked", "revoked", ""),
+    ("crlrevoked", "crlrevoked", ""),
+    ("crlgood", "crlgood", ""),
+    ("ocspdown", "ocspdown", ""),
+    (
+        "tls10",
+        "good",
+        "-o smtpd_tls_protocols=!SSLv2,!SSLv3,!TLSv1.2,!TLSv1.3 -o tls_medium_cipherlist=DEFAULT:@SECLEVEL=0",
+    ),
+    (
+        "cbc",
+        "good",
+        "-o smtpd_tls_protocols=!SSLv2,!SSLv3,!TLSv1,!TLSv1.1,!TLSv1.3 -o tls_medium_cipherlist=ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA",
+    ),
+    (
+        "chacha",
+        "good",
+        "-o smtpd_tls_protocols=!SSLv2,!SSLv3,!TLSv1,!TLSv1.1,!TLSv1.3 -o tls_medium_cipherlist=ECDHE-RSA-CHACHA20-POLY1305",
+    ),
+    ("x25519", "good", "-o tls_eecdh_auto_curves=X25519"),
+    ("nostarttls", "good", "-o smtpd_tls_security_level=none"),
+];
 
 /// Names the MX certificate is valid for. `mx.testing.sts.test` is not
 /// among them on purpose: its MTA-STS check must fail.
@@ -62,6 +108,32 @@ pub fn world() -> &'static World {
         std::fs::create_dir_all(dir.join("knot")).unwrap();
         let (ee, ta, other) = certificates(&dir);
         zones(&dir.join("knot"), &ee, &ta, &other);
+        let pki = dir.join("pki");
+        run(Command::new("bash")
+            .arg(peer_script("pki.sh"))
+            .arg("make")
+            .arg(&pki)
+            .args([OCSP_PORT, DEAD_PORT, CRL_PORT].map(|p| p.to_string())));
+        run(Command::new("bash")
+            .arg(peer_script("pki.sh"))
+            .arg("start")
+            .arg(&pki)
+            .args([OCSP_PORT, CRL_PORT].map(|p| p.to_string())));
+        // One trust store for both test CAs.
+        let roots = [dir.join("ca.pem"), pki.join("ca/root.pem")]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect::<String>();
+        std::fs::write(dir.join("roots.pem"), roots).unwrap();
+        let mut listeners = String::new();
+        for (i, (_, pem, extra)) in PKI_PEERS.iter().enumerate() {
+            listeners.push_str(&format!(
+                "127.0.3.{}:{MX_PORT} inet n - n - - smtpd -o smtpd_tls_chain_files={} {extra}\n",
+                i + 1,
+                pki.join("peers").join(format!("{pem}.pem")).display()
+            ));
+        }
+        std::fs::write(dir.join("pki-listeners.cf"), listeners).unwrap();
         run(Command::new("bash")
             .arg(peer_script("knot.sh"))
             .arg("start")
@@ -73,7 +145,8 @@ pub fn world() -> &'static World {
             .arg(dir.join("mx"))
             .arg(MX_PORT.to_string())
             .env("ADDR", MX_ADDR)
-            .env("CHAIN", dir.join("chain.pem")));
+            .env("CHAIN", dir.join("chain.pem"))
+            .env("EXTRA_MASTER", dir.join("pki-listeners.cf")));
         for (domain, addr, policy) in POLICIES {
             let www = dir.join("www").join(domain);
             std::fs::create_dir_all(www.join(".well-known")).unwrap();
@@ -102,8 +175,18 @@ pub fn world() -> &'static World {
 }
 
 impl World {
+    /// The DANE world's CA and the PKI's root.
+    pub fn roots(&self) -> PathBuf {
+        self.dir.join("roots.pem")
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    /// A file of the test PKI (tests/peers/pki.sh).
+    pub fn pki(&self, path: &str) -> PathBuf {
+        self.dir.join("pki").join(path)
     }
 
     pub fn anchor(&self) -> PathBuf {
@@ -123,7 +206,7 @@ impl World {
             "idle_timeout = \"2s\"",
             &format!(
                 "idle_timeout = \"0s\"\npkix_roots = \"{}\"\nconnect_timeout = \"5s\"",
-                self.ca().display()
+                self.roots().display()
             ),
         );
         format!(
@@ -145,6 +228,11 @@ pub fn stop(dir: &Path) {
         .arg(peer_script("postfix.sh"))
         .arg("stop")
         .arg(dir.join("mx"))
+        .status();
+    let _ = Command::new("bash")
+        .arg(peer_script("pki.sh"))
+        .arg("stop")
+        .arg(dir.join("pki"))
         .status();
     for (domain, _, _) in POLICIES {
         if let Ok(pid) = std::fs::read_to_string(dir.join("www").join(domain).join("pid")) {
@@ -248,6 +336,16 @@ _{p}._tcp.mx.unsigned.test. TLSA 3 1 1 {other}
             "bogus",
             format!("bogus.test. MX 10 mx.bogus.test.\nmx.bogus.test. A {mx}\n"),
         ),
+        ("pki.test.", "signed", {
+            let mut z = String::new();
+            for (i, (name, _, _)) in PKI_PEERS.iter().enumerate() {
+                z.push_str(&format!(
+                    "{name}.pki.test. MX 10 mx.{name}.pki.test.\nmx.{name}.pki.test. A 127.0.3.{}\n",
+                    i + 1
+                ));
+            }
+            z
+        }),
         ("sts.test.", "unsigned", {
             let mut z = String::new();
             for (domain, addr, _) in POLICIES {
