@@ -383,3 +383,74 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// testssl.sh (a real, independent TLS scanner) against sealgate's own
+/// relay and submission listeners under bsi-strict: nothing below TLS 1.2,
+/// no CBC, no RSA key transport, forward secrecy only, the profile's curves.
+#[test]
+fn testssl_rates_our_own_listeners_by_the_profile() {
+    let gw = Gateway::start("[tls]\nprofile = \"bsi-strict\"\n");
+    let scans: Vec<_> = [gw.relay, gw.submission]
+        .into_iter()
+        .map(|port| {
+            let out = gw.dir.path().join(format!("testssl-{port}.json"));
+            std::thread::spawn(move || {
+                // Its exit status counts findings of every kind (a failed
+                // session-resumption probe included): the JSON is what we judge.
+                Command::new("testssl")
+                    .args(["-p", "-E", "-S", "-f", "--quiet", "--warnings", "off"])
+                    .arg("--jsonfile")
+                    .arg(&out)
+                    .args(["--starttls", "smtp"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("testssl is installed by run-tests.sh");
+                let findings: Vec<Value> = serde_json::from_slice(
+                    &std::fs::read(&out).expect("testssl wrote its JSON file"),
+                )
+                .expect("testssl's JSON parses");
+                assert!(
+                    findings.iter().any(|f| f["id"] == "scanTime"),
+                    "testssl on {port} did not finish: {findings:?}"
+                );
+                (port, findings)
+            })
+        })
+        .collect();
+    for scan in scans {
+        let (port, findings) = scan.join().unwrap();
+        let finding = |id: &str| {
+            findings
+                .iter()
+                .find(|f| f["id"] == id)
+                .and_then(|f| f["finding"].as_str())
+                .unwrap_or_else(|| panic!("no {id} in testssl's findings for {port}"))
+                .to_string()
+        };
+        for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+            assert_eq!(finding(old), "not offered", "{old} on {port}");
+        }
+        assert_eq!(finding("TLS1_2"), "offered");
+        assert!(finding("TLS1_3").starts_with("offered"));
+        assert_eq!(finding("PFS"), "offered");
+        let curves = finding("PFS_ECDHE_curves");
+        assert!(!curves.contains("X25519"), "{curves}");
+        let ciphers: Vec<String> = findings
+            .iter()
+            .filter(|f| f["id"].as_str().is_some_and(|id| id.starts_with("cipher-")))
+            .map(|f| f["finding"].as_str().unwrap().to_string())
+            .collect();
+        assert!(ciphers.len() >= 4, "{ciphers:?}");
+        for c in &ciphers {
+            assert!(c.contains("GCM"), "not AES-GCM on {port}: {c}");
+            assert!(!c.contains("CBC") && !c.contains("CHACHA"), "{port}: {c}");
+            assert!(!c.contains("TLS_RSA_"), "RSA key transport on {port}: {c}");
+            assert!(
+                c.contains("ECDH"),
+                "no ephemeral key exchange on {port}: {c}"
+            );
+        }
+    }
+}
