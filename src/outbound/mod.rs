@@ -649,11 +649,7 @@ impl Outbound {
                         _ => Err(String::new()),
                     };
                     let failure = match &offer {
-                        Ok(o) => format!(
-                            "{e}; the peer offers {} ({})",
-                            o.describe(),
-                            self.config.tls.profile
-                        ),
+                        Ok(o) => format!("{e}; the peer offers {}", o.describe()),
                         Err(why) if !why.is_empty() => format!("{e}; probe: {why}"),
                         Err(_) => e.to_string(),
                     };
