@@ -54,6 +54,33 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Seal a message into a password envelope, or open one (support, tests).
+    Envelope {
+        #[command(subcommand)]
+        command: EnvelopeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvelopeCommand {
+    /// Seal MESSAGE (an .eml file) into an opener page; prints the password.
+    Seal {
+        message: PathBuf,
+        /// Where the opener page goes.
+        #[arg(long, short, default_value = "secure-message.html")]
+        out: PathBuf,
+        /// Language of the opener page: en or de (default: seal.language).
+        #[arg(long)]
+        lang: Option<String>,
+    },
+    /// Open an opener page or a raw envelope; reads the password from
+    /// standard input and writes the original message.
+    Open {
+        file: PathBuf,
+        /// Where the original message goes.
+        #[arg(long, short, default_value = "message.eml")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,17 +187,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User {
             command: UserCommand::Hash { name },
         } => {
-            if std::io::stdin().is_terminal() {
-                eprintln!("password for {name} (one line):");
-            }
-            let mut password = String::new();
-            std::io::stdin().lock().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                bail!("empty password");
-            }
-            let hash = crate::inbound::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+            let password = read_password(&format!("password for {name} (one line):"))?;
+            let hash =
+                crate::inbound::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
             println!("{name}:{hash}");
+            Ok(())
+        }
+        Command::Envelope { command } => envelope(load_config(&cli.config)?, command),
+    }
+}
+
+/// One line from standard input, with a prompt when it is a terminal.
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("{prompt}");
+    }
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password.to_string())
+}
+
+fn envelope(config: Config, command: EnvelopeCommand) -> anyhow::Result<()> {
+    use crate::seal::{self, opener::Texts, password::Password};
+    match command {
+        EnvelopeCommand::Seal { message, out, lang } => {
+            let raw = std::fs::read(&message)
+                .with_context(|| format!("cannot read {}", message.display()))?;
+            let lang = lang.unwrap_or_else(|| config.seal.language.clone());
+            let Some(texts) = Texts::for_language(&lang) else {
+                bail!("no opener texts for language {lang:?} (en, de)");
+            };
+            let password = Password::generate();
+            let envelope = seal::seal_message(
+                &raw,
+                &password,
+                config.seal.iterations,
+                config.seal.max_size,
+            )
+            .with_context(|| format!("cannot seal {}", message.display()))?;
+            std::fs::write(&out, seal::opener::render(&envelope, &texts))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("sealed {} into {}", message.display(), out.display());
+            println!("{}", password.display());
+            Ok(())
+        }
+        EnvelopeCommand::Open { file, out } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let password = read_password("password:")?;
+            let content = seal::open_file(&bytes, &password)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            std::fs::write(&out, content.original()?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "opened {}: {:?} written to {}",
+                file.display(),
+                content.header("Subject").unwrap_or_default(),
+                out.display()
+            );
             Ok(())
         }
     }

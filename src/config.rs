@@ -33,6 +33,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub mta_sts: MtaStsConfig,
     pub revocation: RevocationConfig,
+    pub seal: SealConfig,
     pub spool: SpoolConfig,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
@@ -67,6 +68,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             mta_sts: MtaStsConfig::default(),
             revocation: RevocationConfig::default(),
+            seal: SealConfig::default(),
             spool: SpoolConfig::default(),
             routes: Vec::new(),
             tenants: vec![Tenant {
@@ -319,6 +321,52 @@ impl Default for RevocationConfig {
             max_crl_size: 20 * 1024 * 1024,
         }
     }
+}
+
+/// The password envelope (docs/envelope-format.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SealConfig {
+    /// PBKDF2-HMAC-SHA512 iterations, stored in each envelope.
+    #[serde(deserialize_with = "seal_iterations")]
+    pub iterations: u32,
+    /// Largest envelope content (the parsed message, base64 inside); above
+    /// it the sender gets a bounce instead of a sealed mail.
+    pub max_size: usize,
+    /// Language of the opener page and notification: `en` or `de`.
+    #[serde(deserialize_with = "seal_language")]
+    pub language: String,
+}
+
+impl Default for SealConfig {
+    fn default() -> Self {
+        SealConfig {
+            iterations: crate::seal::envelope::MIN_ITERATIONS,
+            max_size: 25 * 1024 * 1024,
+            language: "en".into(),
+        }
+    }
+}
+
+fn seal_language<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let lang = String::deserialize(d)?;
+    if crate::seal::opener::Texts::for_language(&lang).is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "no texts for language {lang:?}; sealgate ships en and de"
+        )));
+    }
+    Ok(lang)
+}
+
+fn seal_iterations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use crate::seal::envelope::{MAX_ITERATIONS, MIN_ITERATIONS};
+    let n = u32::deserialize(d)?;
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "iterations must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}"
+        )));
+    }
+    Ok(n)
 }
 
 impl Default for MtaStsConfig {

@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod qualify;
 pub mod queue;
 pub mod reply;
+pub mod seal;
 pub mod server;
 pub mod spool;
 pub mod tls;
