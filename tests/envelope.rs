@@ -8,7 +8,7 @@ mod support;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -211,27 +211,37 @@ fn the_cli_opens_what_it_sealed_and_refuses_a_wrong_password() {
 /// chromedriver with headless Chromium, one per test process.
 struct Browser {
     url: String,
-    _driver: Child,
 }
 
 fn browser() -> &'static Browser {
     static BROWSER: OnceLock<Browser> = OnceLock::new();
     BROWSER.get_or_init(|| {
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver is installed by run-tests.sh");
+        // The driver must end with this test process. PR_SET_PDEATHSIG
+        // follows the spawning *thread*, so a thread that lives as long as
+        // the process spawns it and waits on it.
+        std::thread::spawn(move || {
+            let mut cmd = Command::new("chromedriver");
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let mut driver = cmd
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver is installed by run-tests.sh");
+            let _ = driver.wait();
+        });
         let url = format!("http://127.0.0.1:{port}");
         wait_for(Duration::from_secs(20), "chromedriver", || {
             ureq::get(&format!("{url}/status")).call().ok()
         });
-        Browser {
-            url,
-            _driver: driver,
-        }
+        Browser { url }
     })
 }
 
