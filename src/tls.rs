@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::qualify::bsi;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -16,6 +15,8 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::qualify::bsi;
 use x509_parser::public_key::PublicKey;
 
 use crate::config::Config;
@@ -57,9 +58,7 @@ pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
             let dir = config.data_dir.join("tls");
             let cert = dir.join("self-signed.pem");
             let key = dir.join("self-signed.key");
-            if !cert.exists() || !key.exists() {
-                generate_self_signed(&config.hostname, &cert, &key)?;
-            }
+            ensure_self_signed(&config.hostname, &cert, &key)?;
             (cert, key)
         }
     };
@@ -94,10 +93,48 @@ pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
     })
 }
 
-fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+/// Validity of a generated certificate: the CA/Browser Forum's ceiling.
+const SELF_SIGNED_DAYS: i64 = 397;
+/// A generated certificate is replaced this long before it expires.
+const RENEW_DAYS: i64 = 30;
+
+/// Makes (or renews, when it expires within `RENEW_DAYS`) the self-signed
+/// certificate used when none is configured.
+fn ensure_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let renew_at = chrono::Utc::now().timestamp() + RENEW_DAYS * 86_400;
+    let fresh = key.exists()
+        && CertificateDer::from_pem_file(cert).ok().is_some_and(|der| {
+            X509Certificate::from_der(&der)
+                .is_ok_and(|(_, c)| c.validity().not_after.timestamp() > renew_at)
+        });
+    if fresh {
+        return Ok(());
+    }
+    generate_self_signed(hostname, cert, key, SELF_SIGNED_DAYS)
+}
+
+fn generate_self_signed(
+    hostname: &str,
+    cert_path: &Path,
+    key_path: &Path,
+    days: i64,
+) -> Result<(), TlsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-    let params = rcgen::CertificateParams::new(vec![hostname.to_string()])
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let day = |offset: i64| {
+        use chrono::Datelike;
+        let d = chrono::Utc::now().date_naive() + chrono::TimeDelta::days(offset);
+        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+    };
+    // A day of slack for clients whose clock is behind.
+    params.not_before = day(-1);
+    params.not_after = day(days);
     let cert = params
         .self_signed(&key)
         .map_err(|e| TlsError::Generate(e.to_string()))?;
@@ -106,7 +143,7 @@ fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Re
     }
     write_private(key_path, key.serialize_pem().as_bytes())?;
     std::fs::write(cert_path, cert.pem()).map_err(|e| file_error(cert_path, e))?;
-    tracing::info!(path = %cert_path.display(), "generated a self-signed certificate for {hostname}");
+    tracing::info!(path = %cert_path.display(), "generated a self-signed certificate for {hostname}, valid {days} days");
     Ok(())
 }
 
@@ -320,4 +357,39 @@ pub fn peer_key_of(der: &[u8]) -> Option<PeerKey> {
         algorithm,
         bits: bits as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    fn not_after(cert: &Path) -> i64 {
+        let der = CertificateDer::from_pem_file(cert).unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        c.validity().not_after.timestamp()
+    }
+
+    #[test]
+    fn the_generated_certificate_is_renewed_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        ensure_self_signed("gw.example", &cert, &key).unwrap();
+        let days = (not_after(&cert) - chrono::Utc::now().timestamp()) / 86_400;
+        assert!(
+            (SELF_SIGNED_DAYS - 1..=SELF_SIGNED_DAYS).contains(&days),
+            "{days}"
+        );
+        let der = CertificateDer::from_pem_file(&cert).unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(c.subject().to_string(), "CN=gw.example");
+        // Kept while fresh.
+        let before = std::fs::read(&cert).unwrap();
+        ensure_self_signed("gw.example", &cert, &key).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), before);
+        // Replaced when it expires within the renewal window.
+        generate_self_signed("gw.example", &cert, &key, 10).unwrap();
+        ensure_self_signed("gw.example", &cert, &key).unwrap();
+        assert!(not_after(&cert) - chrono::Utc::now().timestamp() > 300 * 86_400);
+    }
 }
