@@ -70,7 +70,10 @@ fn main() {
     {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(line) = text.lines().find(|l| l.starts_with("aes-256-ctr")) {
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("aes-256-ctr"))
+            {
                 let kb_s: f64 = line
                     .split_whitespace()
                     .last()
