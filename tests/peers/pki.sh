@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A test PKI for the certificate tests, made fresh on every run with
 # `openssl ca` (so index.txt, revocations and the CRL are the real thing):
-#   pki.sh make  DIR OCSP_PORT DEAD_PORT CRL_PORT
+#   pki.sh make  DIR OCSP_PORT DEAD_PORT CRL_PORT FAULT_PORT
 #       root CA (P-384) -> intermediate CA (P-256) -> one leaf per peer in
 #       DIR/peers/NAME.pem (key, leaf, intermediate: Postfix's chain order),
 #       a delegated OCSP signer, two revoked leaves, the intermediate's CRL
-#       in DIR/www/int.crl, and a second CA nobody trusts.
+#       in DIR/www/int.crl, and a second CA nobody trusts. Two leaves name
+#       OCSP URLs on FAULT_PORT (/garbage, /slow) that the tests serve.
 #   pki.sh start DIR OCSP_PORT CRL_PORT
 #       `openssl ocsp` on 127.0.0.1:OCSP_PORT, signing with the delegated
 #       signer; the CRL over HTTP on 127.0.0.1:CRL_PORT.
@@ -53,7 +54,7 @@ make) ;;
 *) echo "usage: pki.sh make|start|stop DIR ..." >&2; exit 2 ;;
 esac
 
-ocsp_port=$3 dead_port=$4 crl_port=$5
+ocsp_port=$3 dead_port=$4 crl_port=$5 fault_port=$6
 rm -rf "$dir"
 mkdir -p "$dir/ca/new" "$dir/peers" "$dir/www" "$dir/tmp"
 cd "$dir"
@@ -120,6 +121,7 @@ leaf() {
       aia) echo "authorityInfoAccess=OCSP;URI:$ocsp_url" ;;
       dead) echo "authorityInfoAccess=OCSP;URI:$dead_url" ;;
       crl) echo "crlDistributionPoints=URI:$crl_url" ;;
+      fault:*) echo "authorityInfoAccess=OCSP;URI:http://127.0.0.1:$fault_port/${extra#fault:}" ;;
     esac
   } > "tmp/$name.ext"
   local dates=()
@@ -147,6 +149,8 @@ leaf revoked ec mx.revoked.pki.test
 leaf crlrevoked ec mx.crlrevoked.pki.test "" "" crl
 leaf crlgood ec mx.crlgood.pki.test "" "" crl
 leaf ocspdown ec mx.ocspdown.pki.test "" "" dead
+leaf ocspgarbage ec mx.ocspgarbage.pki.test "" "" fault:garbage
+leaf ocspslow ec mx.ocspslow.pki.test "" "" fault:slow
 quiet openssl ca -config ca/ca.cnf -revoke tmp/revoked.crt -crl_reason keyCompromise
 quiet openssl ca -config ca/ca.cnf -revoke tmp/crlrevoked.crt -crl_reason superseded
 quiet openssl ca -config ca/ca.cnf -gencrl -out tmp/int.crl.pem

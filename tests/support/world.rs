@@ -26,6 +26,10 @@ pub const OCSP_PORT: u16 = 24080;
 /// Nothing listens here: the "responder down" peer's OCSP URL.
 pub const DEAD_PORT: u16 = 24081;
 pub const CRL_PORT: u16 = 24090;
+/// A misbehaving OCSP responder served by the test process itself:
+/// `/garbage` answers 200 with bytes that are no OCSP response, `/slow`
+/// answers nothing for longer than the gateway waits.
+pub const FAULT_PORT: u16 = 24091;
 
 /// The certificate peers: (name, PEM in pki/peers, extra `-o` settings).
 /// `NAME.pki.test` has MX `mx.NAME.pki.test` at 127.0.3.(index + 1).
@@ -43,6 +47,8 @@ pub const PKI_PEERS: &[(&str, &str, &str)] = &[
     ("crlrevoked", "crlrevoked", ""),
     ("crlgood", "crlgood", ""),
     ("ocspdown", "ocspdown", ""),
+    ("ocspgarbage", "ocspgarbage", ""),
+    ("ocspslow", "ocspslow", ""),
     (
         "tls10",
         "good",
@@ -113,7 +119,8 @@ pub fn world() -> &'static World {
             .arg(peer_script("pki.sh"))
             .arg("make")
             .arg(&pki)
-            .args([OCSP_PORT, DEAD_PORT, CRL_PORT].map(|p| p.to_string())));
+            .args([OCSP_PORT, DEAD_PORT, CRL_PORT, FAULT_PORT].map(|p| p.to_string())));
+        fault_responder();
         run(Command::new("bash")
             .arg(peer_script("pki.sh"))
             .arg("start")
@@ -210,11 +217,38 @@ impl World {
             ),
         );
         format!(
-            "{base}\n[dns]\nservers = [\"127.0.0.1:{KNOT_PORT}\"]\ntrust_anchor = \"{}\"\n\n[mta_sts]\nhttps_port = {HTTPS_PORT}\nfetch_timeout = \"5s\"\nroots = \"{}\"\n",
+            "{base}\n[revocation]\ntimeout = \"2s\"\n\n[dns]\nservers = [\"127.0.0.1:{KNOT_PORT}\"]\ntrust_anchor = \"{}\"\n\n[mta_sts]\nhttps_port = {HTTPS_PORT}\nfetch_timeout = \"5s\"\nroots = \"{}\"\n",
             self.anchor().display(),
             self.ca().display()
         )
     }
+}
+
+/// The misbehaving OCSP responder (see `FAULT_PORT`), for this process's life.
+fn fault_responder() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", FAULT_PORT))
+        .expect("the fault responder's port is free");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut request = [0u8; 4096];
+                let n = conn.read(&mut request).unwrap_or(0);
+                let head = String::from_utf8_lossy(&request[..n]).into_owned();
+                if head.contains(" /slow ") {
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+                let body = b"this is not an OCSP response";
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(body);
+            });
+        }
+    });
 }
 
 /// Stops whatever a previous run left (the suite's end also does this).
