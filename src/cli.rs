@@ -72,6 +72,10 @@ enum EnvelopeCommand {
         /// Language of the opener page: en or de (default: seal.language).
         #[arg(long)]
         lang: Option<String>,
+        /// Also write the notification mail that carries the page, from the
+        /// message's sender to its recipients, ready to send.
+        #[arg(long)]
+        mail: Option<PathBuf>,
     },
     /// Open an opener page or a raw envelope; reads the password from
     /// standard input and writes the original message.
@@ -214,7 +218,12 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
 fn envelope(config: Config, command: EnvelopeCommand) -> anyhow::Result<()> {
     use crate::seal::{self, opener::Texts, password::Password};
     match command {
-        EnvelopeCommand::Seal { message, out, lang } => {
+        EnvelopeCommand::Seal {
+            message,
+            out,
+            lang,
+            mail,
+        } => {
             let raw = std::fs::read(&message)
                 .with_context(|| format!("cannot read {}", message.display()))?;
             let lang = lang.unwrap_or_else(|| config.seal.language.clone());
@@ -232,6 +241,36 @@ fn envelope(config: Config, command: EnvelopeCommand) -> anyhow::Result<()> {
             std::fs::write(&out, seal::opener::render(&envelope, &texts))
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("sealed {} into {}", message.display(), out.display());
+            if let Some(path) = mail {
+                let (from, to) = seal::content::addresses_of(&raw);
+                let Some(from) = from else {
+                    bail!(
+                        "{} has no From address to send the notification from",
+                        message.display()
+                    );
+                };
+                if to.is_empty() {
+                    bail!("{} has no To or Cc address to notify", message.display());
+                }
+                let id = format!("{:016x}.sealed@{}", rand::random::<u64>(), config.hostname);
+                let notification = seal::notify::notification(
+                    &envelope,
+                    &texts,
+                    &seal::notify::Addressing {
+                        from: &from,
+                        to: &to,
+                        message_id: &id,
+                        date: chrono::Utc::now().timestamp(),
+                    },
+                );
+                std::fs::write(&path, notification)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!(
+                    "notification mail for {} in {}",
+                    to.join(", "),
+                    path.display()
+                );
+            }
             println!("{}", password.display());
             Ok(())
         }

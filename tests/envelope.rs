@@ -445,3 +445,44 @@ fn chromium_shows_the_error_for_a_modified_file() {
     assert_eq!(v["error"], true, "{v}");
     assert!(!v["text"].as_str().unwrap().contains("Quarterly numbers"));
 }
+
+#[test]
+fn the_cli_writes_a_notification_mail_without_the_original_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.eml");
+    std::fs::write(&input, message(9)).unwrap();
+    let mail = dir.path().join("notification.eml");
+    let out = Command::new(bin())
+        .args(["envelope", "seal"])
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("page.html"))
+        .arg("--mail")
+        .arg(&mail)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let password = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .replace('-', "");
+    let text = std::fs::read_to_string(&mail).unwrap();
+    assert!(
+        text.contains("Subject: Secure message from alice@src.test"),
+        "{text}"
+    );
+    assert!(text.contains("To: <bob@dst.test>"));
+    assert!(text.contains("secure-message.html"));
+    for secret in [
+        "Quarterly",
+        "numbers are attached",
+        "quarter,revenue",
+        &password,
+    ] {
+        assert!(!text.contains(secret), "{secret:?} in clear");
+    }
+}

@@ -125,6 +125,25 @@ impl Content {
     }
 }
 
+/// The bare sender address and the To/Cc addresses of a message.
+pub fn addresses_of(raw: &[u8]) -> (Option<String>, Vec<String>) {
+    let Some(message) = MessageParser::default().parse_headers(raw) else {
+        return (None, Vec::new());
+    };
+    let bare = |a: Option<&Address<'_>>| -> Vec<String> {
+        a.map(|a| {
+            a.iter()
+                .filter_map(|x| x.address.as_ref().map(|e| e.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let from = bare(message.from()).into_iter().next();
+    let mut to = bare(message.to());
+    to.extend(bare(message.cc()));
+    (from, to)
+}
+
 fn addresses(a: &Address<'_>) -> String {
     a.iter()
         .map(|addr| match (&addr.name, &addr.address) {

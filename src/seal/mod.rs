@@ -3,10 +3,12 @@
 //! holds the message encrypted under a password that reaches them by
 //! another channel. Submodules: [`password`] (generation), [`envelope`]
 //! (the cryptographic container), [`content`] (what is inside), [`opener`]
-//! (the HTML page that opens it in a browser).
+//! (the HTML page that opens it in a browser), [`notify`] (the mail that
+//! carries it).
 
 pub mod content;
 pub mod envelope;
+pub mod notify;
 pub mod opener;
 pub mod password;
 
