@@ -251,7 +251,7 @@ impl Default for OutboundConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty means the system's /etc/resolv.conf.
@@ -259,6 +259,22 @@ pub struct DnsConfig {
     /// DNSKEY records to anchor DNSSEC validation at; default: the IANA root
     /// keys built in from `certs/root-anchors.dnskey`.
     pub trust_anchor: Option<PathBuf>,
+    /// How long one query to one server may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How many times a query is sent before the lookup fails.
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            trust_anchor: None,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
 }
 
 /// Where PKIX trust comes from.
@@ -638,6 +654,9 @@ impl Config {
         }
         if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
             return Err("tls.certificate and tls.private_key go together".into());
+        }
+        if self.dns.attempts == 0 || self.dns.timeout.is_zero() {
+            return Err("dns.attempts and dns.timeout must be above zero".into());
         }
         if self.queue.retry_schedule.is_empty() {
             return Err("queue.retry_schedule is empty: give at least one wait".into());

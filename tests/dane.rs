@@ -210,6 +210,26 @@ fn rfc4035_5_bogus_mx_answer_is_never_used() {
 }
 
 #[test]
+fn resolver_down_defers_with_the_dns_reason() {
+    let w = world();
+    let dead = free_port();
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        w.config(dir, relay, sub).replace(
+            &format!("servers = [\"127.0.0.1:{}\"]", world::KNOT_PORT),
+            &format!("servers = [\"127.0.0.1:{dead}\"]\ntimeout = \"1s\"\nattempts = 1"),
+        )
+    });
+    let rcpt = format!("{}@ee.dane.test", unique("nodns"));
+    let id = send(&gw, &rcpt);
+    let reason = deferred_reason(&gw, &id);
+    assert!(
+        reason.contains("ee.dane.test: DNS lookup failed"),
+        "{reason}"
+    );
+    assert!(world().mails(&rcpt).is_empty());
+}
+
+#[test]
 fn rfc7672_2_2_unsigned_zone_has_no_dane_and_pkix_decides() {
     let gw = gateway();
     let rcpt = format!("{}@unsigned.test", unique("unsigned"));

@@ -169,6 +169,8 @@ impl Dns {
         // Mail routing comes from the DNS alone, never from /etc/hosts.
         builder.options_mut().use_hosts_file = ResolveHosts::Never;
         builder.options_mut().edns0 = true;
+        builder.options_mut().timeout = config.timeout;
+        builder.options_mut().attempts = config.attempts;
         let resolver = builder
             .with_trust_anchor(Arc::new(anchors))
             .build()
