@@ -10,7 +10,7 @@
 //! [`mta_sts`] (policy discovery), [`verifier`] (the rustls verifier of the
 //! delivery connection that gathers their evidence), [`revocation`] (OCSP
 //! and CRL), [`bsi`] (the TLS profile the negotiated parameters are judged
-//! by).
+//! by), [`probe`] (what a peer offers when no handshake is possible).
 
 pub mod bsi;
 pub mod dane;
