@@ -122,7 +122,7 @@ struct Cached {
 
 #[derive(Clone)]
 struct CachedCrl {
-    list: Arc<webpki::OwnedCertRevocationList>,
+    list: Arc<webpki::CertRevocationList<'static>>,
     this_update: Option<i64>,
     next_update: Option<i64>,
     fetched: i64,
@@ -312,7 +312,7 @@ impl Revocation {
                         })
                         .unwrap_or((None, None));
                 let crl = CachedCrl {
-                    list: Arc::new(list),
+                    list: Arc::new(webpki::CertRevocationList::Owned(list)),
                     this_update: times.0,
                     next_update: times.1,
                     fetched: now,
@@ -323,8 +323,9 @@ impl Revocation {
                 (crl, format!("CRL {url}"))
             }
         };
-        let list = webpki::CertRevocationList::Owned((*crl.list).clone());
-        let lists = [&list];
+        // Parsed once per fetch; a large CRL is not copied per connection.
+        let list: &webpki::CertRevocationList<'static> = &crl.list;
+        let lists = [list];
         let options = webpki::RevocationOptionsBuilder::new(&lists)
             .map_err(|_| "no CRL".to_string())?
             .with_depth(webpki::RevocationCheckDepth::EndEntity)
