@@ -645,13 +645,13 @@ impl Outbound {
                     // A failed handshake still gets a verdict that names
                     // what the peer offers (docs/tls-profiles.md).
                     let offer = match (&e, refused) {
-                        (ClientError::Tls(_), None) => self.probe(addr, &target.host).await,
-                        _ => Err(String::new()),
+                        (ClientError::Tls(_), None) => Some(self.probe(addr, &target.host).await),
+                        _ => None,
                     };
                     let failure = match &offer {
-                        Ok(o) => format!("{e}; the peer offers {}", o.describe()),
-                        Err(why) if !why.is_empty() => format!("{e}; probe: {why}"),
-                        Err(_) => e.to_string(),
+                        Some(Ok(o)) => format!("{e}; the peer offers {}", o.describe()),
+                        Some(Err(why)) => format!("{e}; probe: {why}"),
+                        None => e.to_string(),
                     };
                     if let Some(why) = &c.require_tls {
                         return Err(ClientError::Tls(format!(
@@ -666,7 +666,7 @@ impl Outbound {
                     let mut c =
                         SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
                     c.tls_failure = Some(failure);
-                    c.tls_offer = offer.ok();
+                    c.tls_offer = offer.and_then(Result::ok);
                     c
                 }
             }
@@ -703,14 +703,20 @@ impl Outbound {
         })
     }
 
-    /// A second connection that asks the peer what it offers (qualify::probe).
+    /// A second connection that asks the peer what it offers
+    /// (qualify::probe). Bounded tighter than a command: it only informs
+    /// the verdict, and the attempt waits for it.
     async fn probe(&self, addr: SocketAddr, host: &str) -> Result<Offer, String> {
+        const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+        let mut timeouts = self.timeouts();
+        timeouts.connect = timeouts.connect.min(PROBE_LIMIT);
+        timeouts.command = timeouts.command.min(PROBE_LIMIT);
         let helo = self.config.helo_name();
-        let client = SmtpClient::connect(addr, host, helo, self.timeouts())
+        let client = SmtpClient::connect(addr, host, helo, timeouts)
             .await
             .map_err(|e| e.to_string())?;
         let tcp = client.starttls_raw().await.map_err(|e| e.to_string())?;
-        probe::probe(tcp, host, self.config.outbound.command_timeout).await
+        probe::probe(tcp, host, timeouts.command).await
     }
 
     /// The `revocation` check, for a peer that PKIX authenticated.
