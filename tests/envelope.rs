@@ -51,6 +51,11 @@ Q3,42\r\n\
 
 /// Seals `eml` with the CLI; returns the page and the password it printed.
 fn seal(dir: &Path, eml: &str) -> (PathBuf, String) {
+    seal_with(dir, eml, &[])
+}
+
+/// `seal` with more arguments to `sealgate envelope seal`.
+fn seal_with(dir: &Path, eml: &str, extra: &[&std::ffi::OsStr]) -> (PathBuf, String) {
     let input = dir.join("in.eml");
     std::fs::write(&input, eml).unwrap();
     let page = dir.join("secure-message.html");
@@ -59,6 +64,7 @@ fn seal(dir: &Path, eml: &str) -> (PathBuf, String) {
         .arg(&input)
         .arg("--out")
         .arg(&page)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -449,27 +455,13 @@ fn chromium_shows_the_error_for_a_modified_file() {
 #[test]
 fn the_cli_writes_a_notification_mail_without_the_original_in_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.eml");
-    std::fs::write(&input, message(9)).unwrap();
     let mail = dir.path().join("notification.eml");
-    let out = Command::new(bin())
-        .args(["envelope", "seal"])
-        .arg(&input)
-        .arg("--out")
-        .arg(dir.path().join("page.html"))
-        .arg("--mail")
-        .arg(&mail)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, password) = seal_with(
+        dir.path(),
+        &message(9),
+        &["--mail".as_ref(), mail.as_os_str()],
     );
-    let password = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .replace('-', "");
+    let password = password.replace('-', "");
     let text = std::fs::read_to_string(&mail).unwrap();
     assert!(
         text.contains("Subject: Secure message from alice@src.test"),

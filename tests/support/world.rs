@@ -253,21 +253,13 @@ fn fault_responder() {
 
 /// Stops whatever a previous run left (the suite's end also does this).
 pub fn stop(dir: &Path) {
-    let _ = Command::new("bash")
-        .arg(peer_script("knot.sh"))
-        .arg("stop")
-        .arg(dir.join("knot"))
-        .status();
-    let _ = Command::new("bash")
-        .arg(peer_script("postfix.sh"))
-        .arg("stop")
-        .arg(dir.join("mx"))
-        .status();
-    let _ = Command::new("bash")
-        .arg(peer_script("pki.sh"))
-        .arg("stop")
-        .arg(dir.join("pki"))
-        .status();
+    for (script, sub) in [("knot.sh", "knot"), ("postfix.sh", "mx"), ("pki.sh", "pki")] {
+        let _ = Command::new("bash")
+            .arg(peer_script(script))
+            .arg("stop")
+            .arg(dir.join(sub))
+            .status();
+    }
     for (domain, _, _) in POLICIES {
         if let Ok(pid) = std::fs::read_to_string(dir.join("www").join(domain).join("pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();
