@@ -226,6 +226,7 @@ fn transient_failure_is_retried_then_delivered() {
     let rcpt = format!("{local}@retry.test");
     let rule = format!("/^{local}@/ 451 4.3.0 Try again later");
     dest().add_rule(&rule);
+    dest().wait_rcpt_reply(&rcpt, "451");
     let mut c = Client::connect(gw.relay);
     c.cmd("EHLO client.test");
     let reply = c.message(

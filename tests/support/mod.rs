@@ -107,6 +107,24 @@ impl Dest {
         )
     }
 
+    /// Waits until Postfix answers `RCPT TO:<rcpt>` with `code`. A reload
+    /// reaches an idle smtpd process only after it served one more
+    /// connection with the old table, so a rule is not in force at once.
+    pub fn wait_rcpt_reply(&self, rcpt: &str, code: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("Postfix to answer RCPT {rcpt} with {code}"),
+            || {
+                let mut c = Client::connect(DEST_PORT);
+                c.cmd("EHLO probe.test");
+                c.cmd("MAIL FROM:<probe@src.test>");
+                let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+                c.cmd("QUIT");
+                reply.starts_with(code).then_some(())
+            },
+        );
+    }
+
     /// Adds a line to the recipient access map (regexp) and reloads Postfix.
     pub fn add_rule(&self, line: &str) {
         let _guard = self.rules.lock().unwrap();
