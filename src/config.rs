@@ -35,6 +35,7 @@ pub struct Config {
     pub revocation: RevocationConfig,
     pub seal: SealConfig,
     pub spool: SpoolConfig,
+    pub policy: PolicyConfig,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
     #[serde(rename = "tenant")]
@@ -70,6 +71,7 @@ impl Default for Config {
             revocation: RevocationConfig::default(),
             seal: SealConfig::default(),
             spool: SpoolConfig::default(),
+            policy: PolicyConfig::default(),
             routes: Vec::new(),
             tenants: vec![Tenant {
                 id: "default".into(),
@@ -413,6 +415,34 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Where the risk-class rules come from, and how the domain memory acts
+/// (docs/policies.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory of `*.toml` policy files; none: the built-in
+    /// `policies/default.toml`. Reloaded on SIGHUP.
+    pub dir: Option<PathBuf>,
+    /// How long a downgrade (a domain that reached a level before and less
+    /// now) holds high-class mail before it is sealed as usual.
+    #[serde(deserialize_with = "duration")]
+    pub downgrade_hold: Duration,
+    /// Longest a host's verdict is remembered for ordering hosts and the
+    /// risk view (DNS TTLs and revocation nextUpdate may cut it shorter).
+    #[serde(deserialize_with = "duration")]
+    pub verdict_cache_max: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: None,
+            downgrade_hold: Duration::from_secs(24 * 3600),
+            verdict_cache_max: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// A static route: mail for `domain` goes to `next_hop` instead of its MX.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -707,7 +737,7 @@ impl Config {
     }
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;

@@ -2,7 +2,8 @@
 //! transport good enough for it, and proves which transport it used.
 //!
 //! The modules follow the data flow of a message:
-//! `inbound` → `spool` → `queue` → `outbound` (with `dns` and `qualify`),
+//! `inbound` (classified by `policy`) → `spool` → `queue` → `outbound`
+//! (with `dns`, `qualify`, and `policy` deciding per recipient),
 //! wired together by `server`. See docs/ARCHITECTURE.md.
 
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod control;
 pub mod dns;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
 pub mod qualify;
 pub mod queue;
 pub mod reply;

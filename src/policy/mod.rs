@@ -1,0 +1,492 @@
+//! Decides, per recipient, what may happen to a message: deliver it over
+//! this connection, seal it, let it wait, or bounce it.
+//!
+//! Three inputs meet here: the message's [`RiskClass`] (set at reception by
+//! the rules of `policies/*.toml`, see [`rules`]), the recipient domain's
+//! profile and history (minimum class, pinned level, exceptions, and what
+//! its transport has been worth before, see [`memory`]), and the
+//! [`Verdict`] of the connection about to carry the message.
+//! [`rules::Policy::requirement`] turns the first two into a
+//! [`Requirement`]; [`Requirement::decide`] weighs verdicts against it.
+
+pub mod memory;
+pub mod rules;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::qualify::{CheckName, Level, Status, Verdict, level_from_checks};
+
+/// How much harm a message would do in the wrong hands; ordered.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskClass {
+    #[default]
+    Normal,
+    High,
+    Confidential,
+}
+
+impl RiskClass {
+    pub const ALL: [RiskClass; 3] = [RiskClass::Normal, RiskClass::High, RiskClass::Confidential];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RiskClass::Normal => "normal",
+            RiskClass::High => "high",
+            RiskClass::Confidential => "confidential",
+        }
+    }
+}
+
+impl fmt::Display for RiskClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RiskClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RiskClass, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(RiskClass::Normal),
+            "high" => Ok(RiskClass::High),
+            "confidential" => Ok(RiskClass::Confidential),
+            _ => Err(format!(
+                "`{s}` is not a risk class (normal, high, confidential)"
+            )),
+        }
+    }
+}
+
+/// What a message requires of the transport: a level, or never to travel
+/// as it is (end-to-end: sealed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Required {
+    Level(Level),
+    Sealed,
+}
+
+impl fmt::Display for Required {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Required::Level(l) => f.write_str(level_name(*l)),
+            Required::Sealed => f.write_str("sealed"),
+        }
+    }
+}
+
+impl FromStr for Required {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Required, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sealed" => Ok(Required::Sealed),
+            other => parse_level(other).map(Required::Level).map_err(|_| {
+                format!(
+                    "`{s}` is not a level (plaintext, encrypted, authenticated, qualified, sealed)"
+                )
+            }),
+        }
+    }
+}
+
+pub fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Plaintext => "plaintext",
+        Level::Encrypted => "encrypted",
+        Level::Authenticated => "authenticated",
+        Level::Qualified => "qualified",
+    }
+}
+
+pub fn parse_level(s: &str) -> Result<Level, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "plaintext" => Ok(Level::Plaintext),
+        "encrypted" => Ok(Level::Encrypted),
+        "authenticated" => Ok(Level::Authenticated),
+        "qualified" => Ok(Level::Qualified),
+        _ => Err(format!(
+            "`{s}` is not a level (plaintext, encrypted, authenticated, qualified)"
+        )),
+    }
+}
+
+/// What happens to a message no host can carry at its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Wait and try again; bounce at the queue's expiry.
+    Defer,
+    /// Wrap it in a password envelope.
+    Seal,
+    /// Return it to the sender now.
+    Bounce,
+}
+
+/// The decision for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    Deliver { required: Level },
+    Seal { reason: String },
+    Defer { reason: String },
+    Bounce { reason: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Deliver { .. } => "deliver",
+            Action::Seal { .. } => "seal",
+            Action::Defer { .. } => "defer",
+            Action::Bounce { .. } => "bounce",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Action::Deliver { required } => {
+                format!("the transport meets {}", level_name(*required))
+            }
+            Action::Seal { reason } | Action::Defer { reason } | Action::Bounce { reason } => {
+                reason.clone()
+            }
+        }
+    }
+}
+
+/// What one recipient's message needs, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    /// The class the decision uses: the message's, raised by the domain's minimum.
+    pub class: RiskClass,
+    pub required: Required,
+    /// When no host reaches `required`.
+    pub fallback: Fallback,
+    /// Revocation status "unavailable" or "unknown" counts as good for this class.
+    pub accept_revocation_unavailable: bool,
+    /// Where `class` and `required` come from, in words (rule, domain profile, exception).
+    pub basis: Vec<String>,
+}
+
+/// What the domain's history says about the verdict now seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Nothing suspicious: no history, or nothing better was ever seen.
+    Ordinary,
+    /// The domain reached `best` before and less now, since `since`; until
+    /// `hold_until` high-class mail waits for an operator to confirm.
+    Downgrade {
+        best: Level,
+        since: i64,
+        hold_until: i64,
+    },
+}
+
+impl Requirement {
+    /// Whether a connection with this verdict may carry the message as it is.
+    pub fn met_by(&self, verdict: &Verdict) -> bool {
+        let Required::Level(required) = self.required else {
+            return false;
+        };
+        if verdict.level >= required {
+            return true;
+        }
+        // Only a revocation status that could not be had stands between
+        // this verdict and the level: the class's policy may accept that.
+        self.accept_revocation_unavailable && level_ignoring_revocation(verdict) >= required
+    }
+
+    /// The action for a recipient after the hosts were tried: `best` is the
+    /// best verdict of a host that could have been used (none: no host
+    /// could be reached at all), `now` Unix seconds.
+    pub fn decide(&self, best: Option<&Verdict>, history: History, now: i64) -> Action {
+        let required = match self.required {
+            Required::Sealed => {
+                return Action::Seal {
+                    reason: format!(
+                        "class {} is always sealed (end-to-end){}",
+                        self.class,
+                        self.because()
+                    ),
+                };
+            }
+            Required::Level(l) => l,
+        };
+        let Some(verdict) = best else {
+            return Action::Defer {
+                reason: "no mail exchanger could be reached".into(),
+            };
+        };
+        if self.met_by(verdict) {
+            return Action::Deliver { required };
+        }
+        let shortfalls = verdict.shortfalls();
+        let what = format!(
+            "class {} needs {}{}, the best MX {} reached {} ({})",
+            self.class,
+            level_name(required),
+            self.because(),
+            verdict.mx_host,
+            level_name(verdict.level),
+            if shortfalls.is_empty() {
+                "no failed checks".to_string()
+            } else {
+                shortfalls.join("; ")
+            }
+        );
+        if let History::Downgrade {
+            best,
+            since,
+            hold_until,
+        } = history
+            && self.class >= RiskClass::High
+            && now < hold_until
+        {
+            return Action::Defer {
+                reason: format!(
+                    "downgrade: {} reached {} before and {} since {}; {what}; held until an operator runs `sealgate domains confirm {}` or until {}",
+                    verdict.domain,
+                    level_name(best),
+                    level_name(verdict.level),
+                    rfc3339(since),
+                    verdict.domain,
+                    rfc3339(hold_until),
+                ),
+            };
+        }
+        match self.fallback {
+            Fallback::Defer => Action::Defer { reason: what },
+            Fallback::Seal => Action::Seal { reason: what },
+            Fallback::Bounce => Action::Bounce { reason: what },
+        }
+    }
+
+    fn because(&self) -> String {
+        if self.basis.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", self.basis.join("; "))
+        }
+    }
+}
+
+/// The level the verdict would have if its revocation check had passed.
+fn level_ignoring_revocation(verdict: &Verdict) -> Level {
+    let mut checks = verdict.checks.clone();
+    for c in &mut checks {
+        if c.name == CheckName::Revocation && c.status == Status::Error {
+            c.status = Status::Pass;
+        }
+    }
+    level_from_checks(&checks)
+}
+
+pub(crate) fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qualify::Check;
+    use CheckName::*;
+    use Status::*;
+
+    /// A verdict with the checks that give `level`; an authenticated one
+    /// falls short of qualified by its revocation status (`Error`:
+    /// unavailable) or, without `revocation_error`, by an unsigned zone.
+    fn verdict(level: Level, revocation_error: bool) -> Verdict {
+        let dnssec = if level == Level::Authenticated && !revocation_error {
+            Fail
+        } else {
+            Pass
+        };
+        let mut checks = vec![Check::new(Dnssec, dnssec, "zone unsigned")];
+        if level >= Level::Encrypted {
+            checks.extend([
+                Check::new(Starttls, Pass, ""),
+                Check::new(Protocol, Pass, ""),
+            ]);
+            for n in [Cipher, KeyExchange, KeySize] {
+                checks.push(Check::new(n, Pass, ""));
+            }
+        } else {
+            checks.push(Check::new(Starttls, Fail, "STARTTLS not offered"));
+        }
+        let revocation = match level {
+            Level::Qualified => Pass,
+            Level::Authenticated if revocation_error => Error,
+            Level::Authenticated => Pass,
+            _ => NotApplicable,
+        };
+        if level >= Level::Authenticated {
+            checks.extend([Check::new(Pkix, Pass, ""), Check::new(Hostname, Pass, "")]);
+        }
+        checks.push(Check::new(Revocation, revocation, "unavailable: timed out"));
+        let v = Verdict::new("d.test", "mx.d.test", "127.0.0.1", checks, None, 0);
+        assert_eq!(v.level, level, "test verdict");
+        v
+    }
+
+    fn revoked() -> Verdict {
+        let mut v = verdict(Level::Qualified, false);
+        for c in &mut v.checks {
+            if c.name == Revocation {
+                c.status = Fail;
+            }
+        }
+        Verdict::new("d.test", "mx.d.test", "127.0.0.1", v.checks, None, 0)
+    }
+
+    fn requirement(class: RiskClass, required: Required, fallback: Fallback) -> Requirement {
+        Requirement {
+            class,
+            required,
+            fallback,
+            accept_revocation_unavailable: false,
+            basis: Vec::new(),
+        }
+    }
+
+    /// The decision table of docs/policies.md: (class, required, fallback) ×
+    /// the level the best MX reached, without history.
+    #[test]
+    fn decision_table() {
+        use Level::*;
+        let q = Required::Level(Qualified);
+        let e = Required::Level(Encrypted);
+        let cases: &[(RiskClass, Required, Fallback, Level, &str)] = &[
+            (RiskClass::Normal, e, Fallback::Defer, Qualified, "deliver"),
+            (
+                RiskClass::Normal,
+                e,
+                Fallback::Defer,
+                Authenticated,
+                "deliver",
+            ),
+            (RiskClass::Normal, e, Fallback::Defer, Encrypted, "deliver"),
+            (RiskClass::Normal, e, Fallback::Defer, Plaintext, "defer"),
+            (RiskClass::Normal, e, Fallback::Seal, Plaintext, "seal"),
+            (RiskClass::Normal, e, Fallback::Bounce, Plaintext, "bounce"),
+            (RiskClass::High, q, Fallback::Seal, Qualified, "deliver"),
+            (RiskClass::High, q, Fallback::Seal, Authenticated, "seal"),
+            (RiskClass::High, q, Fallback::Seal, Encrypted, "seal"),
+            (RiskClass::High, q, Fallback::Seal, Plaintext, "seal"),
+            (
+                RiskClass::Confidential,
+                Required::Sealed,
+                Fallback::Seal,
+                Qualified,
+                "seal",
+            ),
+            (
+                RiskClass::Confidential,
+                Required::Sealed,
+                Fallback::Seal,
+                Plaintext,
+                "seal",
+            ),
+            // A pinned plaintext level (a test network, an internal relay).
+            (
+                RiskClass::Normal,
+                Required::Level(Plaintext),
+                Fallback::Defer,
+                Plaintext,
+                "deliver",
+            ),
+        ];
+        for (class, required, fallback, level, expected) in cases {
+            let r = requirement(*class, *required, *fallback);
+            let v = verdict(*level, false);
+            let action = r.decide(Some(&v), History::Ordinary, 0);
+            assert_eq!(
+                action.name(),
+                *expected,
+                "{class} requiring {required} over {level:?}: {action:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_reachable_host_defers_unless_always_sealed() {
+        let r = requirement(
+            RiskClass::High,
+            Required::Level(Level::Qualified),
+            Fallback::Seal,
+        );
+        assert_eq!(r.decide(None, History::Ordinary, 0).name(), "defer");
+        let r = requirement(RiskClass::Confidential, Required::Sealed, Fallback::Seal);
+        assert_eq!(r.decide(None, History::Ordinary, 0).name(), "seal");
+    }
+
+    #[test]
+    fn a_downgrade_holds_high_mail_until_confirmed_or_past_the_hold() {
+        let v = verdict(Level::Plaintext, false);
+        let history = History::Downgrade {
+            best: Level::Qualified,
+            since: 100,
+            hold_until: 200,
+        };
+        let high = requirement(
+            RiskClass::High,
+            Required::Level(Level::Qualified),
+            Fallback::Seal,
+        );
+        let action = high.decide(Some(&v), history, 150);
+        assert_eq!(action.name(), "defer");
+        assert!(
+            action
+                .reason()
+                .starts_with("downgrade: d.test reached qualified"),
+            "{action:?}"
+        );
+        assert!(
+            action.reason().contains("starttls: STARTTLS not offered"),
+            "{action:?}"
+        );
+        // Past the hold the downgrade is the new normal: sealed as usual.
+        assert_eq!(high.decide(Some(&v), history, 200).name(), "seal");
+        // Normal mail is not held by a downgrade (it is logged as an alert).
+        let normal = requirement(
+            RiskClass::Normal,
+            Required::Level(Level::Encrypted),
+            Fallback::Defer,
+        );
+        let e = verdict(Level::Encrypted, false);
+        assert_eq!(normal.decide(Some(&e), history, 150).name(), "deliver");
+    }
+
+    #[test]
+    fn revocation_unavailable_is_accepted_only_where_the_class_says_so() {
+        let v = verdict(Level::Authenticated, true);
+        let mut r = requirement(
+            RiskClass::High,
+            Required::Level(Level::Qualified),
+            Fallback::Seal,
+        );
+        assert!(!r.met_by(&v));
+        r.accept_revocation_unavailable = true;
+        assert!(r.met_by(&v));
+        // A revoked certificate is never "unavailable".
+        assert!(!r.met_by(&revoked()));
+        // Nor does it excuse anything but revocation.
+        assert!(!r.met_by(&verdict(Level::Authenticated, false)));
+    }
+
+    #[test]
+    fn requirement_order_and_names() {
+        assert!(Required::Sealed > Required::Level(Level::Qualified));
+        assert!(RiskClass::Confidential > RiskClass::High);
+        assert_eq!("Sealed".parse::<Required>(), Ok(Required::Sealed));
+        assert_eq!("high".parse::<RiskClass>(), Ok(RiskClass::High));
+        assert!("secret".parse::<RiskClass>().is_err());
+    }
+}
