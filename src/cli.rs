@@ -5,11 +5,14 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::policy::memory::{DomainMemory, DomainRecord};
+use crate::policy::{Policies, level_name, rfc3339};
 use crate::spool::{QueueId, RecipientStatus, Spool, SqliteSpool};
 
 #[derive(Parser)]
@@ -53,6 +56,12 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// What sealgate knows of recipient domains: levels reached, downgrades,
+    /// profiles and exceptions.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
     },
     /// Seal a message into a password envelope, or open one (support, tests).
     Envelope {
@@ -116,6 +125,24 @@ enum QueueCommand {
 }
 
 #[derive(Subcommand)]
+enum DomainsCommand {
+    /// Every domain delivered to: last and best level, downgrade state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One domain: levels, each MX host's last verdict, profile and exceptions.
+    Show {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a domain's current level as its new best, ending a downgrade
+    /// (held high-class mail is then sealed or delivered on its next try).
+    Confirm { domain: String },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Read a password from standard input and print a users-file line for NAME.
     Hash { name: String },
@@ -154,8 +181,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let report = runtime.block_on(async {
                 let dns = crate::dns::Dns::new(&config.dns)?;
+                let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
+                // A check is not a delivery: it leaves the gateway's memory alone.
+                let memory = Arc::new(DomainMemory::open(None, config.policy.downgrade_hold)?);
                 let outbound =
-                    crate::outbound::Outbound::new(std::sync::Arc::new(config), dns, None)?;
+                    crate::outbound::Outbound::new(Arc::new(config), dns, None, policies, memory)?;
                 anyhow::Ok(outbound.check(&domain).await)
             })?;
             if json {
@@ -178,12 +208,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let (Some(cert), Some(_)) = (&config.tls.certificate, &config.tls.private_key) {
                 crate::tls::load_certs(cert)?;
             }
+            let policies = Policies::load(config.policy.dir.as_deref())?.current();
             println!(
-                "{}: OK ({} listeners, {} tenants, {} routes)",
+                "{}: OK ({} listeners, {} tenants, {} routes; policy from {})",
                 path.display(),
                 config.listeners.len(),
                 config.tenants.len(),
-                config.routes.len()
+                config.routes.len(),
+                policies
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }
@@ -198,6 +235,149 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Envelope { command } => envelope(load_config(&cli.config)?, command),
+        Command::Domains { command } => domains(load_config(&cli.config)?, command),
+    }
+}
+
+fn domains(config: Config, command: DomainsCommand) -> anyhow::Result<()> {
+    let db = config.database_path();
+    if !db.exists() {
+        bail!(
+            "no database at {} (has the gateway run with this data_dir?)",
+            db.display()
+        );
+    }
+    let memory = DomainMemory::open(Some(&db), config.policy.downgrade_hold)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    let downgrade = |r: &DomainRecord| match r.downgrade_since {
+        Some(since) => format!("since {}", time(since)),
+        None => "-".into(),
+    };
+    match command {
+        DomainsCommand::List { json } => {
+            let list = memory.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<30}  {:<13}  {:<13}  {:<19}  downgrade",
+                "domain", "last level", "best level", "last seen"
+            );
+            for r in &list {
+                println!(
+                    "{:<30}  {:<13}  {:<13}  {:<19}  {}",
+                    r.domain,
+                    level_name(r.last),
+                    level_name(r.best),
+                    time(r.last_at),
+                    downgrade(r)
+                );
+            }
+            println!("{} domain(s)", list.len());
+            Ok(())
+        }
+        DomainsCommand::Show { domain, json } => {
+            let record = memory.show(&domain)?;
+            let policies = Policies::load(config.policy.dir.as_deref())?.current();
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if json {
+                let standing: Vec<_> = policies
+                    .all()
+                    .into_iter()
+                    .map(|(tenant, p)| {
+                        let (profile, exceptions) = p.standing(&domain);
+                        serde_json::json!({
+                            "tenant": tenant,
+                            "profile": profile.map(|d| serde_json::json!({
+                                "pattern": d.pattern, "min_class": d.min_class,
+                                "required": d.required, "note": d.note })),
+                            "exceptions": exceptions.iter().map(|e| serde_json::json!({
+                                "pattern": e.pattern, "level": e.level, "classes": e.classes,
+                                "reason": e.reason, "approved_by": e.approved_by,
+                                "expires": rfc3339(e.expires) })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "domain": domain, "memory": record, "policy": standing }))?
+                );
+                return Ok(());
+            }
+            println!("domain:     {domain}");
+            match &record {
+                None => println!("memory:     never delivered to"),
+                Some(r) => {
+                    println!("last level: {} ({})", level_name(r.last), time(r.last_at));
+                    println!("best level: {} ({})", level_name(r.best), time(r.best_at));
+                    println!("downgrade:  {}", downgrade(r));
+                    if let Some(c) = r.confirmed_at {
+                        println!("confirmed:  {}", time(c));
+                    }
+                    for h in &r.hosts {
+                        println!(
+                            "mx:         {} [{}] {} at {}, valid until {}",
+                            h.mx_host,
+                            h.address,
+                            level_name(h.level),
+                            time(h.at),
+                            time(h.valid_until)
+                        );
+                        for s in &h.shortfalls {
+                            println!("              {s}");
+                        }
+                    }
+                }
+            }
+            let now = crate::queue::now();
+            for (tenant, p) in policies.all() {
+                let who = tenant.map_or("all tenants".to_string(), |t| format!("tenant {t}"));
+                let (profile, exceptions) = p.standing(&domain);
+                if let Some(d) = profile {
+                    let mut parts = Vec::new();
+                    if let Some(c) = d.min_class {
+                        parts.push(format!("at least {c}"));
+                    }
+                    if let Some(l) = d.required {
+                        parts.push(format!("pinned at {}", level_name(l)));
+                    }
+                    if let Some(n) = &d.note {
+                        parts.push(n.clone());
+                    }
+                    println!("profile:    ({who}) {}: {}", d.pattern, parts.join(", "));
+                }
+                for e in exceptions {
+                    let classes: Vec<&str> = e.classes.iter().map(|c| c.name()).collect();
+                    println!(
+                        "exception:  ({who}) {}: {} suffices for {} until {}{} — {} (approved by {})",
+                        e.pattern,
+                        level_name(e.level),
+                        classes.join(", "),
+                        time(e.expires),
+                        if now >= e.expires { " [EXPIRED]" } else { "" },
+                        e.reason,
+                        e.approved_by
+                    );
+                }
+            }
+            Ok(())
+        }
+        DomainsCommand::Confirm { domain } => {
+            if let Some(answer) =
+                crate::control::request(&config.control_socket(), &format!("confirm {domain}"))
+            {
+                return report(answer);
+            }
+            let r = memory.confirm(&domain, crate::queue::now())?;
+            println!(
+                "{}: {} accepted as the new best level",
+                r.domain,
+                level_name(r.best)
+            );
+            Ok(())
+        }
     }
 }
 

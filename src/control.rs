@@ -1,9 +1,10 @@
-//! The control socket: how `sealgate queue retry|delete` reach a running
-//! gateway, so that its schedule learns of the change at once.
+//! The control socket: how `sealgate queue retry|delete` and `sealgate
+//! domains confirm` reach a running gateway, so that its schedule and its
+//! domain memory learn of the change at once.
 //!
 //! A Unix socket in `data_dir` (mode 0600). One request line, one reply
-//! line: `retry ID` or `delete ID`, answered `ok …` or `error …`. When no
-//! gateway runs, the CLI changes the spool itself.
+//! line: `retry ID`, `delete ID` or `confirm DOMAIN`, answered `ok …` or
+//! `error …`. When no gateway runs, the CLI changes the database itself.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::policy::level_name;
+use crate::policy::memory::DomainMemory;
 use crate::queue::{QueueHandle, now};
 use crate::spool::{QueueId, Spool};
 
@@ -19,10 +22,16 @@ pub struct Server {
     listener: UnixListener,
     spool: Arc<dyn Spool>,
     queue: QueueHandle,
+    memory: Arc<DomainMemory>,
 }
 
 impl Server {
-    pub fn bind(path: &Path, spool: Arc<dyn Spool>, queue: QueueHandle) -> std::io::Result<Server> {
+    pub fn bind(
+        path: &Path,
+        spool: Arc<dyn Spool>,
+        queue: QueueHandle,
+        memory: Arc<DomainMemory>,
+    ) -> std::io::Result<Server> {
         // A socket left by a killed gateway would block the bind.
         if socket_answers(path) {
             return Err(std::io::Error::new(
@@ -38,6 +47,7 @@ impl Server {
             listener,
             spool,
             queue,
+            memory,
         })
     }
 
@@ -67,6 +77,16 @@ impl Server {
         let Some((op, id)) = line.split_once(' ') else {
             return format!("error: cannot understand `{line}`");
         };
+        if op == "confirm" {
+            return match self.memory.confirm(id, now()) {
+                Ok(r) => format!(
+                    "ok: {}: {} accepted as the new best level",
+                    r.domain,
+                    level_name(r.best)
+                ),
+                Err(e) => format!("error: {e}"),
+            };
+        }
         let id: QueueId = match id.parse() {
             Ok(id) => id,
             Err(e) => return format!("error: {e}"),

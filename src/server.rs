@@ -1,7 +1,9 @@
 //! `sealgate serve`: builds every part from the configuration, runs them,
 //! and shuts them down in order on SIGTERM or SIGINT: listeners stop,
 //! sessions finish their transactions, deliveries in flight are recorded,
-//! and everything accepted stays in the spool for the next start.
+//! and everything accepted stays in the spool for the next start. SIGHUP
+//! reloads the policy directory (an invalid one leaves the old policy in
+//! force, and the log says why).
 
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use crate::control;
 use crate::dns::Dns;
 use crate::inbound::{self, InboundContext, Users};
 use crate::outbound::Outbound;
+use crate::policy::Policies;
+use crate::policy::memory::DomainMemory;
 use crate::queue::Queue;
 use crate::spool::{Spool, SqliteSpool};
 
@@ -28,10 +32,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => Users::default(),
     };
     let dns = Dns::new(&config.dns)?;
+    let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
+    let files = policies.current().files.clone();
+    tracing::info!("policy from {}", describe(&files));
+    let memory = Arc::new(
+        DomainMemory::open(Some(&config.database_path()), config.policy.downgrade_hold)
+            .context("cannot open the domain memory")?,
+    );
     let outbound = Arc::new(Outbound::new(
         config.clone(),
         dns,
         Some(config.database_path()),
+        policies.clone(),
+        memory.clone(),
     )?);
     let queue = Queue::new(config.clone(), spool.clone(), outbound);
     let handle = queue.handle();
@@ -44,7 +57,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
 
-    let control = control::Server::bind(&config.control_socket(), spool.clone(), handle.clone())?;
+    tokio::spawn(reload_on_hangup(policies.clone(), shutdown.clone()));
+    let control = control::Server::bind(
+        &config.control_socket(),
+        spool.clone(),
+        handle.clone(),
+        memory,
+    )?;
     let control_task = tokio::spawn(control.run(shutdown.clone()));
     let queue_task = tokio::spawn(queue.run(shutdown.clone()));
     let ctx = Arc::new(InboundContext {
@@ -53,6 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         users: Arc::new(users),
         spool,
         queue: handle,
+        policies,
         shutdown,
     });
     let addresses: Vec<String> = listeners
@@ -81,4 +101,30 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// SIGHUP: read the policy directory again; keep the old policy on error.
+async fn reload_on_hangup(policies: Arc<Policies>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: policy reload unavailable");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match policies.reload() {
+                Ok(set) => tracing::info!("policy reloaded from {}", describe(&set.files)),
+                Err(e) => tracing::error!("policy reload failed, the previous policy stays in force: {e}"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn describe(files: &[std::path::PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

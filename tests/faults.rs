@@ -124,7 +124,9 @@ fn serve(conn: TcpStream, fault: Fault, log: &Mutex<Vec<(String, bool)>>) -> std
 fn gateway(peer: &Peer) -> Gateway {
     let port = peer.port;
     Gateway::start_with(move |dir, relay, sub| {
-        base_config(dir, relay, sub)
+        let policy = policy_dir(dir, &[("fault.toml", &plaintext_exception("fault.test"))]);
+        let config = base_config(dir, relay, sub) + &policy;
+        config
             .replace(
                 "idle_timeout = \"2s\"",
                 "idle_timeout = \"0s\"\ndata_timeout = \"2s\"",

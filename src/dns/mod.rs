@@ -118,7 +118,12 @@ pub struct Answer<T> {
     /// The owner name of the final RRset after CNAME expansion, without the
     /// trailing dot; the query name when there was no CNAME.
     pub canonical: String,
+    /// Seconds the answer may be kept: the smallest TTL of the records used.
+    pub ttl: u32,
 }
+
+/// How long an answer without records (no MX, one address family) is kept.
+const NEGATIVE_TTL: u32 = 300;
 
 /// The MX answer for a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +193,7 @@ impl Dns {
                     value: MxAnswer::Implicit,
                     security,
                     canonical: name,
+                    ttl: NEGATIVE_TTL,
                 });
             }
             Err(e) => return Err(e),
@@ -215,6 +221,7 @@ impl Dns {
             value,
             security: answer.security,
             canonical: answer.canonical,
+            ttl: answer.ttl,
         })
     }
 
@@ -226,6 +233,7 @@ impl Dns {
                 value: vec![ip],
                 security: Security::Secure,
                 canonical: host.to_string(),
+                ttl: u32::MAX,
             });
         }
         let (mut v4, mut v6) = tokio::join!(
@@ -250,6 +258,7 @@ impl Dns {
         let mut ips = Vec::new();
         let mut security = None::<Security>;
         let mut canonical = name_of(host);
+        let mut ttl = u32::MAX;
         let mut failure = None;
         for result in [v4, v6] {
             match result {
@@ -261,10 +270,12 @@ impl Dns {
                     }));
                     security = Some(security.map_or(a.security, |s| s.and(a.security)));
                     canonical = a.canonical;
+                    ttl = ttl.min(a.ttl);
                 }
                 // One family being absent is normal; its proof still counts.
                 Err(DnsError::NoRecords { security: s, .. }) => {
                     security = Some(security.map_or(s, |x| x.and(s)));
+                    ttl = ttl.min(NEGATIVE_TTL);
                 }
                 Err(e @ DnsError::NoSuchDomain { .. }) => return Err(e),
                 Err(e) => failure = Some(e),
@@ -287,6 +298,7 @@ impl Dns {
             value: ips,
             security: security.unwrap_or(Security::Indeterminate),
             canonical,
+            ttl,
         })
     }
 
@@ -311,6 +323,7 @@ impl Dns {
             value,
             security: answer.security,
             canonical: answer.canonical,
+            ttl: answer.ttl,
         })
     }
 
@@ -334,6 +347,7 @@ impl Dns {
             value,
             security: answer.security,
             canonical: answer.canonical,
+            ttl: answer.ttl,
         })
     }
 
@@ -391,10 +405,17 @@ impl Dns {
                 security,
             });
         }
+        let ttl = lookup
+            .answers()
+            .iter()
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(NEGATIVE_TTL);
         Ok(Answer {
             value: records,
             security,
             canonical: owner,
+            ttl,
         })
     }
 }

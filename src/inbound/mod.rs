@@ -32,6 +32,8 @@ pub struct InboundContext {
     pub users: Arc<Users>,
     pub spool: Arc<dyn Spool>,
     pub queue: QueueHandle,
+    /// Classifies each message as it is received.
+    pub policies: Arc<crate::policy::Policies>,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

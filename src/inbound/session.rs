@@ -22,6 +22,8 @@ use tokio::time::timeout;
 use super::InboundContext;
 use super::auth;
 use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
+use crate::policy::RiskClass;
+use crate::policy::rules::{Facts, strip_subject_tags};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
 use crate::spool::{Envelope, NewMessage, Notify, Recipient, Ret, SpoolError, TenantId};
@@ -708,6 +710,7 @@ impl Session {
         let mut body = Vec::with_capacity(received.len() + data.len() + 16);
         body.extend_from_slice(received.as_bytes());
         normalize_line_ends(&data, &mut body);
+        let recipients = self.classify(&tenant, &authorization, &tx, &mut body);
         let domains = {
             let mut d: Vec<String> = tx.recipients.iter().map(|r| r.domain.clone()).collect();
             d.sort();
@@ -725,7 +728,7 @@ impl Session {
                 ret: tx.ret,
                 smtputf8: tx.smtputf8,
                 body_8bit: tx.body_8bit,
-                recipients: tx.recipients,
+                recipients,
             },
             received_at,
             expires_at: received_at + lifetime,
@@ -758,6 +761,41 @@ impl Session {
                 self.reply(Reply::STORAGE_ERROR);
             }
         }
+    }
+
+    /// Gives every recipient the message's risk class under the tenant's
+    /// policy, and removes the subject tags that set it.
+    fn classify(
+        &self,
+        tenant: &TenantId,
+        authorization: &Authorization,
+        tx: &Transaction,
+        body: &mut Vec<u8>,
+    ) -> Vec<Recipient> {
+        let policy = self.ctx.policies.current().for_tenant(&tenant.0);
+        let facts = if policy.needs_content() {
+            Facts::parse(body)
+        } else {
+            Facts::default()
+        };
+        let authenticated = !matches!(authorization, Authorization::Network(_));
+        let trusted = policy.trusts_class_header(self.remote.ip(), authenticated);
+        let mut tags = Vec::new();
+        let mut recipients = Vec::with_capacity(tx.recipients.len());
+        for r in &tx.recipients {
+            let c = policy.classify(&tx.sender, &r.address, &facts, trusted);
+            if c.class != RiskClass::Normal {
+                tracing::info!(remote = %self.remote, to = %r.address, class = %c.class, by = %c.by.join(", "), "classified");
+            }
+            tags.extend(c.tags);
+            recipients.push(r.clone().with_class(c.class));
+        }
+        tags.sort();
+        tags.dedup();
+        if let Some(stripped) = strip_subject_tags(body, &tags) {
+            *body = stripped;
+        }
+        recipients
     }
 
     /// Our trace header (RFC 5321 §4.4), with the TLS facts of this session.

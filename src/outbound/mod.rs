@@ -21,6 +21,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::dns::{Dns, DnsError, MxAnswer, Security, Tlsa};
+use crate::policy::memory::DomainMemory;
+use crate::policy::{Action, Decision, History, NO_HOST, Policies, Required, Requirement};
 use crate::qualify::bsi::Profile;
 use crate::qualify::mta_sts::{Discovery, Mode, MtaSts, Policy};
 use crate::qualify::pkix::{Roots, RootsError};
@@ -29,7 +31,7 @@ use crate::qualify::revocation::Revocation;
 use crate::qualify::verifier::{self, CertEvidence, DeliveryVerifier};
 use crate::qualify::{Check, CheckName, Level, Status, TlsFacts, Verdict, dane};
 use crate::reply::Reply;
-use crate::spool::LoadedJob;
+use crate::spool::{LoadedJob, PendingRecipient};
 use client::{ClientError, SmtpClient, Timeouts};
 
 /// Why a recipient ended where it did, for the queue, the DSN and the log.
@@ -85,8 +87,87 @@ pub enum Outcome {
 pub struct Attempt {
     /// Keyed by the recipient's index in the envelope.
     pub outcomes: Vec<(u32, Outcome)>,
-    /// The verdict of the connection the transaction ran on, if one was made.
+    /// The verdict of the connection the transaction ran on, or else the
+    /// best one seen, if a connection was made.
     pub verdict: Option<Verdict>,
+    /// The policy's decision for each recipient it decided (not those a
+    /// routing failure left undecided).
+    pub decisions: Vec<(u32, Decision)>,
+}
+
+impl Attempt {
+    /// The recipients a connection carried: the peer's replies.
+    fn delivered(
+        &mut self,
+        recipients: &[(&PendingRecipient, Requirement)],
+        outcomes: Vec<(u32, Outcome)>,
+    ) {
+        for (p, req) in recipients {
+            if let Required::Level(required) = req.required {
+                self.decisions.push((
+                    p.index,
+                    Decision {
+                        class: req.class,
+                        required: req.required,
+                        action: Action::Deliver { required },
+                    },
+                ));
+            }
+        }
+        self.outcomes.extend(outcomes);
+    }
+
+    /// One outcome for every recipient given.
+    fn all(
+        &mut self,
+        recipients: &[(&PendingRecipient, Requirement)],
+        outcome: Outcome,
+        verdict: Option<Verdict>,
+    ) {
+        self.outcomes
+            .extend(recipients.iter().map(|(p, _)| (p.index, outcome.clone())));
+        if verdict.is_some() {
+            self.verdict = verdict;
+        }
+    }
+
+    /// A recipient no connection carried: the policy's action becomes its outcome.
+    fn decide(&mut self, index: u32, req: &Requirement, action: Action, unreachable: &str) {
+        let outcome = match &action {
+            Action::Deliver { .. } => Outcome::Deferred(Detail::local(
+                [4, 4, 1],
+                "no connection was left to deliver on",
+            )),
+            Action::Defer { reason } if reason == NO_HOST => {
+                Outcome::Deferred(Detail::local([4, 4, 1], unreachable))
+            }
+            Action::Defer { reason } => Outcome::Deferred(Detail::local(
+                [4, 7, 10],
+                format!("policy: defer: {reason}"),
+            )),
+            // Until sealed delivery exists (the envelope issue), a message
+            // the policy would seal is held, never sent as it is.
+            Action::Seal { reason } => Outcome::Deferred(Detail::local(
+                [4, 7, 10],
+                format!(
+                    "policy: seal: {reason}; held: seal unavailable (sealed delivery is not built yet)"
+                ),
+            )),
+            Action::Bounce { reason } => Outcome::Failed(Detail::local(
+                [5, 7, 10],
+                format!("policy: bounce: {reason}"),
+            )),
+        };
+        self.outcomes.push((index, outcome));
+        self.decisions.push((
+            index,
+            Decision {
+                class: req.class,
+                required: req.required,
+                action,
+            },
+        ));
+    }
 }
 
 /// One host to try.
@@ -116,6 +197,15 @@ enum HostPlan {
     Skip { target: Target, reason: String },
 }
 
+impl HostPlan {
+    fn target(&self) -> &Target {
+        match self {
+            HostPlan::Use(c) => &c.target,
+            HostPlan::Skip { target, .. } => target,
+        }
+    }
+}
+
 /// A host with the rules its connection must meet.
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -133,12 +223,16 @@ struct Candidate {
     /// MTA-STS policy that governs this host (not when DANE applies).
     sts: Option<Policy>,
     sts_detail: String,
+    /// Seconds the DNS answers behind this plan may be kept.
+    ttl: u32,
 }
 
 struct Idle {
     client: SmtpClient,
     since: Instant,
     verdict: Option<Verdict>,
+    /// Until when the verdict may be remembered (DNS TTLs, revocation nextUpdate).
+    valid_until: i64,
 }
 
 /// The outbound side; shared by all delivery tasks.
@@ -148,6 +242,8 @@ pub struct Outbound {
     roots: Roots,
     mta_sts: Option<MtaSts>,
     revocation: Revocation,
+    policies: Arc<Policies>,
+    memory: Arc<DomainMemory>,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
@@ -190,6 +286,8 @@ impl Outbound {
         config: Arc<Config>,
         dns: Dns,
         db: Option<std::path::PathBuf>,
+        policies: Arc<Policies>,
+        memory: Arc<DomainMemory>,
     ) -> Result<Outbound, OutboundError> {
         let roots = Roots::load(&config.outbound.pkix_roots)?;
         let mta_sts = if config.mta_sts.enabled {
@@ -212,6 +310,8 @@ impl Outbound {
             roots,
             mta_sts,
             revocation,
+            policies,
+            memory,
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -225,47 +325,89 @@ impl Outbound {
         }
     }
 
-    /// Delivers a job; never fails as a whole: every recipient gets an outcome.
+    /// Delivers a job; never fails as a whole: every recipient gets an
+    /// outcome and the policy's decision for it.
+    ///
+    /// Hosts are tried in order; a connection carries the recipients whose
+    /// requirement its verdict meets, and the rest try the next host. Those
+    /// no host could carry get the action their requirement decides
+    /// against the best verdict seen (seal, defer or bounce).
     pub async fn deliver(&self, job: &LoadedJob) -> Attempt {
+        let mut attempt = Attempt {
+            outcomes: Vec::new(),
+            verdict: None,
+            decisions: Vec::new(),
+        };
         let Some(first) = job.recipients.first() else {
-            return Attempt {
-                outcomes: Vec::new(),
-                verdict: None,
-            };
+            return attempt;
         };
         let domain = first.recipient.domain.clone();
+        let now = chrono::Utc::now().timestamp();
+        let policy = self.policies.current().for_tenant(&job.envelope.tenant.0);
+        let mut open: Vec<(&PendingRecipient, Requirement)> = Vec::new();
+        for p in &job.recipients {
+            let req = policy.requirement(p.recipient.class, &domain, now);
+            if req.required == Required::Sealed {
+                // Always sealed: no connection decides anything for it.
+                let action = req.decide(None, History::Ordinary, now);
+                attempt.decide(p.index, &req, action, "");
+            } else {
+                open.push((p, req));
+            }
+        }
+        if open.is_empty() {
+            return attempt;
+        }
 
         if let Some(mut idle) = self.take_idle(&domain) {
-            match self.transact(&mut idle.client, job).await {
-                Ok(outcomes) => {
-                    let verdict = idle.verdict.clone();
-                    self.release(&domain, idle);
-                    return Attempt { outcomes, verdict };
+            let fits = idle
+                .verdict
+                .as_ref()
+                .is_some_and(|v| open.iter().all(|(_, r)| r.met_by(v)));
+            if fits {
+                let subset: Vec<_> = open.iter().map(|(p, _)| *p).collect();
+                match self.transact(&mut idle.client, job, &subset).await {
+                    Ok(outcomes) => {
+                        attempt.delivered(&open, outcomes);
+                        attempt.verdict = idle.verdict.clone();
+                        self.release(&domain, idle);
+                        return attempt;
+                    }
+                    // The cached connection died before the peer took anything
+                    // (it timed out or restarted): start over on a new one.
+                    Err((e, false)) => {
+                        tracing::debug!(%domain, "cached connection unusable: {e}")
+                    }
+                    Err((e, true)) => {
+                        let outcome = deferred_by(&idle.client, &e);
+                        attempt.all(&open, outcome, idle.verdict.take());
+                        return attempt;
+                    }
                 }
-                // The cached connection died before the peer took anything
-                // (it timed out or restarted): start over on a new one.
-                Err((e, false)) => tracing::debug!(%domain, "cached connection unusable: {e}"),
-                Err((e, true)) => return all(job, deferred_by(&idle.client, &e), idle.verdict),
+            } else {
+                self.release(&domain, idle);
             }
         }
 
         let route = match self.route(&domain).await {
             Ok(r) => r,
-            Err(f) if f.permanent => {
-                return all(job, Outcome::Failed(Detail::local(f.status, f.text)), None);
-            }
             Err(f) => {
-                return all(
-                    job,
-                    Outcome::Deferred(Detail::local(f.status, f.text)),
-                    None,
-                );
+                let detail = Detail::local(f.status, f.text);
+                let outcome = if f.permanent {
+                    Outcome::Failed(detail)
+                } else {
+                    Outcome::Deferred(detail)
+                };
+                attempt.all(&open, outcome, None);
+                return attempt;
             }
         };
 
         let mut last_error = format!("no mail exchanger of {domain} could be reached");
-        let mut last_verdict = None;
-        for plan in &route.hosts {
+        // The best verdict of a host that could be used, and every verdict seen.
+        let mut best: Option<Verdict> = None;
+        let mut seen: Vec<(Verdict, i64)> = Vec::new();
+        'hosts: for plan in &route.hosts {
             let candidate = match plan {
                 HostPlan::Use(c) => c,
                 HostPlan::Skip { target, reason } => {
@@ -283,32 +425,65 @@ impl Outbound {
                         continue;
                     }
                 };
-                if let Some(verdict) = &session.verdict
-                    && let Err(reason) = candidate.acceptable(verdict)
-                {
+                let Some(verdict) = session.verdict.clone() else {
+                    continue;
+                };
+                seen.push((verdict.clone(), session.valid_until));
+                if let Err(reason) = candidate.acceptable(&verdict) {
                     // Never downgrade (RFC 7672 §2.2, RFC 8461 §5): this host
                     // is not used; another may be, or the message waits.
                     last_error = format!("{}[{ip}]: {reason}", candidate.target.host);
                     tracing::warn!(%domain, "not delivering: {last_error}");
-                    last_verdict = session.verdict.take();
                     tokio::spawn(session.client.quit());
                     continue;
                 }
-                return match self.transact(&mut session.client, job).await {
+                if best.as_ref().is_none_or(|b| verdict.level > b.level) {
+                    best = Some(verdict.clone());
+                }
+                let (now_ok, later): (Vec<_>, Vec<_>) =
+                    open.into_iter().partition(|(_, r)| r.met_by(&verdict));
+                open = later;
+                if now_ok.is_empty() {
+                    tracing::info!(
+                        %domain,
+                        host = %candidate.target.host,
+                        level = ?verdict.level,
+                        "host below what the messages need; trying the next"
+                    );
+                    tokio::spawn(session.client.quit());
+                    continue 'hosts;
+                }
+                let subset: Vec<_> = now_ok.iter().map(|(p, _)| *p).collect();
+                match self.transact(&mut session.client, job, &subset).await {
                     Ok(outcomes) => {
-                        let verdict = session.verdict.clone();
+                        attempt.delivered(&now_ok, outcomes);
+                        attempt.verdict = Some(verdict);
                         self.release(&domain, session);
-                        Attempt { outcomes, verdict }
                     }
-                    Err((e, _)) => all(job, deferred_by(&session.client, &e), session.verdict),
-                };
+                    Err((e, _)) => {
+                        let outcome = deferred_by(&session.client, &e);
+                        attempt.all(&now_ok, outcome, Some(verdict));
+                    }
+                }
+                if open.is_empty() {
+                    break 'hosts;
+                }
+                continue 'hosts;
             }
         }
-        all(
-            job,
-            Outcome::Deferred(Detail::local([4, 4, 1], last_error)),
-            last_verdict,
-        )
+
+        let history = match seen.iter().map(|(v, _)| v).max_by_key(|v| v.level) {
+            Some(top) => self.memory.observe(&domain, top, &seen, now),
+            None => self.memory.history(&domain),
+        };
+        for (p, req) in &open {
+            let action = req.decide(best.as_ref(), history, now);
+            attempt.decide(p.index, req, action, &last_error);
+        }
+        if attempt.verdict.is_none() {
+            attempt.verdict = best.or_else(|| seen.pop().map(|(v, _)| v));
+        }
+        attempt
     }
 
     /// `sealgate check`: every MX host of a domain qualified on a real
@@ -407,6 +582,7 @@ impl Outbound {
                     dane: Check::new(CheckName::Dane, Status::NotApplicable, "static route"),
                     sts: None,
                     sts_detail: "static route".into(),
+                    ttl: a.ttl,
                 })),
                 Err(e) => HostPlan::Skip {
                     target,
@@ -468,8 +644,19 @@ impl Outbound {
         };
         let mut hosts = Vec::new();
         for target in targets {
-            hosts.push(self.plan_host(target, mx.security, sts.as_ref()).await);
+            hosts.push(
+                self.plan_host(target, (mx.security, mx.ttl), sts.as_ref())
+                    .await,
+            );
         }
+        // Among hosts of equal preference (RFC 5321 §5.1 leaves their order
+        // open), try first the one that reached the best level lately.
+        let now = chrono::Utc::now().timestamp();
+        hosts.sort_by_cached_key(|plan| {
+            let t = plan.target();
+            let cached = self.memory.cached_level(domain, &t.host, now);
+            (t.preference, std::cmp::Reverse(cached))
+        });
         Ok(Route { hosts })
     }
 
@@ -477,7 +664,7 @@ impl Outbound {
     async fn plan_host(
         &self,
         target: Target,
-        mx_security: Security,
+        (mx_security, mx_ttl): (Security, u32),
         sts: Option<&Discovery>,
     ) -> HostPlan {
         let addresses = match self.dns.addresses(&target.host).await {
@@ -492,6 +679,7 @@ impl Outbound {
         let host = target.host.clone();
         let mut names = vec![host.clone()];
         let mut security = mx_security.and(addresses.security);
+        let mut ttl = mx_ttl.min(addresses.ttl);
         let mut dnssec_parts = vec![
             format!("MX {}", mx_security.name()),
             format!("{host} A/AAAA {}", addresses.security.name()),
@@ -539,6 +727,7 @@ impl Outbound {
                     );
                 }
                 Some((base, answer)) => {
+                    ttl = ttl.min(answer.ttl);
                     dnssec_parts.push(format!("TLSA {}", answer.security.name()));
                     security = security.and(answer.security);
                     if answer.security != Security::Secure {
@@ -620,6 +809,7 @@ impl Outbound {
             dane,
             sts: sts_policy,
             sts_detail,
+            ttl,
         }))
     }
 
@@ -687,7 +877,12 @@ impl Outbound {
         if let (Some(facts), Some(e)) = (client.tls.as_mut(), &evidence) {
             facts.ocsp_stapled = !e.staple.is_empty();
         }
-        let revocation = self.revocation_check(evidence.as_ref()).await;
+        let (revocation, next_update) = self.revocation_check(evidence.as_ref()).await;
+        let now = chrono::Utc::now().timestamp();
+        let cache_max = self.config.policy.verdict_cache_max.as_secs() as i64;
+        let valid_until = (now + cache_max)
+            .min(now + i64::from(c.ttl))
+            .min(next_update.unwrap_or(i64::MAX));
         let verdict = verdict_of(
             domain,
             &client,
@@ -700,6 +895,7 @@ impl Outbound {
             client,
             since: Instant::now(),
             verdict: Some(verdict),
+            valid_until,
         })
     }
 
@@ -719,9 +915,15 @@ impl Outbound {
         probe::probe(tcp, host, timeouts.command).await
     }
 
-    /// The `revocation` check, for a peer that PKIX authenticated.
-    async fn revocation_check(&self, evidence: Option<&CertEvidence>) -> Check {
-        let na = |why: &str| Check::new(CheckName::Revocation, Status::NotApplicable, why);
+    /// The `revocation` check, for a peer that PKIX authenticated, with
+    /// the answer's nextUpdate if it has one.
+    async fn revocation_check(&self, evidence: Option<&CertEvidence>) -> (Check, Option<i64>) {
+        let na = |why: &str| {
+            (
+                Check::new(CheckName::Revocation, Status::NotApplicable, why),
+                None,
+            )
+        };
         let Some(e) = evidence else {
             return na("no TLS session");
         };
@@ -746,9 +948,10 @@ impl Outbound {
         &self,
         client: &mut SmtpClient,
         job: &LoadedJob,
+        pending: &[&PendingRecipient],
     ) -> Result<Vec<(u32, Outcome)>, (ClientError, bool)> {
-        let recipients: Vec<_> = job.recipients.iter().map(|p| &p.recipient).collect();
-        if job.envelope.smtputf8 && !client.caps.smtputf8 && needs_smtputf8(job) {
+        let recipients: Vec<_> = pending.iter().map(|p| &p.recipient).collect();
+        if job.envelope.smtputf8 && !client.caps.smtputf8 && needs_smtputf8(job, pending) {
             // RFC 6531 §3.4: non-ASCII addresses cannot go to a server
             // without SMTPUTF8; downgrading them is not ours to do.
             let remote = format!("{}[{}]", client.host, client.peer.ip());
@@ -758,8 +961,7 @@ impl Outbound {
                 reply: None,
                 text: format!("{remote} does not support SMTPUTF8, which this message needs"),
             };
-            return Ok(job
-                .recipients
+            return Ok(pending
                 .iter()
                 .map(|p| (p.index, Outcome::Failed(detail.clone())))
                 .collect());
@@ -773,8 +975,7 @@ impl Outbound {
             }
         };
         let remote = format!("{}[{}]", client.host, client.peer.ip());
-        Ok(job
-            .recipients
+        Ok(pending
             .iter()
             .zip(replies.per_recipient)
             .map(|(p, reply)| {
@@ -838,23 +1039,8 @@ impl Outbound {
 }
 
 /// Whether the envelope has a non-ASCII address.
-fn needs_smtputf8(job: &LoadedJob) -> bool {
-    !job.envelope.sender.is_ascii()
-        || job
-            .recipients
-            .iter()
-            .any(|p| !p.recipient.address.is_ascii())
-}
-
-fn all(job: &LoadedJob, outcome: Outcome, verdict: Option<Verdict>) -> Attempt {
-    Attempt {
-        outcomes: job
-            .recipients
-            .iter()
-            .map(|p| (p.index, outcome.clone()))
-            .collect(),
-        verdict,
-    }
+fn needs_smtputf8(job: &LoadedJob, pending: &[&PendingRecipient]) -> bool {
+    !job.envelope.sender.is_ascii() || pending.iter().any(|p| !p.recipient.address.is_ascii())
 }
 
 fn deferred_by(client: &SmtpClient, e: &ClientError) -> Outcome {

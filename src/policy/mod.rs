@@ -13,7 +13,9 @@ pub mod memory;
 pub mod rules;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +162,59 @@ impl Action {
     }
 }
 
+/// The decision for one recipient, with what it was weighed against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub class: RiskClass,
+    pub required: Required,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// The policy in force, replaced as a whole by a reload (SIGHUP); a
+/// policy directory with an error leaves the old policy in force.
+pub struct Policies {
+    dir: Option<PathBuf>,
+    current: RwLock<Arc<rules::PolicySet>>,
+}
+
+impl Policies {
+    /// `dir`: `policy.dir`; none: the built-in default policy.
+    pub fn load(dir: Option<&Path>) -> Result<Policies, rules::PolicyError> {
+        let set = match dir {
+            Some(d) => rules::PolicySet::load(d)?,
+            None => rules::PolicySet::builtin(),
+        };
+        Ok(Policies {
+            dir: dir.map(Path::to_path_buf),
+            current: RwLock::new(Arc::new(set)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<rules::PolicySet> {
+        match self.current.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the directory again; on error the old policy stays and the error is returned.
+    pub fn reload(&self) -> Result<Arc<rules::PolicySet>, rules::PolicyError> {
+        let Some(dir) = &self.dir else {
+            return Ok(self.current());
+        };
+        let set = Arc::new(rules::PolicySet::load(dir)?);
+        match self.current.write() {
+            Ok(mut p) => *p = set.clone(),
+            Err(poisoned) => *poisoned.into_inner() = set.clone(),
+        }
+        Ok(set)
+    }
+}
+
+/// The reason of a deferral for want of any usable host.
+pub const NO_HOST: &str = "no mail exchanger could be reached";
+
 /// What one recipient's message needs, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Requirement {
@@ -220,7 +275,7 @@ impl Requirement {
         };
         let Some(verdict) = best else {
             return Action::Defer {
-                reason: "no mail exchanger could be reached".into(),
+                reason: NO_HOST.into(),
             };
         };
         if self.met_by(verdict) {
@@ -287,7 +342,7 @@ fn level_ignoring_revocation(verdict: &Verdict) -> Level {
     level_from_checks(&checks)
 }
 
-pub(crate) fn rfc3339(t: i64) -> String {
+pub fn rfc3339(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| t.to_string())

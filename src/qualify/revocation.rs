@@ -166,14 +166,26 @@ impl Revocation {
         })
     }
 
-    /// The `revocation` check of a chain that PKIX already accepted.
+    /// The `revocation` check of a chain that PKIX already accepted, and
+    /// until when its answer holds (the OCSP or CRL nextUpdate), if it says.
     pub async fn check(
         &self,
         chain: &[CertificateDer<'static>],
         staple: &[u8],
         roots: &Roots,
         now: i64,
-    ) -> Check {
+    ) -> (Check, Option<i64>) {
+        let a = self.answer(chain, staple, roots, now).await;
+        (a.check(), a.next_update)
+    }
+
+    async fn answer(
+        &self,
+        chain: &[CertificateDer<'static>],
+        staple: &[u8],
+        roots: &Roots,
+        now: i64,
+    ) -> Answer {
         let Some(ee_der) = chain.first() else {
             return unavailable("none", "no certificate");
         };
@@ -192,14 +204,14 @@ impl Revocation {
         let mut why = Vec::new();
         if !staple.is_empty() {
             match verify(staple, &issuer, &serial, now) {
-                Ok(found) => return answer("OCSP staple", found).check(),
+                Ok(found) => return answer("OCSP staple", found),
                 Err(e) => why.push(format!("OCSP staple rejected: {e}")),
             }
         }
         let (ocsp_urls, crl_urls) = urls(&ee);
         for url in ocsp_urls.iter().filter(|u| u.starts_with("http")) {
             match self.query(url, &issuer, &serial, now).await {
-                Ok(a) if a.outcome != Outcome::Unknown || crl_urls.is_empty() => return a.check(),
+                Ok(a) if a.outcome != Outcome::Unknown || crl_urls.is_empty() => return a,
                 Ok(_) => why.push(format!("OCSP {url}: status unknown")),
                 Err(e) => why.push(format!("OCSP {url}: {e}")),
             }
@@ -209,7 +221,7 @@ impl Revocation {
         }
         for url in crl_urls.iter().filter(|u| u.starts_with("http")) {
             match self.crl(url, chain, &serial, roots, now).await {
-                Ok(a) => return a.check(),
+                Ok(a) => return a,
                 Err(e) => why.push(format!("CRL {url}: {e}")),
             }
         }
@@ -222,7 +234,6 @@ impl Revocation {
             this_update: None,
             next_update: None,
         }
-        .check()
     }
 
     /// Asks the responder, or reuses its answer until its nextUpdate.
@@ -401,14 +412,13 @@ fn answer(
     }
 }
 
-fn unavailable(source: &str, why: &str) -> Check {
+fn unavailable(source: &str, why: &str) -> Answer {
     Answer {
         outcome: Outcome::Unavailable(why.to_string()),
         source: source.to_string(),
         this_update: None,
         next_update: None,
     }
-    .check()
 }
 
 /// An error with its sources, as one line.

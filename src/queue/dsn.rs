@@ -132,7 +132,17 @@ pub fn build(
             ret: None,
             smtputf8: !sender.is_ascii(),
             body_8bit: !body.is_ascii(),
-            recipients: vec![Recipient::new(sender.clone(), None, Default::default())],
+            // The bounce returns the message (or its headers): it is worth
+            // as much as the recipients' copies were.
+            recipients: vec![
+                Recipient::new(sender.clone(), None, Default::default()).with_class(
+                    failures
+                        .iter()
+                        .map(|f| f.recipient.class)
+                        .max()
+                        .unwrap_or_default(),
+                ),
+            ],
         },
         received_at: now,
         expires_at: now + lifetime,

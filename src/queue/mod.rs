@@ -310,6 +310,17 @@ async fn attempt(
             .find(|r| r.index == index)
             .map(|r| r.recipient.address.as_str())
             .unwrap_or("");
+        if let Some((_, d)) = result.decisions.iter().find(|(i, _)| *i == index) {
+            tracing::info!(
+                %id,
+                to = rcpt,
+                class = %d.class,
+                required = %d.required,
+                action = d.action.name(),
+                "policy: {}",
+                d.action.reason()
+            );
+        }
         match outcome {
             Outcome::Delivered(d) => {
                 tracing::info!(%id, to = rcpt, ?level, status = "sent", "{}", d.text);

@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::policy::RiskClass;
+
 pub use sqlite::SqliteSpool;
 
 /// A boxed future, so that [`Spool`] can be used as a trait object.
@@ -118,6 +120,8 @@ pub struct Recipient {
     /// ORCPT (RFC 3461 §4.2), as given: `addr-type;xtext`.
     pub orcpt: Option<String>,
     pub notify: Notify,
+    /// The message's risk class for this recipient (set at reception by the policy).
+    pub class: RiskClass,
 }
 
 impl Recipient {
@@ -128,7 +132,12 @@ impl Recipient {
             domain,
             orcpt,
             notify,
+            class: RiskClass::Normal,
         }
+    }
+
+    pub fn with_class(self, class: RiskClass) -> Recipient {
+        Recipient { class, ..self }
     }
 }
 

@@ -17,6 +17,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::*;
+use crate::policy::RiskClass;
 
 /// Most operations committed with one sync.
 const MAX_BATCH: usize = 256;
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
     last_reply   TEXT,
+    class        TEXT NOT NULL DEFAULT 'normal',
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
 ";
@@ -79,6 +81,7 @@ impl SqliteSpool {
         }
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let max_id: Option<i64> =
             conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Op>();
@@ -223,6 +226,26 @@ fn clone_error(e: &SpoolError) -> SpoolError {
     }
 }
 
+/// Brings a spool written by an older sealgate up to the current schema.
+fn migrate(conn: &Connection) -> Result<(), SpoolError> {
+    let has_class: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('recipients') WHERE name = 'class'")?
+        .exists([])?;
+    if !has_class {
+        // Messages queued before risk classes existed are normal.
+        conn.execute_batch(
+            "ALTER TABLE recipients ADD COLUMN class TEXT NOT NULL DEFAULT 'normal'",
+        )?;
+    }
+    Ok(())
+}
+
+fn class_of(name: String) -> RiskClass {
+    // A name this version does not know is treated as the highest class:
+    // never less protection than the writer meant.
+    name.parse().unwrap_or(RiskClass::Confidential)
+}
+
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,8 +279,8 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
     ])
     .map_err(classify)?;
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status, next_attempt)
-         VALUES (?,?,?,?,?,?,?,?)",
+        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status, next_attempt, class)
+         VALUES (?,?,?,?,?,?,?,?,?)",
     )?;
     for (i, r) in e.recipients.iter().enumerate() {
         stmt.execute(params![
@@ -269,6 +292,7 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
             r.notify.to_bits(),
             PENDING,
             m.received_at,
+            r.class.name(),
         ])
         .map_err(classify)?;
     }
@@ -354,7 +378,7 @@ impl Spool for SqliteSpool {
             let body =
                 body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
             let mut stmt = conn.prepare_cached(
-                "SELECT idx, address, orcpt, notify, attempts FROM recipients
+                "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
                  WHERE message_id = ? AND domain = ? AND status = 0 ORDER BY idx",
             )?;
             let recipients = stmt
@@ -365,7 +389,8 @@ impl Spool for SqliteSpool {
                             r.get(1)?,
                             r.get(2)?,
                             Notify::from_bits(r.get(3)?),
-                        ),
+                        )
+                        .with_class(class_of(r.get(5)?)),
                         attempts: r.get(4)?,
                     })
                 })?
@@ -531,18 +556,17 @@ impl Spool for SqliteSpool {
                 return Ok(None);
             };
             let mut stmt = conn.prepare(
-                "SELECT address, orcpt, notify, status, attempts, next_attempt, last_reply
+                "SELECT address, orcpt, notify, status, attempts, next_attempt, last_reply, class
                  FROM recipients WHERE message_id = ? ORDER BY idx",
             )?;
             let mut recipients = Vec::new();
             let mut rows = stmt.query([id.0 as i64])?;
             while let Some(r) = rows.next()? {
                 let address: String = r.get(0)?;
-                envelope.recipients.push(Recipient::new(
-                    address.clone(),
-                    r.get(1)?,
-                    Notify::from_bits(r.get(2)?),
-                ));
+                envelope.recipients.push(
+                    Recipient::new(address.clone(), r.get(1)?, Notify::from_bits(r.get(2)?))
+                        .with_class(class_of(r.get(7)?)),
+                );
                 recipients.push(RecipientState {
                     address,
                     status: match r.get::<_, i64>(3)? {

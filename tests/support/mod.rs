@@ -219,6 +219,30 @@ next_hop = "127.0.0.1:{DEST_PORT}"
     )
 }
 
+/// Writes a policy directory under `dir`: the shipped default policy plus
+/// `files`; returns the `[policy]` table that points the gateway at it.
+pub fn policy_dir(dir: &Path, files: &[(&str, &str)]) -> String {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("default.toml"),
+        include_str!("../../policies/default.toml"),
+    )
+    .unwrap();
+    for (name, text) in files {
+        std::fs::write(policies.join(name), text).unwrap();
+    }
+    format!("\n[policy]\ndir = \"{}\"\n", policies.display())
+}
+
+/// A policy exception that lets normal mail to `domain` go in plaintext: for
+/// test peers without TLS.
+pub fn plaintext_exception(domain: &str) -> String {
+    format!(
+        "[[exception]]\ndomain = \"{domain}\"\nlevel = \"plaintext\"\nreason = \"test peer without TLS\"\napproved_by = \"tests\"\nexpires = 2099-12-31\n"
+    )
+}
+
 impl Gateway {
     /// Starts sealgate with the base configuration plus `extra` TOML
     /// (tables may be added; `tenants` replaces the default tenant list).
