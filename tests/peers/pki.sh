@@ -138,7 +138,7 @@ fut1=$(date -u -d "@$(( $(date +%s) + 1 * day ))" +%Y%m%d%H%M%SZ)
 fut2=$(date -u -d "@$(( $(date +%s) + 30 * day ))" +%Y%m%d%H%M%SZ)
 
 # The protocol and cipher variants (Postfix settings) present this one too.
-leaf good rsa:3072 mx.good.pki.test,mx.tls10.pki.test,mx.cbc.pki.test,mx.chacha.pki.test,mx.x25519.pki.test,mx.nostarttls.pki.test
+leaf good rsa:3072 mx.good.pki.test,mx.tls10.pki.test,mx.cbc.pki.test,mx.chacha.pki.test,mx.x25519.pki.test,mx.nostarttls.pki.test,mx.flip.pki.test
 leaf ecdsa ec mx.ecdsa.pki.test
 leaf rsa2048 rsa:2048 mx.rsa2048.pki.test
 leaf rsa1024 rsa:1024 mx.rsa1024.pki.test

@@ -314,10 +314,19 @@ impl Gateway {
     }
 
     pub fn signal_term(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGHUP: reload the policy.
+    pub fn signal_hup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {
             // SAFETY: kill(2) on our own child's pid has no memory effects.
             unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
+                libc::kill(c.id() as i32, signal);
             }
         }
     }
@@ -439,6 +448,16 @@ pub struct Client {
 impl Client {
     pub fn connect(port: u16) -> Client {
         Self::connect_from("127.0.0.1", port)
+    }
+
+    /// A client on a connection made elsewhere; the greeting is not read.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
     }
 
     /// Connects from a chosen loopback source address.

@@ -1,0 +1,355 @@
+//! The policy engine end to end: messages classified at reception by the
+//! rules of a policy directory, then delivered, held for sealing, or
+//! deferred according to the verdict of real peers (the PKI world's
+//! Postfix listeners behind DNSSEC-signed `NAME.pki.test` domains).
+
+mod support;
+#[path = "support/world.rs"]
+mod world;
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use world::{MX_PORT, PKI_PEERS, run, world};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The tests' policy, on top of the shipped default.
+const POLICY: &str = r#"
+[class_header]
+name = "X-Sealgate-Class"
+
+# chacha.pki.test reaches authenticated (ChaCha20 is outside the profile):
+# its minimum class makes normal mail high.
+[[domain]]
+name = "chacha.pki.test"
+min_class = "high"
+
+# x25519.pki.test reaches authenticated under bsi-strict; an exception lets
+# high mail go there anyway.
+[[exception]]
+domain = "x25519.pki.test"
+level = "authenticated"
+reason = "partner migrates to P-256, ticket 77"
+approved_by = "ciso@src.test"
+expires = 2099-12-31
+
+# rsa2048.pki.test had one too, but it has ended.
+[[exception]]
+domain = "rsa2048.pki.test"
+level = "authenticated"
+reason = "old key until 2020"
+approved_by = "ciso@src.test"
+expires = 2020-12-31
+"#;
+
+fn gateway(extra_policy: &[(&str, &str)]) -> Gateway {
+    let w = world();
+    let mut files = vec![("tests.toml", POLICY)];
+    files.extend_from_slice(extra_policy);
+    Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[tls]\nprofile = \"bsi-strict\"\n{}",
+            w.config(dir, relay, sub),
+            policy_dir(dir, &files)
+        )
+    })
+}
+
+fn mail(subject: &str, extra_headers: &str) -> String {
+    format!(
+        "From: sender@src.test\r\nTo: someone@dst.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{}@src.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n{extra_headers}\r\nbody\r\n",
+        unique("m")
+    )
+}
+
+/// Sends over the relay listener (trusted by network only); returns the queue id.
+fn send(gw: &Gateway, to: &[&str], data: &str) -> String {
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message("sender@src.test", to, data.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    reply.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+/// A recipient's state once an attempt has ended for it.
+fn after_attempt(gw: &Gateway, id: &str, rcpt: &str, attempts: u64) -> Value {
+    wait_for(T, &format!("an attempt for {rcpt}"), || {
+        let out = gw.cli(&["queue", "show", id, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["recipients"]
+            .as_array()?
+            .iter()
+            .find(|r| r["address"] == rcpt)
+            .filter(|r| r["attempts"].as_u64().unwrap_or(0) >= attempts)
+            .cloned()
+    })
+}
+
+fn wait_mail(rcpt: &str) -> String {
+    let mails = wait_for(T, &format!("mail for {rcpt}"), || {
+        let m = world().mails(rcpt);
+        (!m.is_empty()).then_some(m)
+    });
+    String::from_utf8_lossy(&mails[0]).into_owned()
+}
+
+fn held(r: &Value) -> &str {
+    assert_eq!(r["status"], "pending", "{r}");
+    r["last_reply"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_high_message_goes_to_the_qualified_peer_and_is_held_for_the_tls_only_one() {
+    let gw = gateway(&[]);
+    let id = send(
+        &gw,
+        &["a@good.pki.test", "b@wrongname.pki.test"],
+        &mail("[secure] Offer", ""),
+    );
+    let got = wait_mail("a@good.pki.test");
+    assert!(
+        got.lines().any(|l| l.trim_end() == "Subject: Offer"),
+        "tag removed: {got}"
+    );
+    let r = after_attempt(&gw, &id, "b@wrongname.pki.test", 1);
+    let why = held(&r);
+    assert!(
+        why.contains("policy: seal: class high needs qualified")
+            && why.contains("reached encrypted")
+            && why.contains("hostname: ")
+            && why.contains("held: seal unavailable"),
+        "{why}"
+    );
+    assert!(world().mails("b@wrongname.pki.test").is_empty());
+    // The same TLS-only peer is good enough for normal mail.
+    send(&gw, &["c@wrongname.pki.test"], &mail("Lunch", ""));
+    wait_mail("c@wrongname.pki.test");
+    let log = gw.log();
+    assert!(
+        log.contains("class=high") && log.contains("by=subject tag [secure]"),
+        "{log}"
+    );
+}
+
+#[test]
+fn domain_profiles_raise_the_class_and_exceptions_lower_the_level_until_they_expire() {
+    let gw = gateway(&[]);
+    let id = send(&gw, &["a@chacha.pki.test"], &mail("Statement", ""));
+    let why = held(&after_attempt(&gw, &id, "a@chacha.pki.test", 1)).to_string();
+    assert!(
+        why.contains("class high needs qualified [domain profile chacha.pki.test: at least high]")
+            && why.contains("cipher: "),
+        "{why}"
+    );
+    // Excepted: high mail is delivered at authenticated, with the reason in the log.
+    send(&gw, &["b@x25519.pki.test"], &mail("[secure] Contract", ""));
+    wait_mail("b@x25519.pki.test");
+    // Expired: the exception is named, and not applied.
+    let id = send(&gw, &["c@rsa2048.pki.test"], &mail("[secure] Contract", ""));
+    let why = held(&after_attempt(&gw, &id, "c@rsa2048.pki.test", 1)).to_string();
+    assert!(
+        why.contains("exception for rsa2048.pki.test expired 2021-01-01T00:00:00Z, not applied")
+            && why.contains("key_size: RSA-2048"),
+        "{why}"
+    );
+    let shown = gw.cli(&["domains", "show", "x25519.pki.test"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("last level: authenticated")
+            && text.contains("authenticated suffices for normal, high until")
+            && text.contains("partner migrates to P-256, ticket 77 (approved by ciso@src.test)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn confidential_mail_never_leaves_as_it_is_and_the_class_header_needs_trust() {
+    let gw = gateway(&[]);
+    // Over the relay listener the client is trusted by its network only:
+    // its class header is not believed, the message stays normal.
+    send(
+        &gw,
+        &["a@good.pki.test"],
+        &mail("Plan", "X-Sealgate-Class: confidential\r\n"),
+    );
+    wait_mail("a@good.pki.test");
+    // An authenticated client's header is: sealed, even to a qualified peer.
+    let server = format!("127.0.0.1:{}", gw.submission);
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "alice@src.test",
+        "--to",
+        "b@good.pki.test",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        PASSWORD,
+        "--header",
+        "X-Sealgate-Class: confidential",
+    ]);
+    assert!(ok, "{out}");
+    let id = out
+        .split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("queue id")
+        .to_string();
+    let why = held(&after_attempt(&gw, &id, "b@good.pki.test", 1)).to_string();
+    assert!(
+        why.contains("policy: seal: class confidential is always sealed"),
+        "{why}"
+    );
+    assert!(world().mails("b@good.pki.test").is_empty());
+}
+
+/// 127.0.3.N of a PKI peer.
+fn peer_address(name: &str) -> String {
+    let i = PKI_PEERS
+        .iter()
+        .position(|(n, _, _)| *n == name)
+        .expect("peer");
+    format!("127.0.3.{}", i + 1)
+}
+
+fn offers_starttls(addr: &str) -> bool {
+    let Ok(stream) = TcpStream::connect((addr, MX_PORT)) else {
+        return true;
+    };
+    let mut c = Client::from_stream(stream);
+    c.reply();
+    let ehlo = c.cmd("EHLO probe.test");
+    c.cmd("QUIT");
+    ehlo.contains("STARTTLS")
+}
+
+#[test]
+fn a_peer_that_stops_offering_starttls_is_a_downgrade_until_confirmed() {
+    let gw = gateway(&[]);
+    let addr = peer_address("flip");
+    send(&gw, &["a@flip.pki.test"], &mail("Before", ""));
+    wait_mail("a@flip.pki.test");
+    let list = String::from_utf8_lossy(&gw.cli(&["domains", "list"]).stdout).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("flip.pki.test") && l.contains("qualified")),
+        "{list}"
+    );
+
+    // An attacker strips STARTTLS (here: the peer's own setting).
+    let postfix = world().dir.join("mx");
+    let service = format!("{addr}:{MX_PORT}/inet/smtpd_tls_security_level=none");
+    run(Command::new("postconf")
+        .arg("-c")
+        .arg(&postfix)
+        .arg("-P")
+        .arg(&service));
+    run(Command::new("postfix")
+        .arg("-c")
+        .arg(&postfix)
+        .arg("reload"));
+    wait_for(T, "the peer without STARTTLS", || {
+        (!offers_starttls(&addr)).then_some(())
+    });
+
+    let id = send(&gw, &["b@flip.pki.test"], &mail("[secure] After", ""));
+    let why = held(&after_attempt(&gw, &id, "b@flip.pki.test", 1)).to_string();
+    assert!(
+        why.contains(
+            "policy: defer: downgrade: flip.pki.test reached qualified before and plaintext since"
+        ) && why.contains("starttls: STARTTLS not offered")
+            && why.contains("sealgate domains confirm flip.pki.test"),
+        "{why}"
+    );
+    assert!(gw.log().contains("alert=\"downgrade\""), "{}", gw.log());
+    let shown =
+        String::from_utf8_lossy(&gw.cli(&["domains", "show", "flip.pki.test"]).stdout).into_owned();
+    assert!(
+        shown.contains("best level: qualified")
+            && shown.contains("last level: plaintext")
+            && shown.contains("downgrade:  since"),
+        "{shown}"
+    );
+
+    // The operator accepts the new state: the message is sealed, never sent in clear.
+    let confirmed = gw.cli(&["domains", "confirm", "flip.pki.test"]);
+    assert!(confirmed.status.success(), "{confirmed:?}");
+    assert!(
+        String::from_utf8_lossy(&confirmed.stdout).contains("plaintext accepted"),
+        "{confirmed:?}"
+    );
+    let r = wait_for(T, "a decision after the confirmation", || {
+        let r = after_attempt(&gw, &id, "b@flip.pki.test", 1);
+        r["last_reply"]
+            .as_str()
+            .is_some_and(|w| w.contains("policy: seal"))
+            .then_some(r)
+    });
+    assert!(held(&r).contains("held: seal unavailable"), "{r}");
+    assert!(world().mails("b@flip.pki.test").is_empty());
+
+    // Put the peer back for whatever runs next in this world.
+    run(Command::new("postconf")
+        .arg("-c")
+        .arg(&postfix)
+        .arg("-PX")
+        .arg(format!("{addr}:{MX_PORT}/inet/smtpd_tls_security_level")));
+    run(Command::new("postfix")
+        .arg("-c")
+        .arg(&postfix)
+        .arg("reload"));
+}
+
+#[test]
+fn a_bad_policy_on_reload_keeps_the_old_one_and_says_why() {
+    let gw = gateway(&[]);
+    let dir = gw.dir.path().join("policies");
+    std::fs::write(
+        dir.join("zz-new.toml"),
+        "[[rule]]\nrecipient = \"*@crlgood.pki.test\"\nclass = \"secret\"\n",
+    )
+    .unwrap();
+    gw.signal_hup();
+    let log = wait_for(T, "the reload's error", || {
+        let log = gw.log();
+        log.contains("policy reload failed").then_some(log)
+    });
+    assert!(
+        log.contains("zz-new.toml:3:") && log.contains("previous policy stays in force"),
+        "{log}"
+    );
+    // The old policy still applies: normal mail to crlgood (qualified) is delivered.
+    send(&gw, &["a@crlgood.pki.test"], &mail("Still normal", ""));
+    wait_mail("a@crlgood.pki.test");
+    // `config check` finds the same error, with file and line.
+    let out = gw.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zz-new.toml:3:") && err.contains("secret"),
+        "{err}"
+    );
+
+    // Fixed, the new rule applies after the next SIGHUP.
+    std::fs::write(
+        dir.join("zz-new.toml"),
+        "[[rule]]\nrecipient = \"*@crlgood.pki.test\"\nclass = \"confidential\"\n",
+    )
+    .unwrap();
+    gw.signal_hup();
+    wait_for(T, "the reload", || {
+        gw.log().contains("policy reloaded from").then_some(())
+    });
+    let id = send(&gw, &["b@crlgood.pki.test"], &mail("Now confidential", ""));
+    let why = held(&after_attempt(&gw, &id, "b@crlgood.pki.test", 1)).to_string();
+    assert!(why.contains("class confidential is always sealed"), "{why}");
+}
