@@ -43,6 +43,13 @@ pub enum PolicyError {
     },
     #[error("{0}: no policy files (*.toml) in this directory")]
     Empty(PathBuf),
+    #[error("{second}: `{key}` is already set by {first}{scope}; set it in one file only")]
+    Conflict {
+        key: String,
+        first: PathBuf,
+        second: PathBuf,
+        scope: String,
+    },
 }
 
 /// Every tenant's policy, as loaded from one directory.
@@ -90,8 +97,28 @@ impl PolicySet {
     /// Builds the set from `(path, text)` pairs; the paths are only used in messages.
     pub fn from_files(files: Vec<(PathBuf, String)>) -> Result<PolicySet, PolicyError> {
         let mut parsed = Vec::new();
+        // Which file set each setting, per scope: two files of one scope
+        // setting the same key would make the result depend on file names.
+        let mut setters: HashMap<(Option<String>, String), PathBuf> = HashMap::new();
         for (path, text) in &files {
-            parsed.push((path.clone(), parse_file(text, path)?));
+            let file = parse_file(text, path)?;
+            for key in file.settings() {
+                let scope = (file.tenant.clone(), key.clone());
+                if let Some(first) = setters.get(&scope) {
+                    return Err(PolicyError::Conflict {
+                        key,
+                        first: first.clone(),
+                        second: path.clone(),
+                        scope: file
+                            .tenant
+                            .as_ref()
+                            .map(|t| format!(" for tenant {t}"))
+                            .unwrap_or_default(),
+                    });
+                }
+                setters.insert(scope, path.clone());
+            }
+            parsed.push((path.clone(), file));
         }
         let mut general = Policy::default();
         for (_, f) in parsed.iter().filter(|(_, f)| f.tenant.is_none()) {
@@ -637,6 +664,38 @@ struct File {
     exceptions: Vec<Exception>,
 }
 
+impl File {
+    /// The single-valued settings this file sets, by key.
+    fn settings(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if self.default_class.is_some() {
+            keys.push("default_class".to_string());
+        }
+        if self.class_header.is_some() {
+            keys.push("class_header".to_string());
+        }
+        for (name, c) in [
+            ("normal", &self.classes.normal),
+            ("high", &self.classes.high),
+            ("confidential", &self.classes.confidential),
+        ] {
+            for (key, set) in [
+                ("required", c.required.is_some()),
+                ("fallback", c.fallback.is_some()),
+                (
+                    "accept_revocation_unavailable",
+                    c.accept_revocation_unavailable.is_some(),
+                ),
+            ] {
+                if set {
+                    keys.push(format!("classes.{name}.{key}"));
+                }
+            }
+        }
+        keys
+    }
+}
+
 fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Required>, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map(Some).map_err(serde::de::Error::custom)
@@ -932,18 +991,20 @@ mod tests {
     #[test]
     fn shipped_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("policies/examples") {
-            let path = entry.expect("entry").path();
-            let text = std::fs::read_to_string(&path).expect("read");
-            set(&[
-                ("default.toml", BUILTIN),
-                (path.to_str().expect("utf-8"), &text),
-            ])
-            .unwrap_or_else(|e| panic!("{e}"));
-            n += 1;
+        // (file, meant to sit beside default.toml)
+        for (name, beside_default) in [
+            ("office-exchange.toml", true),
+            ("law-firm.toml", false),
+            ("msp-tenant.toml", true),
+        ] {
+            let text = std::fs::read_to_string(dir.join(name)).expect("example exists");
+            let mut files = vec![(name, text.as_str())];
+            if beside_default {
+                files.insert(0, ("default.toml", BUILTIN));
+            }
+            set(&files).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(n >= 3, "office, law firm and MSP examples");
+        assert_eq!(std::fs::read_dir(&dir).expect("examples").count(), 3);
     }
 
     #[test]
@@ -1145,6 +1206,29 @@ expires = 2027-01-31
             err.starts_with("p.toml:4:") && err.contains("colour"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn one_setting_in_two_files_of_a_scope_is_an_error() {
+        let err = set(&[
+            ("default.toml", BUILTIN),
+            ("local.toml", "[classes.normal]\nrequired = \"plaintext\"\n"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "local.toml: `classes.normal.required` is already set by default.toml; set it in one file only"
+        );
+        // A tenant's file may override the general one.
+        set(&[
+            ("default.toml", BUILTIN),
+            (
+                "t.toml",
+                "tenant = \"t\"\n[classes.normal]\nrequired = \"plaintext\"\n",
+            ),
+        ])
+        .expect("tenant override");
     }
 
     #[test]

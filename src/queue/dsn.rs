@@ -5,9 +5,14 @@
 //! with three parts: words for a person, the machine-readable
 //! `message/delivery-status`, and the returned headers (RET=HDRS, our
 //! default, so that a confidential message is not sent back in full) or the
-//! whole message (RET=FULL).
+//! whole message (RET=FULL, and only when no failed recipient's copy was of
+//! class high or above: such content goes back over whatever transport
+//! reaches the sender, so it is never returned). The bounce itself is
+//! normal mail.
 
 use mail_builder::MessageBuilder;
+
+use crate::policy::RiskClass;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::{BodyPart, MimePart};
@@ -85,8 +90,11 @@ pub fn build(
         status.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
     }
 
+    let sensitive = failures
+        .iter()
+        .any(|f| f.recipient.class >= RiskClass::High);
     let returned = match job.envelope.ret {
-        Some(Ret::Full) => {
+        Some(Ret::Full) if !sensitive => {
             MimePart::new("message/rfc822", BodyPart::Binary(job.body.clone().into()))
         }
         _ => MimePart::new(
@@ -132,17 +140,7 @@ pub fn build(
             ret: None,
             smtputf8: !sender.is_ascii(),
             body_8bit: !body.is_ascii(),
-            // The bounce returns the message (or its headers): it is worth
-            // as much as the recipients' copies were.
-            recipients: vec![
-                Recipient::new(sender.clone(), None, Default::default()).with_class(
-                    failures
-                        .iter()
-                        .map(|f| f.recipient.class)
-                        .max()
-                        .unwrap_or_default(),
-                ),
-            ],
+            recipients: vec![Recipient::new(sender.clone(), None, Default::default())],
         },
         received_at: now,
         expires_at: now + lifetime,
@@ -257,6 +255,24 @@ mod tests {
             String::from_utf8_lossy(&full.body).contains("The plans."),
             "RET=FULL returns the body"
         );
+
+        // Not of a high-class copy: its content would go back over any transport.
+        let high = job("a@src.test", Some(Ret::Full));
+        let recipient = high.recipients[0]
+            .recipient
+            .clone()
+            .with_class(RiskClass::High);
+        let failures = [Failure {
+            recipient: &recipient,
+            detail: &failures[0].detail.clone(),
+        }];
+        let dsn = build("gw.test", &high, &failures, QueueId(10), 0, 0).unwrap();
+        let text = String::from_utf8_lossy(&dsn.body);
+        assert!(
+            !text.contains("The plans.") && text.contains("Subject: secret plans"),
+            "{text}"
+        );
+        assert_eq!(dsn.envelope.recipients[0].class, RiskClass::Normal);
     }
 
     #[test]
