@@ -612,11 +612,37 @@ fn config_errors_name_file_line_and_key() {
         &etc.join("tls/key.pem"),
     );
     std::fs::write(etc.join("users"), format!("alice:{}\n", users_hash())).unwrap();
+    // The policy directory as the example's comment says: the default and an example.
+    std::fs::create_dir_all(etc.join("policies")).unwrap();
+    for (from, to) in [
+        ("policies/default.toml", "default.toml"),
+        ("policies/examples/office-exchange.toml", "office.toml"),
+    ] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(from),
+            etc.join("policies").join(to),
+        )
+        .unwrap();
+    }
     let (ok, err) = check(
         "example.toml",
         &example.replace("/etc/sealgate", etc.to_str().unwrap()),
     );
     assert!(ok, "deploy/sealgate.toml: {err}");
+    // Without its policy directory the example says which one is missing, once.
+    std::fs::remove_dir_all(etc.join("policies")).unwrap();
+    let (ok, err) = check(
+        "example.toml",
+        &example.replace("/etc/sealgate", etc.to_str().unwrap()),
+    );
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "sealgate: {}/policies: cannot read: No such file or directory (os error 2)",
+            etc.display()
+        )
+    );
 }
 
 /// Makes a self-signed client certificate; returns (cert, key, SHA-256 of the DER).

@@ -12,11 +12,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Line {
         path: String,
@@ -33,9 +30,9 @@ pub struct Users {
 
 impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersError> {
-        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| UsersError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let mut hashes = HashMap::new();
         for (i, raw) in text.lines().enumerate() {

@@ -28,10 +28,10 @@ const BUILTIN_NAME: &str = "(built-in policies/default.toml)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {key}{message}")]
     Invalid {
@@ -70,9 +70,9 @@ impl PolicySet {
 
     /// Reads every `*.toml` directly in `dir`, in name order.
     pub fn load(dir: &Path) -> Result<PolicySet, PolicyError> {
-        let read = |source| PolicyError::Read {
+        let read = |error| PolicyError::Read {
             path: dir.to_path_buf(),
-            source,
+            error,
         };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read)?
@@ -85,9 +85,9 @@ impl PolicySet {
         }
         let mut files = Vec::new();
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+            let text = std::fs::read_to_string(&path).map_err(|error| PolicyError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             files.push((path, text));
         }
