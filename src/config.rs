@@ -78,6 +78,7 @@ impl Default for Config {
                 networks: vec![IpNet::from_str("127.0.0.0/8").expect("literal CIDR")],
                 users: Vec::new(),
                 client_certificates: Vec::new(),
+                seal: TenantSeal::default(),
             }],
             default_tenant: "default".into(),
         }
@@ -563,6 +564,44 @@ pub struct Tenant {
     /// TLS client certificates that may relay as this tenant.
     #[serde(default)]
     pub client_certificates: Vec<ClientCertRule>,
+    /// Sealed delivery for this tenant's mail.
+    #[serde(default)]
+    pub seal: TenantSeal,
+}
+
+/// `[tenant.seal]`: language and words of sealed mail, and the password's way.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSeal {
+    /// Language of the opener and notification (default: `seal.language`).
+    #[serde(default, deserialize_with = "seal_language_opt")]
+    pub language: Option<String>,
+    /// Own notification subject and body (`{sender}` is replaced).
+    pub notification_subject: Option<String>,
+    pub notification_body: Option<String>,
+    /// `sender-mail` (default) or `webhook`.
+    #[serde(default)]
+    pub password_channel: crate::seal::channel::PasswordChannel,
+    /// Where the webhook channel POSTs the password (JSON).
+    pub webhook_url: Option<String>,
+    /// `address,phone` lines: recipients the webhook channel can reach.
+    pub contacts_file: Option<PathBuf>,
+    /// The level the password mail to the sender needs (default qualified).
+    #[serde(default, deserialize_with = "level_opt")]
+    pub password_mail_requires: Option<crate::qualify::Level>,
+}
+
+fn seal_language_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    seal_language(d).map(Some)
+}
+
+fn level_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::qualify::Level>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::policy::parse_level(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// How a TLS client certificate is recognised (e.g. a Microsoft 365 outbound connector).
@@ -701,6 +740,14 @@ impl Config {
             if !ids.insert(t.id.as_str()) {
                 return Err(format!("tenant `{}` is defined twice", t.id));
             }
+            if t.seal.password_channel == crate::seal::channel::PasswordChannel::Webhook
+                && (t.seal.webhook_url.is_none() || t.seal.contacts_file.is_none())
+            {
+                return Err(format!(
+                    "tenant `{}`: password_channel = \"webhook\" needs webhook_url and contacts_file",
+                    t.id
+                ));
+            }
             let by_name = t
                 .client_certificates
                 .iter()
@@ -729,6 +776,11 @@ impl Config {
     /// Path of the SQLite database.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("sealgate.db")
+    }
+
+    /// The key that seals pre-agreed envelope passwords (made on first use).
+    pub fn passwords_key(&self) -> PathBuf {
+        self.data_dir.join("passwords.key")
     }
 
     /// Path of the control socket the CLI talks to.

@@ -4,8 +4,9 @@
 //! another channel. Submodules: [`password`] (generation), [`envelope`]
 //! (the cryptographic container), [`content`] (what is inside), [`opener`]
 //! (the HTML page that opens it in a browser), [`notify`] (the mail that
-//! carries it).
+//! carries it), [`channel`] (how the password reaches the recipient).
 
+pub mod channel;
 pub mod content;
 pub mod envelope;
 pub mod notify;

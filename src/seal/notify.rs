@@ -8,17 +8,29 @@ use mail_builder::headers::raw::Raw;
 
 use super::opener::{self, Texts};
 
-/// The words of the notification mail, per language.
-struct Words {
-    subject: &'static str,
-    body: &'static str,
+/// The words of the notification mail; `{sender}` stands for the sender.
+/// Shipped per language ([`Words::for_language`]); a tenant may set its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Words {
+    pub subject: String,
+    pub body: String,
 }
 
-fn words(lang: &str) -> Words {
+impl Words {
+    pub fn for_language(lang: &str) -> Words {
+        let (subject, body) = shipped(lang);
+        Words {
+            subject: subject.to_string(),
+            body: body.to_string(),
+        }
+    }
+}
+
+fn shipped(lang: &str) -> (&'static str, &'static str) {
     match lang {
-        "de" => Words {
-            subject: "Sichere Nachricht von {sender}",
-            body: "{sender} hat Ihnen eine vertrauliche Nachricht gesendet.\r\n\
+        "de" => (
+            "Sichere Nachricht von {sender}",
+            "{sender} hat Ihnen eine vertrauliche Nachricht gesendet.\r\n\
 \r\n\
 Weil keine ausreichend gesicherte Verbindung zu Ihrem Mailserver bestand,\r\n\
 wurde sie verschlüsselt. Öffnen Sie den Anhang secure-message.html in einem\r\n\
@@ -26,10 +38,10 @@ Browser und geben Sie das Passwort ein, das Sie auf anderem Weg erhalten\r\n\
 (Telefon, SMS). Die Datei funktioniert ohne Internetverbindung.\r\n\
 \r\n\
 Geben Sie das Passwort nie per E-Mail weiter.\r\n",
-        },
-        _ => Words {
-            subject: "Secure message from {sender}",
-            body: "{sender} sent you a confidential message.\r\n\
+        ),
+        _ => (
+            "Secure message from {sender}",
+            "{sender} sent you a confidential message.\r\n\
 \r\n\
 Because no sufficiently secure connection to your mail server existed, it\r\n\
 was encrypted. Open the attachment secure-message.html in a browser and\r\n\
@@ -37,7 +49,7 @@ enter the password you receive by another channel (phone, SMS). The file\r\n\
 works without an Internet connection.\r\n\
 \r\n\
 Never pass the password on by e-mail.\r\n",
-        },
+        ),
     }
 }
 
@@ -52,8 +64,7 @@ pub struct Addressing<'a> {
 }
 
 /// The complete notification message (RFC 5322 bytes) carrying `envelope`.
-pub fn notification(envelope: &[u8], texts: &Texts, a: &Addressing<'_>) -> Vec<u8> {
-    let w = words(texts.lang);
+pub fn notification(envelope: &[u8], texts: &Texts, w: &Words, a: &Addressing<'_>) -> Vec<u8> {
     let page = opener::render(envelope, texts);
     MessageBuilder::new()
         .from(a.from)
@@ -83,6 +94,7 @@ mod tests {
         let mail = notification(
             &envelope,
             &opener::DE,
+            &Words::for_language("de"),
             &Addressing {
                 from: "alice@src.test",
                 to: &to,
