@@ -10,6 +10,7 @@
 //! handshake.
 
 pub mod client;
+mod sealed;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,7 @@ use crate::qualify::revocation::Revocation;
 use crate::qualify::verifier::{self, CertEvidence, DeliveryVerifier};
 use crate::qualify::{Check, CheckName, Level, Status, TlsFacts, Verdict, dane};
 use crate::reply::Reply;
+use crate::seal::channel::{Contacts, PasswordStore};
 use crate::spool::{LoadedJob, PendingRecipient};
 use client::{ClientError, SmtpClient, Timeouts};
 
@@ -159,6 +161,10 @@ impl Attempt {
             )),
         };
         self.outcomes.push((index, outcome));
+        self.push_decision(index, req, action);
+    }
+
+    fn push_decision(&mut self, index: u32, req: &Requirement, action: Action) {
         self.decisions.push((
             index,
             Decision {
@@ -167,6 +173,21 @@ impl Attempt {
                 action,
             },
         ));
+    }
+}
+
+/// Keeps the better of two spare connections (by level) and closes the other.
+fn keep_better(spare: &mut Option<Idle>, session: Idle) {
+    let level = |i: &Idle| i.verdict.as_ref().map(|v| v.level);
+    match spare {
+        Some(s) if level(s) >= level(&session) => {
+            tokio::spawn(session.client.quit());
+        }
+        _ => {
+            if let Some(old) = spare.replace(session) {
+                tokio::spawn(old.client.quit());
+            }
+        }
     }
 }
 
@@ -244,6 +265,10 @@ pub struct Outbound {
     revocation: Revocation,
     policies: Arc<Policies>,
     memory: Arc<DomainMemory>,
+    /// Pre-agreed envelope passwords (none for `sealgate check`).
+    passwords: Option<PasswordStore>,
+    /// For the password webhook.
+    http: reqwest::Client,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
@@ -278,6 +303,8 @@ pub enum OutboundError {
     MtaSts(String),
     #[error("revocation: {0}")]
     Revocation(String),
+    #[error("sealed delivery: {0}")]
+    Seal(String),
 }
 
 impl Outbound {
@@ -296,7 +323,7 @@ impl Outbound {
                 None => roots.clone(),
             };
             Some(
-                MtaSts::new(&config.mta_sts, &sts_roots, dns.clone(), db)
+                MtaSts::new(&config.mta_sts, &sts_roots, dns.clone(), db.clone())
                     .map_err(OutboundError::MtaSts)?,
             )
         } else {
@@ -304,6 +331,34 @@ impl Outbound {
         };
         let revocation =
             Revocation::new(&config.revocation, dns.clone()).map_err(OutboundError::Revocation)?;
+        // A broken contacts file is found at start (and named by line), not
+        // when the first message is sealed.
+        for t in &config.tenants {
+            if let Some(file) = &t.seal.contacts_file {
+                Contacts::load(file).map_err(|e| OutboundError::Seal(e.to_string()))?;
+            }
+        }
+        let passwords = match &db {
+            Some(path) => Some(
+                PasswordStore::open(path, &config.passwords_key())
+                    .map_err(|e| OutboundError::Seal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut store = rustls::RootCertStore::empty();
+        store.extend(roots.anchors().iter().cloned());
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(
+                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| OutboundError::Seal(e.to_string()))?
+                    .with_root_certificates(store)
+                    .with_no_client_auth(),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| OutboundError::Seal(format!("webhook HTTP client: {e}")))?;
         Ok(Outbound {
             config,
             dns,
@@ -312,6 +367,8 @@ impl Outbound {
             revocation,
             policies,
             memory,
+            passwords,
+            http,
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -345,21 +402,23 @@ impl Outbound {
         let now = chrono::Utc::now().timestamp();
         let policy = self.policies.current().for_tenant(&job.envelope.tenant.0);
         let mut open: Vec<(&PendingRecipient, Requirement)> = Vec::new();
+        // Recipients the policy seals, with the reason.
+        let mut to_seal: Vec<(&PendingRecipient, Requirement, String)> = Vec::new();
         for p in &job.recipients {
             let req = policy.requirement(p.recipient.class, &domain, now);
             if req.required == Required::Sealed {
-                // Always sealed: no connection decides anything for it.
-                let action = req.decide(None, History::Ordinary, now);
-                attempt.decide(p.index, &req, action, "");
+                // Always sealed: only a carrier for the envelope is needed.
+                if let Action::Seal { reason } = req.decide(None, History::Ordinary, now) {
+                    to_seal.push((p, req, reason));
+                }
             } else {
                 open.push((p, req));
             }
         }
-        if open.is_empty() {
-            return attempt;
-        }
 
-        if let Some(mut idle) = self.take_idle(&domain) {
+        if !open.is_empty()
+            && let Some(mut idle) = self.take_idle(&domain)
+        {
             let fits = idle
                 .verdict
                 .as_ref()
@@ -370,7 +429,13 @@ impl Outbound {
                     Ok(outcomes) => {
                         attempt.delivered(&open, outcomes);
                         attempt.verdict = idle.verdict.clone();
-                        self.release(&domain, idle);
+                        open.clear();
+                        if to_seal.is_empty() {
+                            self.release(&domain, idle);
+                            return attempt;
+                        }
+                        self.deliver_sealed(job, to_seal, Some(idle), "", &mut attempt)
+                            .await;
                         return attempt;
                     }
                     // The cached connection died before the peer took anything
@@ -381,7 +446,10 @@ impl Outbound {
                     Err((e, true)) => {
                         let outcome = deferred_by(&idle.client, &e);
                         attempt.all(&open, outcome, idle.verdict.take());
-                        return attempt;
+                        open.clear();
+                        if to_seal.is_empty() {
+                            return attempt;
+                        }
                     }
                 }
             } else {
@@ -398,7 +466,17 @@ impl Outbound {
                 } else {
                     Outcome::Deferred(detail)
                 };
-                attempt.all(&open, outcome, None);
+                attempt.all(&open, outcome.clone(), None);
+                for (p, req, reason) in &to_seal {
+                    attempt.push_decision(
+                        p.index,
+                        req,
+                        Action::Seal {
+                            reason: reason.clone(),
+                        },
+                    );
+                    attempt.outcomes.push((p.index, outcome.clone()));
+                }
                 return attempt;
             }
         };
@@ -407,7 +485,13 @@ impl Outbound {
         // The best verdict of a host that could be used, and every verdict seen.
         let mut best: Option<Verdict> = None;
         let mut seen: Vec<(Verdict, i64)> = Vec::new();
+        // The best usable connection that carried nothing: it may carry
+        // sealed messages, which need no particular level.
+        let mut spare: Option<Idle> = None;
         'hosts: for plan in &route.hosts {
+            if open.is_empty() && (to_seal.is_empty() || spare.is_some()) {
+                break;
+            }
             let candidate = match plan {
                 HostPlan::Use(c) => c,
                 HostPlan::Skip { target, reason } => {
@@ -450,7 +534,7 @@ impl Outbound {
                         level = ?verdict.level,
                         "host below what the messages need; trying the next"
                     );
-                    tokio::spawn(session.client.quit());
+                    keep_better(&mut spare, session);
                     continue 'hosts;
                 }
                 let subset: Vec<_> = now_ok.iter().map(|(p, _)| *p).collect();
@@ -458,15 +542,12 @@ impl Outbound {
                     Ok(outcomes) => {
                         attempt.delivered(&now_ok, outcomes);
                         attempt.verdict = Some(verdict);
-                        self.release(&domain, session);
+                        keep_better(&mut spare, session);
                     }
                     Err((e, _)) => {
                         let outcome = deferred_by(&session.client, &e);
                         attempt.all(&now_ok, outcome, Some(verdict));
                     }
-                }
-                if open.is_empty() {
-                    break 'hosts;
                 }
                 continue 'hosts;
             }
@@ -476,12 +557,22 @@ impl Outbound {
             Some(top) => self.memory.observe(&domain, top, &seen, now),
             None => self.memory.history(&domain),
         };
-        for (p, req) in &open {
-            let action = req.decide(best.as_ref(), history, now);
-            attempt.decide(p.index, req, action, &last_error);
+        for (p, req) in open {
+            match req.decide(best.as_ref(), history, now) {
+                Action::Seal { reason } => to_seal.push((p, req, reason)),
+                action => attempt.decide(p.index, &req, action, &last_error),
+            }
         }
         if attempt.verdict.is_none() {
             attempt.verdict = best.or_else(|| seen.pop().map(|(v, _)| v));
+        }
+        if to_seal.is_empty() {
+            if let Some(s) = spare {
+                self.release(&domain, s);
+            }
+        } else {
+            self.deliver_sealed(job, to_seal, spare, &last_error, &mut attempt)
+                .await;
         }
         attempt
     }
