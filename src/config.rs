@@ -682,25 +682,15 @@ impl Config {
 
     /// Parses configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let invalid = |err: toml::de::Error, key: String| {
-            let offset = err.span().map(|s| s.start).unwrap_or(0);
-            let (line, column) = line_column(text, offset);
+        let config: Config = deserialize_toml(text).map_err(|e| {
+            let (line, column) = line_column(text, e.offset);
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 column,
-                key: if key.is_empty() || key == "." {
-                    String::new()
-                } else {
-                    format!("key `{key}`: ")
-                },
-                message: err.message().trim().to_string(),
+                key: e.key,
+                message: e.message,
             }
-        };
-        let de = toml::Deserializer::parse(text).map_err(|e| invalid(e, String::new()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(e.into_inner(), key)
         })?;
         config
             .check()
@@ -786,6 +776,43 @@ impl Config {
     /// Path of the control socket the CLI talks to.
     pub fn control_socket(&self) -> PathBuf {
         self.data_dir.join("control.sock")
+    }
+}
+
+/// Why a TOML text did not deserialize, and where.
+pub(crate) struct TomlError {
+    /// Byte offset into the text.
+    pub offset: usize,
+    /// "key `a.b`: ", or empty when the error is not about one key.
+    pub key: String,
+    pub message: String,
+}
+
+/// Deserializes TOML text, keeping the offset and the key path of an error
+/// so that it can be reported as `file:line:column: key …: message`.
+pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    let error = |err: toml::de::Error, key: String| TomlError {
+        offset: err.span().map(|s| s.start).unwrap_or(0),
+        key: key_prefix(&key),
+        message: err.message().trim().to_string(),
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| error(e, String::new()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // toml::Spanned shows in the path under a private name.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        error(e.into_inner(), key)
+    })
+}
+
+/// "key `k`: " for a key path, or "" for none.
+pub(crate) fn key_prefix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("key `{key}`: ")
     }
 }
 

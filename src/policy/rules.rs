@@ -19,7 +19,7 @@ use toml::Spanned;
 use wildmatch::WildMatch;
 
 use super::{Fallback, Required, Requirement, RiskClass, level_name, parse_level, rfc3339};
-use crate::config::{DomainPattern, line_column};
+use crate::config::{DomainPattern, deserialize_toml, key_prefix, line_column};
 use crate::qualify::Level;
 
 /// The policy shipped in the binary: `policies/default.toml`.
@@ -762,27 +762,11 @@ fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
             path: path.to_path_buf(),
             line,
             column,
-            key: if key.is_empty() || key == "." {
-                String::new()
-            } else {
-                format!("key `{key}`: ")
-            },
+            key,
             message,
         }
     };
-    let invalid = |err: toml::de::Error, key: String| {
-        let offset = err.span().map(|s| s.start).unwrap_or(0);
-        at(offset, key, err.message().trim().to_string())
-    };
-    let de = toml::Deserializer::parse(text).map_err(|e| invalid(e, String::new()))?;
-    let spec: FileSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-        // toml::Spanned shows in the path under a private name.
-        let key = e
-            .path()
-            .to_string()
-            .replace(".$__serde_spanned_private_value", "");
-        invalid(e.into_inner(), key)
-    })?;
+    let spec: FileSpec = deserialize_toml(text).map_err(|e| at(e.offset, e.key, e.message))?;
 
     let mut rules = Vec::new();
     for (i, r) in spec.rule.into_iter().enumerate() {
@@ -791,7 +775,11 @@ fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
         let r = r.into_inner();
         let glob = |p: &str| WildMatch::new(&p.to_lowercase());
         if r.value.is_some() && r.header.is_none() {
-            return Err(at(offset, key, "`value` needs `header`".into()));
+            return Err(at(
+                offset,
+                key_prefix(&key),
+                "`value` needs `header`".into(),
+            ));
         }
         let rule = Rule {
             name: r
@@ -819,7 +807,7 @@ fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
         if !matchers {
             return Err(at(
                 offset,
-                key,
+                key_prefix(&key),
                 "a rule needs at least one of sender, recipient, header, subject_tag, attachment, attachment_type (use default_class for everything else)".into(),
             ));
         }
@@ -828,7 +816,7 @@ fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
     let domain_pattern = |s: &str, key: String| {
         s.parse::<DomainPattern>().map_err(|e| {
             // serde has no span for a plain string: point at its first use.
-            at(text.find(s).unwrap_or(0), key, e)
+            at(text.find(s).unwrap_or(0), key_prefix(&key), e)
         })
     };
     let mut domains = Vec::new();
