@@ -185,23 +185,12 @@ fn confidential_mail_never_leaves_as_it_is_and_the_class_header_needs_trust() {
     wait_mail("a@good.pki.test");
     // An authenticated client's header is: sealed, even to a qualified peer.
     let server = format!("127.0.0.1:{}", gw.submission);
-    let (ok, out) = swaks(&[
-        "--server",
+    let (ok, out) = swaks_auth(
         &server,
-        "--from",
-        "alice@src.test",
-        "--to",
         "b@good.pki.test",
-        "--tls",
-        "--auth",
         "PLAIN",
-        "--auth-user",
-        "alice",
-        "--auth-password",
-        PASSWORD,
-        "--header",
-        "X-Sealgate-Class: confidential",
-    ]);
+        &["--header", "X-Sealgate-Class: confidential"],
+    );
     assert!(ok, "{out}");
     let id = out
         .split("queued as ")

@@ -132,21 +132,7 @@ fn submission_needs_starttls_then_auth() {
 
     let rcpt = format!("{}@sub.test", unique("auth"));
     for mech in ["PLAIN", "LOGIN"] {
-        let (ok, out) = swaks(&[
-            "--server",
-            &server,
-            "--from",
-            "alice@src.test",
-            "--to",
-            &rcpt,
-            "--tls",
-            "--auth",
-            mech,
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            PASSWORD,
-        ]);
+        let (ok, out) = swaks_auth(&server, &rcpt, mech, &[]);
         assert!(ok && out.contains("235 2.7.0"), "AUTH {mech}:\n{out}");
     }
     dest().wait_mails(&rcpt, 2, T);

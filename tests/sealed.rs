@@ -10,7 +10,7 @@ mod world;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,22 +135,14 @@ fn open(gw: &Gateway, notification: &[u8], password: &str) -> String {
     let file = gw.dir.path().join(unique("page"));
     std::fs::write(&file, page.contents()).unwrap();
     let out_file = gw.dir.path().join(unique("eml"));
-    let mut child = Command::new(bin())
-        .args(["envelope", "open"])
-        .arg(&file)
-        .arg("--out")
-        .arg(&out_file)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(
+        Command::new(bin())
+            .args(["envelope", "open"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out_file),
+        &format!("{password}\n"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -298,21 +290,14 @@ fn a_pre_agreed_password_needs_no_channel_and_a_failing_webhook_sends_nothing() 
         "",
     );
     let agreed = "pre agreed secret 2026";
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&gw.config)
-        .args(["passwords", "set", "e@wrongname.pki.test"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{agreed}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(
+        Command::new(bin()).arg("--config").arg(&gw.config).args([
+            "passwords",
+            "set",
+            "e@wrongname.pki.test",
+        ]),
+        &format!("{agreed}\n"),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -399,23 +399,52 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs a command with `input` on its standard input; collects the rest.
+pub fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// swaks to `server` as alice (STARTTLS, then AUTH `mechanism`), with extra arguments.
+pub fn swaks_auth(server: &str, to: &str, mechanism: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "--server",
+        server,
+        "--from",
+        "alice@src.test",
+        "--to",
+        to,
+        "--tls",
+        "--auth",
+        mechanism,
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        PASSWORD,
+    ];
+    args.extend_from_slice(extra);
+    swaks(&args)
+}
+
 /// A users-file hash of PASSWORD, made once by `sealgate user hash`.
 pub fn users_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        let mut child = Command::new(bin())
-            .args(["user", "hash", "alice"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{PASSWORD}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = with_stdin(
+            Command::new(bin()).args(["user", "hash", "alice"]),
+            &format!("{PASSWORD}\n"),
+        );
         assert!(out.status.success());
         let line = String::from_utf8(out.stdout).unwrap();
         line.trim()
