@@ -16,6 +16,7 @@ pub mod policy;
 pub mod qualify;
 pub mod queue;
 pub mod reply;
+pub mod report;
 pub mod seal;
 pub mod server;
 pub mod spool;

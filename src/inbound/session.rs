@@ -26,6 +26,7 @@ use crate::policy::RiskClass;
 use crate::policy::rules::{Facts, strip_subject_tags};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
+use crate::report::{Event, EventKind};
 use crate::spool::{Envelope, NewMessage, Notify, Recipient, Ret, SpoolError, TenantId};
 use crate::tls::ClientIdentity;
 
@@ -710,7 +711,7 @@ impl Session {
         let mut body = Vec::with_capacity(received.len() + data.len() + 16);
         body.extend_from_slice(received.as_bytes());
         normalize_line_ends(&data, &mut body);
-        let recipients = self.classify(&tenant, &authorization, &tx, &mut body);
+        let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
         let domains = {
             let mut d: Vec<String> = tx.recipients.iter().map(|r| r.domain.clone()).collect();
             d.sort();
@@ -719,6 +720,38 @@ impl Session {
         };
         let received_at = now.timestamp();
         let lifetime = self.ctx.config.queue.max_lifetime.as_secs() as i64;
+        let client = format!(
+            "{} helo={} {}",
+            self.remote.ip(),
+            self.helo.as_deref().unwrap_or(""),
+            match &authorization {
+                Authorization::Network(n) => format!("network={n}"),
+                Authorization::User(u) => format!("user={u}"),
+                Authorization::ClientCertificate(fp) => format!("cert-sha256={fp}"),
+            }
+        );
+        let events = vec![
+            Event {
+                kind: EventKind::Received,
+                queue_id: id,
+                at: received_at,
+                data: serde_json::json!({
+                    "client": client,
+                    "listener": self.listener.address.to_string(),
+                    "tls": self.tls,
+                    "size": body.len(),
+                    "message_id": header_value(&body, "message-id"),
+                    "sender": tx.sender,
+                    "recipients": recipients.iter().map(|r| &r.address).collect::<Vec<_>>(),
+                }),
+            },
+            Event {
+                kind: EventKind::Classified,
+                queue_id: id,
+                at: received_at,
+                data: serde_json::json!({ "recipients": classified }),
+            },
+        ];
         let message = NewMessage {
             id,
             envelope: Envelope {
@@ -732,17 +765,9 @@ impl Session {
             },
             received_at,
             expires_at: received_at + lifetime,
-            client: format!(
-                "{} helo={} {}",
-                self.remote.ip(),
-                self.helo.as_deref().unwrap_or(""),
-                match &authorization {
-                    Authorization::Network(n) => format!("network={n}"),
-                    Authorization::User(u) => format!("user={u}"),
-                    Authorization::ClientCertificate(fp) => format!("cert-sha256={fp}"),
-                }
-            ),
+            client,
             body,
+            events,
         };
         let size = message.body.len();
         let rcpts = message.envelope.recipients.len();
@@ -771,7 +796,7 @@ impl Session {
         authorization: &Authorization,
         tx: &Transaction,
         body: &mut Vec<u8>,
-    ) -> Vec<Recipient> {
+    ) -> (Vec<Recipient>, Vec<serde_json::Value>) {
         let policy = self.ctx.policies.current().for_tenant(&tenant.0);
         let facts = if policy.needs_content() {
             Facts::parse(body)
@@ -782,8 +807,12 @@ impl Session {
         let trusted = policy.trusts_class_header(self.remote.ip(), authenticated);
         let mut tags = Vec::new();
         let mut recipients = Vec::with_capacity(tx.recipients.len());
+        let mut evidence = Vec::with_capacity(tx.recipients.len());
         for r in &tx.recipients {
             let c = policy.classify(&tx.sender, &r.address, &facts, trusted);
+            evidence.push(serde_json::json!({
+                "address": r.address, "class": c.class, "by": c.by, "tags": c.tags,
+            }));
             if c.class != RiskClass::Normal {
                 tracing::info!(remote = %self.remote, to = %r.address, class = %c.class, by = %c.by.join(", "), "classified");
             }
@@ -795,7 +824,7 @@ impl Session {
         if let Some(stripped) = strip_subject_tags(body, &tags) {
             *body = stripped;
         }
-        recipients
+        (recipients, evidence)
     }
 
     /// Our trace header (RFC 5321 §4.4), with the TLS facts of this session.
@@ -843,6 +872,34 @@ impl Session {
         h.push_str(&format!("; {}\r\n", now.to_rfc2822()));
         h
     }
+}
+
+/// The first value of a header (unfolded, trimmed), without a MIME parser:
+/// for the log, where a missing or odd header is simply absent.
+fn header_value(message: &[u8], name: &str) -> Option<String> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    let head = String::from_utf8_lossy(&message[..end]);
+    let mut lines = head.split("\r\n");
+    while let Some(line) = lines.next() {
+        let Some((n, v)) = line.split_once(':') else {
+            continue;
+        };
+        if n.eq_ignore_ascii_case(name) {
+            let mut value = v.trim().to_string();
+            for more in lines.by_ref() {
+                if !more.starts_with([' ', '\t']) {
+                    break;
+                }
+                value.push(' ');
+                value.push_str(more.trim());
+            }
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Copies message data, turning a bare LF into CRLF so that every line

@@ -88,23 +88,25 @@ impl Outbound {
                 .await
             {
                 Err(outcome) => outcome,
-                Ok(notice) => match self.transact(&mut carrier.client, &notice, &[p]).await {
-                    Ok(mut outcomes) => match outcomes.pop() {
-                        Some((_, Outcome::Delivered(d))) => Outcome::Delivered(Detail {
-                            text: format!("sealed ({reason}); {}", d.text),
-                            ..d
-                        }),
-                        Some((_, other)) => other,
-                        None => Outcome::Deferred(Detail::local([4, 4, 2], "no reply")),
-                    },
-                    Err((e, _)) => {
-                        let outcome = deferred_by(&carrier.client, &e);
-                        if let Outcome::Deferred(d) = &outcome {
-                            broken = Some(d.text.clone());
+                Ok((notice, how)) => {
+                    match self.transact(&mut carrier.client, &notice, &[p]).await {
+                        Ok(mut outcomes) => match outcomes.pop() {
+                            Some((_, Outcome::Delivered(d))) => Outcome::Delivered(Detail {
+                                text: format!("sealed ({reason}); password: {how}; {}", d.text),
+                                ..d
+                            }),
+                            Some((_, other)) => other,
+                            None => Outcome::Deferred(Detail::local([4, 4, 2], "no reply")),
+                        },
+                        Err((e, _)) => {
+                            let outcome = deferred_by(&carrier.client, &e);
+                            if let Outcome::Deferred(d) = &outcome {
+                                broken = Some(d.text.clone());
+                            }
+                            outcome
                         }
-                        outcome
                     }
-                },
+                }
             };
             attempt.outcomes.push((p.index, outcome));
         }
@@ -125,7 +127,7 @@ impl Outbound {
         texts: &Texts,
         words: &Words,
         reason: &str,
-    ) -> Result<LoadedJob, Outcome> {
+    ) -> Result<(LoadedJob, String), Outcome> {
         let rcpt = &p.recipient.address;
         let defer = |why: String| {
             Outcome::Deferred(Detail::local(
@@ -194,7 +196,7 @@ impl Outbound {
                 date: chrono::Utc::now().timestamp(),
             },
         );
-        Ok(LoadedJob {
+        let notice = LoadedJob {
             id: job.id,
             envelope: Envelope {
                 body_8bit: !notification.is_ascii(),
@@ -204,7 +206,8 @@ impl Outbound {
             expires_at: job.expires_at,
             body: notification,
             recipients: vec![p.clone()],
-        })
+        };
+        Ok((notice, how))
     }
 
     /// Gets a fresh password to the recipient; says how.

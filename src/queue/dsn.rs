@@ -145,6 +145,18 @@ pub fn build(
         received_at: now,
         expires_at: now + lifetime,
         client: format!("DSN for {}", job.id),
+        events: vec![crate::report::Event {
+            kind: crate::report::EventKind::Received,
+            queue_id: id,
+            at: now,
+            data: serde_json::json!({
+                "client": format!("DSN for {}", job.id),
+                "size": body.len(),
+                "sender": "",
+                "recipients": [sender],
+                "bounce_of": job.id,
+            }),
+        }],
         body,
     })
 }

@@ -303,14 +303,29 @@ async fn attempt(
     let mut failed: Vec<(u32, Detail)> = Vec::new();
     let mut next_due: Option<i64> = None;
     let level = result.verdict.as_ref().map(|v| v.level);
+    let mut evidence = Vec::with_capacity(result.outcomes.len());
     for (index, outcome) in result.outcomes {
-        let rcpt = job
-            .recipients
-            .iter()
-            .find(|r| r.index == index)
-            .map(|r| r.recipient.address.as_str())
-            .unwrap_or("");
-        if let Some((_, d)) = result.decisions.iter().find(|(i, _)| *i == index) {
+        let pending = job.recipients.iter().find(|r| r.index == index);
+        let rcpt = pending.map(|r| r.recipient.address.as_str()).unwrap_or("");
+        let decision = result.decisions.iter().find(|(i, _)| *i == index);
+        let (name, detail) = match &outcome {
+            Outcome::Delivered(d) => ("delivered", d),
+            Outcome::Failed(d) => ("bounced", d),
+            Outcome::Deferred(d) if expired => ("expired", d),
+            Outcome::Deferred(d) => ("deferred", d),
+        };
+        evidence.push(serde_json::json!({
+            "address": rcpt,
+            "class": pending.map(|r| r.recipient.class),
+            "required": decision.map(|(_, d)| d.required.to_string()),
+            "action": decision.map(|(_, d)| d.action.name()),
+            "reason": decision.map(|(_, d)| d.action.reason()),
+            "outcome": name,
+            "status": format!("{}.{}.{}", detail.status[0], detail.status[1], detail.status[2]),
+            "remote": detail.remote,
+            "detail": detail.text,
+        }));
+        if let Some((_, d)) = decision {
             tracing::info!(
                 %id,
                 to = rcpt,
@@ -394,12 +409,25 @@ async fn attempt(
         due: now,
     });
 
+    let event = crate::report::Event {
+        kind: crate::report::EventKind::Attempt,
+        queue_id: id,
+        at: now,
+        data: serde_json::json!({
+            "domain": domain,
+            "verdict": result.verdict,
+            "recipients": evidence,
+            "bounce": dsn.as_ref().map(|d| d.id),
+        }),
+    };
     let record = AttemptRecord {
         id,
         outcomes,
         dsn,
         now,
         purge_at: now + config.spool.hold_delivered.as_secs() as i64,
+        tenant: job.envelope.tenant.clone(),
+        events: vec![event],
     };
     match spool.record(record).await {
         Ok(_) => {

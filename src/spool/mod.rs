@@ -17,6 +17,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::policy::RiskClass;
+use crate::report::Event;
 
 pub use sqlite::SqliteSpool;
 
@@ -174,6 +175,8 @@ pub struct NewMessage {
     pub client: String,
     /// The message as it will be sent, our `Received:` header included, CRLF line ends.
     pub body: Vec<u8>,
+    /// Transaction-log records written with it (report::log).
+    pub events: Vec<Event>,
 }
 
 /// A pending recipient as loaded for a delivery attempt.
@@ -214,6 +217,10 @@ pub struct AttemptRecord {
     pub now: i64,
     /// Content of a finished message is kept until this time (`now` for "at once").
     pub purge_at: i64,
+    /// Whose log chain the attempt's records go to.
+    pub tenant: TenantId,
+    /// Transaction-log records written with it (report::log).
+    pub events: Vec<Event>,
 }
 
 /// What recording an attempt changed.
@@ -306,7 +313,8 @@ pub trait Spool: Send + Sync {
     fn pending(&self) -> Result<Vec<DueJob>, SpoolError>;
     /// Makes every pending recipient of a message due now; returns its jobs, empty if none.
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
-    /// Removes a message and all its state; `false` if there was none.
+    /// Removes a message and all its state, with a `deleted` log record;
+    /// `false` if there was none.
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>>;
     /// Deletes the content of finished messages whose hold time is over.
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>>;

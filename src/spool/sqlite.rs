@@ -82,6 +82,7 @@ impl SqliteSpool {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
+        crate::report::log::init(&conn)?;
         let max_id: Option<i64> =
             conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Op>();
@@ -296,6 +297,7 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
         ])
         .map_err(classify)?;
     }
+    crate::report::log::append(conn, &e.tenant.0, &m.events).map_err(classify)?;
     Ok(())
 }
 
@@ -412,6 +414,10 @@ impl Spool for SqliteSpool {
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
         Box::pin(self.write(move |conn| {
             let id = attempt.id.0 as i64;
+            // Logged even when the message was deleted meanwhile: the
+            // attempt happened.
+            crate::report::log::append(conn, &attempt.tenant.0, &attempt.events)
+                .map_err(classify)?;
             let exists: bool = conn
                 .prepare_cached("SELECT 1 FROM messages WHERE id = ? AND purge_at IS NULL")?
                 .exists([id])?;
@@ -487,7 +493,23 @@ impl Spool for SqliteSpool {
     }
 
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>> {
-        Box::pin(self.write(move |conn| delete_message(conn, id.0 as i64)))
+        Box::pin(self.write(move |conn| {
+            let tenant: Option<String> = conn
+                .prepare_cached("SELECT tenant FROM messages WHERE id = ?")?
+                .query_row([id.0 as i64], |r| r.get(0))
+                .optional()?;
+            let deleted = delete_message(conn, id.0 as i64)?;
+            if let (true, Some(tenant)) = (deleted, tenant) {
+                let event = crate::report::Event {
+                    kind: crate::report::EventKind::Deleted,
+                    queue_id: id,
+                    at: chrono::Utc::now().timestamp(),
+                    data: serde_json::json!({ "by": "operator (sealgate queue delete)" }),
+                };
+                crate::report::log::append(conn, &tenant, &[event]).map_err(classify)?;
+            }
+            Ok(deleted)
+        }))
     }
 
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>> {
@@ -624,6 +646,7 @@ mod tests {
             expires_at: 1000,
             client: "test".into(),
             body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            events: Vec::new(),
         }
     }
 
@@ -665,6 +688,8 @@ mod tests {
                 dsn: None,
                 now: 200,
                 purge_at: 200,
+                tenant: TenantId("t".into()),
+                events: Vec::new(),
             })
             .await
             .unwrap();
@@ -712,6 +737,8 @@ mod tests {
                 dsn: Some(message(&spool, &["a@src.test"])),
                 now: 600,
                 purge_at: 600,
+                tenant: TenantId("t".into()),
+                events: Vec::new(),
             })
             .await
             .unwrap();
@@ -744,6 +771,8 @@ mod tests {
                 dsn: None,
                 now: 200,
                 purge_at: 300,
+                tenant: TenantId("t".into()),
+                events: Vec::new(),
             })
             .await
             .unwrap();
