@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: PasswordsCommand,
     },
+    /// The transaction log: verify its hash chains, export it for auditors.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Seal a message into a password envelope, or open one (support, tests).
     Envelope {
         #[command(subcommand)]
@@ -174,6 +179,38 @@ enum PasswordsCommand {
 }
 
 #[derive(Subcommand)]
+enum ReportCommand {
+    /// Walk every tenant's chain (or one) and name the first broken record.
+    /// Exit 1 when a chain is broken.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A copy of the database to check (default: the gateway's).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Export records: `json` (every record, one per line) or `csv` (one
+    /// row per recipient per attempt).
+    Export {
+        #[arg(long, value_parser = ["json", "csv"])]
+        format: String,
+        /// From this date (2026-11-01) or RFC 3339 time; default: the beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to (not including) this date or time; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Read a password from standard input and print a users-file line for NAME.
     Hash { name: String },
@@ -268,7 +305,103 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Envelope { command } => envelope(load_config(&cli.config)?, command),
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
+        Command::Report { command } => report_command(load_config(&cli.config)?, command),
     }
+}
+
+fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> {
+    use crate::report::{export, log};
+    let open = |db: Option<PathBuf>| -> anyhow::Result<rusqlite::Connection> {
+        let path = db.unwrap_or_else(|| config.database_path());
+        if !path.exists() {
+            bail!("no database at {}", path.display());
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(conn)
+    };
+    match command {
+        ReportCommand::Verify { tenant, db } => {
+            let conn = open(db)?;
+            let tenants = match tenant {
+                Some(t) => vec![t],
+                None => log::tenants(&conn)?,
+            };
+            let mut broken = 0;
+            for t in &tenants {
+                match log::verify(&conn, t)? {
+                    log::Verified::Intact { records, head } => match head {
+                        Some((seq, hash)) => {
+                            println!("tenant {t}: intact, {records} records, head {seq} {hash}")
+                        }
+                        None => println!("tenant {t}: no records"),
+                    },
+                    log::Verified::Broken { seq, why } => {
+                        broken += 1;
+                        println!("tenant {t}: BROKEN at record {seq}: {why}");
+                    }
+                }
+            }
+            if broken > 0 {
+                bail!("{broken} chain(s) broken");
+            }
+            Ok(())
+        }
+        ReportCommand::Export {
+            format,
+            from,
+            to,
+            tenant,
+            db,
+            out,
+        } => {
+            let conn = open(db)?;
+            let when = |s: &Option<String>, default: i64| -> anyhow::Result<i64> {
+                match s {
+                    None => Ok(default),
+                    Some(s) => parse_time(s),
+                }
+            };
+            let sel = export::Selection {
+                from: when(&from, 0)?,
+                to: when(&to, crate::queue::now() + 1)?,
+                tenant: tenant.as_deref(),
+            };
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = match format.as_str() {
+                "csv" => export::csv(&conn, &sel, &mut sink)?,
+                _ => export::json_lines(&conn, &sel, &mut sink)?,
+            };
+            sink.flush()?;
+            eprintln!(
+                "{n} {} exported",
+                if format == "csv" { "rows" } else { "records" }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `2026-11-01` (midnight UTC) or an RFC 3339 time, as Unix seconds.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a date (2026-11-01) or an RFC 3339 time"))?;
+    Ok(day
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp())
+        .unwrap_or_default())
 }
 
 fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Result<()> {
