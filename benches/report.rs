@@ -1,7 +1,7 @@
 //! Transaction-log throughput: `cargo bench --bench report`. Appends
 //! 100,000 attempt records shaped like a real delivery's (verdict with its
 //! checks and TLS facts) to a fresh SQLite file, then times `verify`, the
-//! JSON-lines export and the CSV export of all of them.
+//! JSON-lines, CSV and HTML exports of all of them.
 
 use std::time::Instant;
 
@@ -71,6 +71,9 @@ fn main() {
     let rows = export::csv(&conn, &sel, &mut sink).expect("csv");
     let csv = start.elapsed().as_secs_f64();
     assert_eq!(rows as u64, RECORDS);
+    let start = Instant::now();
+    let page = sealgate::report::html::render(&conn, &sel, 1_900_000_000).expect("html");
+    let html = start.elapsed().as_secs_f64();
     println!(
         "{RECORDS} attempt records: append {append:.2} s ({:.0}/s, {BATCH} per transaction)",
         RECORDS as f64 / append
@@ -78,4 +81,5 @@ fn main() {
     println!("verify: {verify:.2} s");
     println!("export json lines: {json:.2} s");
     println!("export csv: {csv:.2} s");
+    println!("export html: {html:.2} s ({} MB)", page.len() / 1_000_000);
 }

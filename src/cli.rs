@@ -189,10 +189,10 @@ enum ReportCommand {
         #[arg(long)]
         db: Option<PathBuf>,
     },
-    /// Export records: `json` (every record, one per line) or `csv` (one
-    /// row per recipient per attempt).
+    /// Export records: `json` (every record, one per line), `csv` (one
+    /// row per recipient per attempt) or `html` (a self-contained report).
     Export {
-        #[arg(long, value_parser = ["json", "csv"])]
+        #[arg(long, value_parser = ["json", "csv", "html"])]
         format: String,
         /// From this date (2026-11-01) or RFC 3339 time; default: the beginning.
         #[arg(long)]
@@ -377,15 +377,17 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let n = match format.as_str() {
-                "csv" => export::csv(&conn, &sel, &mut sink)?,
-                _ => export::json_lines(&conn, &sel, &mut sink)?,
+            let (n, what) = match format.as_str() {
+                "csv" => (export::csv(&conn, &sel, &mut sink)?, "rows"),
+                "html" => {
+                    let page = crate::report::html::render(&conn, &sel, crate::queue::now())?;
+                    sink.write_all(page.as_bytes())?;
+                    (page.len(), "bytes of HTML")
+                }
+                _ => (export::json_lines(&conn, &sel, &mut sink)?, "records"),
             };
             sink.flush()?;
-            eprintln!(
-                "{n} {} exported",
-                if format == "csv" { "rows" } else { "records" }
-            );
+            eprintln!("{n} {what} exported");
             Ok(())
         }
     }

@@ -143,6 +143,67 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
     let (ok, out, err) = report(&gw, &["verify"]);
     assert!(ok && out.contains("tenant default: intact"), "{out}{err}");
 
+    // The HTML report, as a real browser parses it.
+    let page = gw.dir.path().join("report.html");
+    let (ok, _, err) = report(
+        &gw,
+        &[
+            "export",
+            "--format",
+            "html",
+            "--out",
+            page.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: nothing to run, nothing to fetch.
+    assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains(" href="));
+    let url = format!("file://{}", page.display());
+    let dom = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .expect("chromium is installed (run the README test command)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<td id=\"action-deliver\">3</td>"), "{dom}");
+    assert!(dom.contains("<span class=\"ok\">intact</span>"), "{dom}");
+    assert!(dom.contains("<svg") && dom.contains("dst.test"), "{dom}");
+    let delivered_levels: usize = ["encrypted", "authenticated"]
+        .iter()
+        .filter_map(|l| {
+            let key = format!("<td id=\"level-{l}\">");
+            let at = dom.find(&key)? + key.len();
+            dom[at..].split('<').next()?.parse::<usize>().ok()
+        })
+        .sum();
+    assert_eq!(delivered_levels, 3, "{dom}");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1400",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("screenshot of the HTML report: {}", shot.display());
+
     // Tamper with copies of the real database file.
     gw.signal_term();
     assert!(gw.wait_exit());

@@ -7,9 +7,11 @@
 //! the queue cannot disagree after a crash) and chained per tenant: each
 //! record carries the SHA-256 of its predecessor and of its own canonical
 //! encoding, so an edited, deleted or inserted record breaks the chain at
-//! that point ([`log::verify`]). docs/reports.md says how to read them.
+//! that point ([`log::verify`]). [`export`] writes JSON lines and CSV,
+//! [`html`] the report for people. docs/reports.md says how to read them.
 
 pub mod export;
+pub mod html;
 pub mod log;
 
 use serde::Serialize;
