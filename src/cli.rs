@@ -189,6 +189,15 @@ enum ReportCommand {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// The domain risk view: every recipient domain delivered to, its last
+    /// and best level, failing checks, downgrade, and the policy's profile
+    /// and exceptions (owner, expiry) for it.
+    Domains {
+        #[arg(long, value_parser = ["json", "csv"], default_value = "csv")]
+        format: String,
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Export records: `json` (every record, one per line), `csv` (one
     /// row per recipient per attempt) or `html` (a self-contained report).
     Export {
@@ -324,6 +333,107 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
         Ok(conn)
     };
     match command {
+        ReportCommand::Domains { format, out } => {
+            let db = config.database_path();
+            if !db.exists() {
+                bail!("no database at {}", db.display());
+            }
+            let memory = DomainMemory::open(Some(&db), config.policy.downgrade_hold)?;
+            let policies = Policies::load(config.policy.dir.as_deref())?.current();
+            let now = crate::queue::now();
+            let mut lines = Vec::new();
+            for r in memory.list()? {
+                let mut exceptions = Vec::new();
+                let mut profiles = Vec::new();
+                for (tenant, p) in policies.all() {
+                    let who = tenant.unwrap_or("all tenants");
+                    let (profile, excepted) = p.standing(&r.domain);
+                    if let Some(d) = profile {
+                        profiles.push(format!(
+                            "{who}: {}{}{}",
+                            d.min_class
+                                .map(|c| format!("at least {c} "))
+                                .unwrap_or_default(),
+                            d.required
+                                .map(|l| format!("pinned at {} ", level_name(l)))
+                                .unwrap_or_default(),
+                            d.note.clone().unwrap_or_default()
+                        ));
+                    }
+                    for e in excepted {
+                        exceptions.push(format!(
+                            "{who}: {} until {}{} by {}: {}",
+                            level_name(e.level),
+                            rfc3339(e.expires),
+                            if now >= e.expires { " (expired)" } else { "" },
+                            e.approved_by,
+                            e.reason
+                        ));
+                    }
+                }
+                let failing: Vec<String> = r
+                    .hosts
+                    .iter()
+                    .flat_map(|h| {
+                        h.shortfalls
+                            .iter()
+                            .map(move |s| format!("{}: {s}", h.mx_host))
+                    })
+                    .collect();
+                lines.push(serde_json::json!({
+                    "domain": r.domain,
+                    "last_level": level_name(r.last),
+                    "last_seen": rfc3339(r.last_at),
+                    "best_level": level_name(r.best),
+                    "downgrade_since": r.downgrade_since.map(rfc3339),
+                    "confirmed_at": r.confirmed_at.map(rfc3339),
+                    "failing_checks": failing,
+                    "profiles": profiles,
+                    "exceptions": exceptions,
+                }));
+            }
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            if format == "json" {
+                serde_json::to_writer_pretty(&mut sink, &lines)?;
+                sink.write_all(b"\n")?;
+            } else {
+                let columns = [
+                    "domain",
+                    "last_level",
+                    "last_seen",
+                    "best_level",
+                    "downgrade_since",
+                    "confirmed_at",
+                    "failing_checks",
+                    "profiles",
+                    "exceptions",
+                ];
+                let mut w = csv::Writer::from_writer(sink);
+                w.write_record(columns)?;
+                for l in &lines {
+                    w.write_record(columns.iter().map(|c| {
+                        match &l[*c] {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Array(a) => a
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" | "),
+                            _ => String::new(),
+                        }
+                    }))?;
+                }
+                w.flush()?;
+            }
+            eprintln!("{} domain(s)", lines.len());
+            Ok(())
+        }
         ReportCommand::Verify { tenant, db } => {
             let conn = open(db)?;
             let tenants = match tenant {

@@ -170,6 +170,34 @@ fn domain_profiles_raise_the_class_and_exceptions_lower_the_level_until_they_exp
             && text.contains("partner migrates to P-256, ticket 77 (approved by ciso@src.test)"),
         "{text}"
     );
+    // The same view for auditors, as CSV and JSON.
+    let out = gw.cli(&["report", "domains"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut csv = csv::Reader::from_reader(out.stdout.as_slice());
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    let row = |domain: &str| rows.iter().find(|r| &r[0] == domain).unwrap().clone();
+    let x = row("x25519.pki.test");
+    assert_eq!(&x[col("last_level")], "authenticated");
+    assert!(
+        x[col("exceptions")].contains(
+            "authenticated until 2100-01-01T00:00:00Z by ciso@src.test: partner migrates"
+        ),
+        "{x:?}"
+    );
+    assert!(x[col("failing_checks")].contains("key_exchange: "), "{x:?}");
+    let r = row("rsa2048.pki.test");
+    assert!(r[col("exceptions")].contains("(expired)"), "{r:?}");
+    let out = gw.cli(&["report", "domains", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["domain"] == "chacha.pki.test"
+                && d["profiles"][0].as_str().unwrap().contains("at least high"))
+    );
 }
 
 #[test]
