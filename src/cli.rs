@@ -472,7 +472,8 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             let when = |s: &Option<String>, default: i64| -> anyhow::Result<i64> {
                 match s {
                     None => Ok(default),
-                    Some(s) => parse_time(s),
+                    Some(s) => crate::config::parse_instant(s, crate::config::DayEdge::Start)
+                        .map_err(anyhow::Error::msg),
                 }
             };
             let sel = export::Selection {
@@ -501,19 +502,6 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
-}
-
-/// `2026-11-01` (midnight UTC) or an RFC 3339 time, as Unix seconds.
-fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp());
-    }
-    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| anyhow::anyhow!("`{s}` is not a date (2026-11-01) or an RFC 3339 time"))?;
-    Ok(day
-        .and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc().timestamp())
-        .unwrap_or_default())
 }
 
 fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Result<()> {

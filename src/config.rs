@@ -779,6 +779,32 @@ impl Config {
     }
 }
 
+/// Which end of a day a bare date means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DayEdge {
+    /// Midnight UTC at its start (a period's beginning).
+    Start,
+    /// Midnight UTC after it (an expiry: the whole day still counts).
+    End,
+}
+
+/// `2027-01-31` (a whole day, UTC) or an RFC 3339 time, as Unix seconds.
+pub fn parse_instant(s: &str, edge: DayEdge) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    let bad = || format!("`{s}` is not a date (2027-01-31) or an RFC 3339 time");
+    let mut day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
+    if edge == DayEdge::End {
+        day = day.succ_opt().ok_or_else(bad)?;
+    }
+    Ok(day
+        .and_hms_opt(0, 0, 0)
+        .ok_or_else(bad)?
+        .and_utc()
+        .timestamp())
+}
+
 /// Why a TOML text did not deserialize, and where.
 pub(crate) struct TomlError {
     /// Byte offset into the text.

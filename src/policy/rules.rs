@@ -19,7 +19,9 @@ use toml::Spanned;
 use wildmatch::WildMatch;
 
 use super::{Fallback, Required, Requirement, RiskClass, level_name, parse_level, rfc3339};
-use crate::config::{DomainPattern, deserialize_toml, key_prefix, line_column};
+use crate::config::{
+    DayEdge, DomainPattern, deserialize_toml, key_prefix, line_column, parse_instant,
+};
 use crate::qualify::Level;
 
 /// The policy shipped in the binary: `policies/default.toml`.
@@ -738,21 +740,7 @@ fn expiry<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         When::Text(s) => s,
         When::Toml(t) => t.to_string(),
     };
-    let bad = || {
-        serde::de::Error::custom(format!(
-            "`{s}` is not a date (2027-01-31) or an RFC 3339 time"
-        ))
-    };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&s) {
-        return Ok(t.timestamp());
-    }
-    let day = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| bad())?;
-    let end = day.succ_opt().ok_or_else(bad)?;
-    Ok(end
-        .and_hms_opt(0, 0, 0)
-        .ok_or_else(bad)?
-        .and_utc()
-        .timestamp())
+    parse_instant(&s, DayEdge::End).map_err(serde::de::Error::custom)
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
