@@ -28,7 +28,7 @@ struct Line<'a> {
 }
 
 /// Calls `f` for each selected record in time order: (tenant, seq, at, kind, queue_id, data, hash).
-fn each(
+pub(super) fn each(
     conn: &Connection,
     sel: &Selection<'_>,
     mut f: impl FnMut(&str, i64, i64, &str, &str, Value, &[u8]) -> std::io::Result<()>,

@@ -222,16 +222,12 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
 }
 
 fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
-    let mut stmt = conn.prepare(
-        "SELECT tenant, at, queue_id, data FROM txlog
-         WHERE kind = 'attempt' AND at >= ?1 AND at < ?2 AND (?3 IS NULL OR tenant = ?3)
-         ORDER BY at, tenant, seq",
-    )?;
-    let mut q = stmt.query(rusqlite::params![sel.from, sel.to, sel.tenant])?;
     let mut rows = Vec::new();
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    while let Some(r) = q.next()? {
-        let data: Value = serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null);
+    super::export::each(conn, sel, |tenant, _, at, kind, queue_id, data, _| {
+        if kind != "attempt" {
+            return Ok(());
+        }
         let v = &data["verdict"];
         let checks: Vec<(String, String, String)> = v["checks"]
             .as_array()
@@ -255,9 +251,9 @@ fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
         };
         for rc in data["recipients"].as_array().into_iter().flatten() {
             rows.push(Row {
-                at: r.get(1)?,
-                tenant: r.get(0)?,
-                queue_id: r.get(2)?,
+                at,
+                tenant: tenant.to_string(),
+                queue_id: queue_id.to_string(),
                 domain: text(&data["domain"]),
                 recipient: text(&rc["address"]),
                 class: text(&rc["class"]),
@@ -270,7 +266,8 @@ fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
                 tls: tls.clone(),
             });
         }
-    }
+        Ok(())
+    })?;
     Ok(rows)
 }
 
