@@ -798,11 +798,7 @@ impl Session {
         body: &mut Vec<u8>,
     ) -> (Vec<Recipient>, Vec<serde_json::Value>) {
         let policy = self.ctx.policies.current().for_tenant(&tenant.0);
-        let facts = if policy.needs_content() {
-            Facts::parse(body)
-        } else {
-            Facts::default()
-        };
+        let facts = Facts::parse(body, policy.reads());
         let authenticated = !matches!(authorization, Authorization::Network(_));
         let trusted = policy.trusts_class_header(self.remote.ip(), authenticated);
         let mut tags = Vec::new();

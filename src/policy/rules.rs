@@ -261,6 +261,15 @@ impl Default for Policy {
     }
 }
 
+/// How much of a message classification needs parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    Nothing,
+    Headers,
+    /// The whole MIME tree, for attachment names and types.
+    Attachments,
+}
+
 /// What classification looks at in a message's content (parsed once).
 #[derive(Debug, Default)]
 pub struct Facts {
@@ -274,8 +283,15 @@ pub struct Facts {
 impl Facts {
     /// Parses what the rules need; a message mail-parser cannot read has
     /// no headers or attachments to match (the default class applies).
-    pub fn parse(raw: &[u8]) -> Facts {
-        let Some(m) = MessageParser::default().parse(raw) else {
+    pub fn parse(raw: &[u8], reads: Reads) -> Facts {
+        let parser = MessageParser::default();
+        let parsed = match reads {
+            Reads::Nothing => None,
+            // Headers alone do not decode the MIME tree of the body.
+            Reads::Headers => parser.parse_headers(raw),
+            Reads::Attachments => parser.parse(raw),
+        };
+        let Some(m) = parsed else {
             return Facts::default();
         };
         let headers = m
@@ -335,15 +351,24 @@ impl Policy {
         &self.classes[class as usize]
     }
 
-    /// Whether any rule reads the message's content (else it is not parsed).
-    pub fn needs_content(&self) -> bool {
-        self.class_header.is_some()
-            || self.rules.iter().any(|r| {
-                r.header.is_some()
-                    || r.subject_tag.is_some()
-                    || r.attachment.is_some()
-                    || r.attachment_type.is_some()
-            })
+    /// How much of a message the rules read (no more is parsed).
+    pub fn reads(&self) -> Reads {
+        if self
+            .rules
+            .iter()
+            .any(|r| r.attachment.is_some() || r.attachment_type.is_some())
+        {
+            Reads::Attachments
+        } else if self.class_header.is_some()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.header.is_some() || r.subject_tag.is_some())
+        {
+            Reads::Headers
+        } else {
+            Reads::Nothing
+        }
     }
 
     /// Whether a client's class header is believed.
@@ -943,7 +968,7 @@ mod tests {
     }
 
     fn content(raw: &str) -> Facts {
-        Facts::parse(raw.replace('\n', "\r\n").as_bytes())
+        Facts::parse(raw.replace('\n', "\r\n").as_bytes(), Reads::Attachments)
     }
 
     #[test]
@@ -1033,6 +1058,31 @@ class = "high"
         );
         let c = p.classify("a@x.test", "b@y.test", &attached, false);
         assert_eq!(c.by, vec!["contracts".to_string()]);
+    }
+
+    #[test]
+    fn only_what_the_rules_read_is_parsed() {
+        let reads = |text: &str| {
+            set(&[("p.toml", text)])
+                .expect("parses")
+                .for_tenant("t")
+                .reads()
+        };
+        assert_eq!(
+            reads("[[rule]]\nsender = \"a@b.test\"\nclass = \"high\"\n"),
+            Reads::Nothing
+        );
+        assert_eq!(reads(BUILTIN), Reads::Headers);
+        assert_eq!(
+            reads("[[rule]]\nattachment = \"*.pdf\"\nclass = \"high\"\n"),
+            Reads::Attachments
+        );
+        let m = "Subject: [secure] x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\nx\r\n--b--\r\n";
+        let headers = Facts::parse(m.as_bytes(), Reads::Headers);
+        assert_eq!(headers.subject.as_deref(), Some("[secure] x"));
+        assert!(headers.attachments.is_empty());
+        let full = Facts::parse(m.as_bytes(), Reads::Attachments);
+        assert_eq!(full.attachments, vec![("a.pdf".to_string(), String::new())]);
     }
 
     #[test]
