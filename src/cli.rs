@@ -198,6 +198,18 @@ enum ReportCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// TLS-RPT (RFC 8460): print one day's report per recipient domain as
+    /// JSON lines, from the log; `--send` has the running gateway mail
+    /// those not sent yet to the domains that ask for them.
+    Tlsrpt {
+        /// The day (UTC); default: yesterday.
+        #[arg(long)]
+        day: Option<String>,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        send: bool,
+    },
     /// Export records: `json` (every record, one per line), `csv` (one
     /// row per recipient per attempt) or `html` (a self-contained report).
     Export {
@@ -432,6 +444,43 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
                 w.flush()?;
             }
             eprintln!("{} domain(s)", lines.len());
+            Ok(())
+        }
+        ReportCommand::Tlsrpt { day, db, send } => {
+            use crate::report::tlsrpt;
+            use std::io::Write;
+            let day_start = match &day {
+                Some(d) => crate::config::parse_instant(d, crate::config::DayEdge::Start)
+                    .map_err(anyhow::Error::msg)?,
+                None => crate::queue::now() - 86_400,
+            }
+            .div_euclid(86_400)
+                * 86_400;
+            let day = tlsrpt::day_name(day_start);
+            if send {
+                let answer =
+                    crate::control::request(&config.control_socket(), &format!("tlsrpt {day}"))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("no gateway is running: reports are sent by it")
+                        })?;
+                return match answer.strip_prefix("ok: ") {
+                    Some(ok) => {
+                        println!("{ok}");
+                        Ok(())
+                    }
+                    None => bail!("{}", answer.trim_start_matches("error: ")),
+                };
+            }
+            let conn = open(db)?;
+            let by = tlsrpt::Submitter::from_config(&config);
+            let days = tlsrpt::aggregate(&conn, day_start, day_start + 86_400)?;
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            for (domain, sessions) in &days {
+                let report = tlsrpt::report(domain, sessions, day_start, &by);
+                writeln!(w, "{}", tlsrpt::to_json(&report))?;
+            }
+            w.flush()?;
+            eprintln!("{day}: {} domain(s) with sessions", days.len());
             Ok(())
         }
         ReportCommand::Verify { tenant, db } => {

@@ -36,6 +36,7 @@ pub struct Config {
     pub seal: SealConfig,
     pub spool: SpoolConfig,
     pub policy: PolicyConfig,
+    pub report: ReportConfig,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
     #[serde(rename = "tenant")]
@@ -72,6 +73,7 @@ impl Default for Config {
             seal: SealConfig::default(),
             spool: SpoolConfig::default(),
             policy: PolicyConfig::default(),
+            report: ReportConfig::default(),
             routes: Vec::new(),
             tenants: vec![Tenant {
                 id: "default".into(),
@@ -440,6 +442,32 @@ impl Default for PolicyConfig {
             dir: None,
             downgrade_hold: Duration::from_secs(24 * 3600),
             verdict_cache_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[report]`: what the gateway reports by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Send daily TLS-RPT reports (RFC 8460) to domains that publish an
+    /// `_smtp._tls` TXT record asking for them.
+    pub tlsrpt: bool,
+    /// From: of the reports (default `noreply-smtp-tls-reporting@HOSTNAME`).
+    pub tlsrpt_from: Option<String>,
+    /// `organization-name` in the reports (default: the host name).
+    pub organization: Option<String>,
+    /// `contact-info` in the reports, e.g. an address for questions.
+    pub contact: Option<String>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            tlsrpt: true,
+            tlsrpt_from: None,
+            organization: None,
+            contact: None,
         }
     }
 }

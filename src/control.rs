@@ -3,8 +3,9 @@
 //! domain memory learn of the change at once.
 //!
 //! A Unix socket in `data_dir` (mode 0600). One request line, one reply
-//! line: `retry ID`, `delete ID` or `confirm DOMAIN`, answered `ok …` or
-//! `error …`. When no gateway runs, the CLI changes the database itself.
+//! line: `retry ID`, `delete ID`, `confirm DOMAIN` or `tlsrpt DAY`,
+//! answered `ok …` or `error …`. When no gateway runs, the CLI changes the
+//! database itself (TLS-RPT reports need the running gateway).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use crate::policy::level_name;
 use crate::policy::memory::DomainMemory;
 use crate::queue::{QueueHandle, now};
+use crate::report::tlsrpt::{Reporter, day_name};
 use crate::spool::{QueueId, Spool};
 
 pub struct Server {
@@ -23,6 +25,7 @@ pub struct Server {
     spool: Arc<dyn Spool>,
     queue: QueueHandle,
     memory: Arc<DomainMemory>,
+    reporter: Arc<Reporter>,
 }
 
 impl Server {
@@ -31,6 +34,7 @@ impl Server {
         spool: Arc<dyn Spool>,
         queue: QueueHandle,
         memory: Arc<DomainMemory>,
+        reporter: Arc<Reporter>,
     ) -> std::io::Result<Server> {
         // A socket left by a killed gateway would block the bind.
         if socket_answers(path) {
@@ -48,6 +52,7 @@ impl Server {
             spool,
             queue,
             memory,
+            reporter,
         })
     }
 
@@ -85,6 +90,16 @@ impl Server {
                     level_name(r.best)
                 ),
                 Err(e) => format!("error: {e}"),
+            };
+        }
+        if op == "tlsrpt" {
+            let day = match crate::config::parse_instant(id, crate::config::DayEdge::Start) {
+                Ok(t) => t.div_euclid(86_400) * 86_400,
+                Err(e) => return format!("error: {e}"),
+            };
+            return match self.reporter.run_day(day).await {
+                Ok(run) => format!("ok: {}: {}", day_name(day), run.summary()),
+                Err(e) => format!("error: {e:#}"),
             };
         }
         let id: QueueId = match id.parse() {

@@ -18,6 +18,7 @@ use crate::outbound::Outbound;
 use crate::policy::Policies;
 use crate::policy::memory::DomainMemory;
 use crate::queue::Queue;
+use crate::report::tlsrpt::Reporter;
 use crate::spool::{Spool, SqliteSpool};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -46,6 +47,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         policies.clone(),
         memory.clone(),
     )?);
+    let reporter = Arc::new(Reporter::new(&config, outbound.clone()));
     let queue = Queue::new(config.clone(), spool.clone(), outbound);
     let handle = queue.handle();
     let listeners = inbound::bind(&config).await?;
@@ -63,7 +65,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         spool.clone(),
         handle.clone(),
         memory,
+        reporter.clone(),
     )?;
+    if config.report.tlsrpt {
+        tokio::spawn(reporter.run(shutdown.clone()));
+    }
     let control_task = tokio::spawn(control.run(shutdown.clone()));
     let queue_task = tokio::spawn(queue.run(shutdown.clone()));
     let ctx = Arc::new(InboundContext {

@@ -2,8 +2,11 @@
 //! destination, a deferral, an operator's delete): its chain verifies, its
 //! exports hold the run's numbers, and an edit, a deletion and an insertion
 //! made with the sqlite3 CLI in the real database file are each found.
+//! And the TLS-RPT reports (RFC 8460) a day of real sessions makes.
 
 mod support;
+#[path = "support/world.rs"]
+mod world;
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use std::time::Duration;
 use sealgate::report::export::CSV_COLUMNS;
 use serde_json::Value;
 use support::*;
+use world::world;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -245,4 +249,203 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
     // The untouched file still verifies.
     let (ok, out, _) = report(&gw, &["verify", "--db", db.to_str().unwrap()]);
     assert!(ok, "{out}");
+}
+
+/// RFC 8460 §4.4: the fields and values a report must have.
+fn assert_rfc8460_report(r: &Value, domain: &str) {
+    let text = |v: &Value, what: &str| {
+        v.as_str()
+            .unwrap_or_else(|| panic!("{what} is not a string: {r}"))
+            .to_string()
+    };
+    assert!(!text(&r["organization-name"], "organization-name").is_empty());
+    assert!(!text(&r["report-id"], "report-id").is_empty());
+    for end in ["start-datetime", "end-datetime"] {
+        let t = text(&r["date-range"][end], end);
+        assert!(
+            t.len() == 20 && t.ends_with('Z') && &t[10..11] == "T",
+            "{end} is no RFC 3339 UTC time: {t}"
+        );
+    }
+    let policies = r["policies"].as_array().expect("policies array");
+    assert!(!policies.is_empty());
+    for p in policies {
+        let kind = text(&p["policy"]["policy-type"], "policy-type");
+        assert!(["tlsa", "sts", "no-policy-found"].contains(&kind.as_str()));
+        assert_eq!(p["policy"]["policy-domain"], domain);
+        for n in [
+            "total-successful-session-count",
+            "total-failure-session-count",
+        ] {
+            assert!(p["summary"][n].is_u64(), "{n} in {p}");
+        }
+        let failures: u64 = p["failure-details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|f| f["failed-session-count"].as_u64().unwrap())
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            failures,
+            p["summary"]["total-failure-session-count"]
+                .as_u64()
+                .unwrap()
+        );
+        for f in p["failure-details"].as_array().into_iter().flatten() {
+            let t = text(&f["result-type"], "result-type");
+            assert!(
+                [
+                    "starttls-not-supported",
+                    "certificate-host-mismatch",
+                    "certificate-expired",
+                    "certificate-not-trusted",
+                    "validation-failure",
+                    "tlsa-invalid",
+                    "dnssec-invalid",
+                    "dane-required",
+                    "sts-policy-fetch-error",
+                    "sts-policy-invalid",
+                    "sts-webpki-invalid",
+                ]
+                .contains(&t.as_str()),
+                "{t}"
+            );
+            if let Some(ip) = f.get("receiving-ip") {
+                text(ip, "receiving-ip")
+                    .parse::<std::net::IpAddr>()
+                    .expect("receiving-ip is an address");
+            }
+        }
+    }
+    assert!(!r.to_string().contains("null"), "no nulls: {r}");
+}
+
+/// TLS-RPT from a day of real sessions behind DNSSEC: a DANE-qualified
+/// delivery, a TLSA mismatch (deferred), a domain that asks for no report.
+#[test]
+fn tls_reports_go_by_mail_to_the_domains_that_ask_for_them() {
+    use mail_parser::MimeHeaders;
+    use std::io::Read;
+    let w = world();
+    let gw = Gateway::start_with(|dir, relay, sub| w.config(dir, relay, sub));
+    let sink = "tlsrpt@ee.dane.test";
+    let good = format!("{}@ee.dane.test", unique("rpt"));
+    let other = format!("{}@unsigned.test", unique("rpt"));
+    let bad = format!("{}@mismatch.dane.test", unique("rpt"));
+    let mut ids = Vec::new();
+    for rcpt in [&good, &other, &bad] {
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message(
+            "sender@src.test",
+            &[rcpt],
+            message(&unique("rpt"), "hello\r\n").as_bytes(),
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+        ids.push(reply.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    for rcpt in [&good, &other] {
+        wait_for(T, "delivery", || (!w.mails(rcpt).is_empty()).then_some(()));
+    }
+    let lines = wait_for(T, "the three attempts in the log", || {
+        let (_, out, _) = report(&gw, &["export", "--format", "json"]);
+        let lines: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let attempts = lines.iter().filter(|l| l["kind"] == "attempt").count();
+        (attempts >= 3).then_some(lines)
+    });
+    let today = lines[0]["at"].as_str().unwrap()[..10].to_string();
+
+    // The preview: one report per domain with sessions, from the log.
+    let (ok, out, err) = report(&gw, &["tlsrpt", "--day", &today]);
+    assert!(ok, "{err}");
+    let previews: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let domains: Vec<&str> = previews
+        .iter()
+        .map(|r| {
+            r["policies"][0]["policy"]["policy-domain"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        domains,
+        ["ee.dane.test", "mismatch.dane.test", "unsigned.test"]
+    );
+
+    let (ok, out, err) = report(&gw, &["tlsrpt", "--day", &today, "--send"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 report(s) sent, 1 domain(s) ask for none, 1 failed")
+            && out.contains("https reporting is not supported"),
+        "{out}"
+    );
+    let mails = wait_for(T, "two reports at the rua", || {
+        let m = w.mails(sink);
+        (m.len() == 2).then_some(m)
+    });
+    let mut seen = Vec::new();
+    for raw in &mails {
+        let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+        let domain = m
+            .header("TLS-Report-Domain")
+            .and_then(|h| h.as_text())
+            .unwrap()
+            .to_string();
+        assert!(
+            m.subject()
+                .unwrap()
+                .starts_with(&format!("Report Domain: {domain} Submitter: ")),
+            "{:?}",
+            m.subject()
+        );
+        let ct = m.content_type().unwrap();
+        assert_eq!(ct.ctype(), "multipart");
+        assert_eq!(ct.attribute("report-type"), Some("tlsrpt"));
+        let part = m
+            .attachments()
+            .find(|a| {
+                a.content_type()
+                    .is_some_and(|c| c.subtype() == Some("tlsrpt+gzip"))
+            })
+            .expect("an application/tlsrpt+gzip part");
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(part.contents())
+            .read_to_string(&mut json)
+            .expect("gzip");
+        let r: Value = serde_json::from_str(&json).unwrap();
+        assert_rfc8460_report(&r, &domain);
+        let p = &r["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "tlsa", "{r}");
+        if domain == "ee.dane.test" {
+            assert!(p["summary"]["total-successful-session-count"].as_u64() >= Some(1));
+            assert_eq!(p["summary"]["total-failure-session-count"], 0);
+        } else {
+            assert_eq!(domain, "mismatch.dane.test");
+            assert_eq!(p["summary"]["total-successful-session-count"], 0);
+            let f = &p["failure-details"][0];
+            assert_eq!(f["result-type"], "tlsa-invalid", "{r}");
+            assert_eq!(f["receiving-mx-hostname"], "mx.mismatch.dane.test");
+            assert_eq!(f["receiving-ip"], "127.0.1.1");
+        }
+        seen.push(domain);
+    }
+    seen.sort();
+    assert_eq!(seen, ["ee.dane.test", "mismatch.dane.test"]);
+
+    // Sent once: a second run sends nothing again (the https address still fails).
+    let (ok, out, err) = report(&gw, &["tlsrpt", "--day", &today, "--send"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0 report(s) sent, 0 domain(s) ask for none, 1 failed"),
+        "{out}"
+    );
+    assert_eq!(w.mails(sink).len(), 2);
 }

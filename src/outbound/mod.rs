@@ -10,7 +10,10 @@
 //! handshake.
 
 pub mod client;
+mod direct;
 mod sealed;
+
+pub use direct::Direct;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

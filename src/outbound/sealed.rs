@@ -9,16 +9,15 @@
 //! large to seal bounces with a clear reason. The password is never
 //! logged or spooled.
 
-use std::net::IpAddr;
-
 use super::*;
 use crate::config::{Tenant, TenantSeal};
+use crate::outbound::Direct;
 use crate::seal::channel::{self, Contacts, PasswordChannel, WebhookPayload};
 use crate::seal::notify::{self, Addressing, Words};
 use crate::seal::opener::Texts;
 use crate::seal::password::Password;
 use crate::seal::{SealError, seal_message};
-use crate::spool::{Envelope, Recipient};
+use crate::spool::Envelope;
 
 /// How long the webhook may take.
 const WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -254,95 +253,21 @@ impl Outbound {
             lang,
         );
         let level = self
-            .send_direct(&job.envelope, sender, mail, required)
+            .send_direct(
+                &job.envelope.tenant,
+                sender,
+                mail,
+                Direct {
+                    required,
+                    despite_policy: false,
+                    what: "the password mail",
+                },
+            )
             .await?;
         Ok(format!(
             "mailed to the sender {sender} over a {} connection",
             crate::policy::level_name(level)
         ))
-    }
-
-    /// Sends one message now, not through the spool (it holds a password),
-    /// to `to` over a connection of at least `required`.
-    async fn send_direct(
-        &self,
-        original: &Envelope,
-        to: &str,
-        body: Vec<u8>,
-        required: Level,
-    ) -> Result<Level, String> {
-        let rcpt = Recipient::new(to.to_string(), None, Default::default());
-        let domain = rcpt.domain.clone();
-        let route = self.route(&domain).await.map_err(|f| f.text)?;
-        let mut last = format!(
-            "no mail exchanger of {domain} reached {}",
-            crate::policy::level_name(required)
-        );
-        for plan in &route.hosts {
-            let HostPlan::Use(c) = plan else { continue };
-            let addresses: Vec<IpAddr> = c.addresses.clone();
-            for ip in addresses {
-                let mut session = match self.open(&domain, c, ip).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last = format!("{}[{ip}]: {e}", c.target.host);
-                        continue;
-                    }
-                };
-                let Some(v) = session.verdict.clone() else {
-                    continue;
-                };
-                if let Err(why) = c.acceptable(&v) {
-                    last = format!("{}[{ip}]: {why}", c.target.host);
-                    tokio::spawn(session.client.quit());
-                    continue;
-                }
-                if v.level < required {
-                    last = format!(
-                        "{}[{ip}] reached {}, the password mail needs {}: {}",
-                        c.target.host,
-                        crate::policy::level_name(v.level),
-                        crate::policy::level_name(required),
-                        v.shortfalls().join("; ")
-                    );
-                    tokio::spawn(session.client.quit());
-                    break;
-                }
-                let pending = PendingRecipient {
-                    index: 0,
-                    recipient: rcpt.clone(),
-                    attempts: 0,
-                };
-                let job = LoadedJob {
-                    id: crate::spool::QueueId(0),
-                    envelope: Envelope {
-                        tenant: original.tenant.clone(),
-                        // The null sender: nothing bounces back to us.
-                        sender: String::new(),
-                        env_id: None,
-                        ret: None,
-                        smtputf8: !to.is_ascii(),
-                        body_8bit: !body.is_ascii(),
-                        recipients: vec![rcpt.clone()],
-                    },
-                    received_at: 0,
-                    expires_at: 0,
-                    body: body.clone(),
-                    recipients: vec![pending.clone()],
-                };
-                let result = self.transact(&mut session.client, &job, &[&pending]).await;
-                tokio::spawn(session.client.quit());
-                return match result {
-                    Ok(mut o) => match o.pop() {
-                        Some((_, Outcome::Delivered(_))) => Ok(v.level),
-                        Some((_, Outcome::Failed(d) | Outcome::Deferred(d))) => Err(d.text),
-                        None => Err("no reply".into()),
-                    },
-                    Err((e, _)) => Err(e.to_string()),
-                };
-            }
-        }
-        Err(last)
     }
 
     fn tenant(&self, id: &str) -> Option<&Tenant> {

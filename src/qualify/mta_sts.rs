@@ -149,6 +149,10 @@ pub struct MtaSts {
     db: Option<PathBuf>,
 }
 
+/// How a failed policy fetch begins its detail (TLS-RPT reports it as
+/// `sts-policy-fetch-error`).
+pub const FETCH_FAILED: &str = "policy fetch failed";
+
 /// What discovery found for a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -228,7 +232,7 @@ impl MtaSts {
                 self.store(domain, &policy, &body).await;
                 Discovery::Policy(policy, format!("policy id {id} fetched"))
             }
-            Err(e) => self.keep(cached, format!("policy fetch failed: {e}")),
+            Err(e) => self.keep(cached, format!("{FETCH_FAILED}: {e}")),
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod export;
 pub mod html;
 pub mod log;
+pub mod tlsrpt;
 
 use serde::Serialize;
 

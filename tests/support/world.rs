@@ -345,6 +345,8 @@ _{p}._tcp.mx.taname.dane.test. TLSA 2 0 1 {ta}
 unusable.dane.test. MX 10 mx.unusable.dane.test.
 mx.unusable.dane.test. A {mx}
 _{p}._tcp.mx.unusable.dane.test. TLSA 1 1 1 {ee}
+_smtp._tls.ee.dane.test. TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ee.dane.test\"
+_smtp._tls.mismatch.dane.test. TXT \"v=TLSRPTv1;rua=mailto:tlsrpt@ee.dane.test,https://reports.ee.dane.test/v1\"
 "
             ),
         ),

@@ -1,0 +1,113 @@
+//! Sending one message now, outside the spool: the sender's password mail
+//! (it holds a password, so it is never stored) and TLS-RPT reports (made
+//! again from the log until sent, so they need no queue).
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::spool::{Envelope, Recipient, TenantId};
+
+/// What a direct send asks of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct {
+    /// The least level the connection must reach.
+    pub required: Level,
+    /// Send even where the domain's DANE or MTA-STS policy refuses the
+    /// host: RFC 8460 §5.3 wants TLS reports delivered despite TLS failures.
+    pub despite_policy: bool,
+    /// What is sent, for the reason when no host will do: "the password mail".
+    pub what: &'static str,
+}
+
+impl Outbound {
+    /// Sends `body` to `to` from the null sender (nothing bounces back to
+    /// us) over the first usable host; the level reached, or why none was.
+    pub async fn send_direct(
+        &self,
+        tenant: &TenantId,
+        to: &str,
+        body: Vec<u8>,
+        how: Direct,
+    ) -> Result<Level, String> {
+        let required = how.required;
+        let rcpt = Recipient::new(to.to_string(), None, Default::default());
+        let domain = rcpt.domain.clone();
+        let route = self.route(&domain).await.map_err(|f| f.text)?;
+        let mut last = format!(
+            "no mail exchanger of {domain} reached {}",
+            crate::policy::level_name(required)
+        );
+        for plan in &route.hosts {
+            let HostPlan::Use(c) = plan else { continue };
+            let addresses: Vec<IpAddr> = c.addresses.clone();
+            for ip in addresses {
+                let mut session = match self.open(&domain, c, ip).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("{}[{ip}]: {e}", c.target.host);
+                        continue;
+                    }
+                };
+                let Some(v) = session.verdict.clone() else {
+                    continue;
+                };
+                if !how.despite_policy
+                    && let Err(why) = c.acceptable(&v)
+                {
+                    last = format!("{}[{ip}]: {why}", c.target.host);
+                    tokio::spawn(session.client.quit());
+                    continue;
+                }
+                if v.level < required {
+                    last = format!(
+                        "{}[{ip}] reached {}, {} needs {}: {}",
+                        c.target.host,
+                        crate::policy::level_name(v.level),
+                        how.what,
+                        crate::policy::level_name(required),
+                        v.shortfalls().join("; ")
+                    );
+                    tokio::spawn(session.client.quit());
+                    break;
+                }
+                let pending = PendingRecipient {
+                    index: 0,
+                    recipient: rcpt.clone(),
+                    attempts: 0,
+                };
+                let job = LoadedJob {
+                    id: crate::spool::QueueId(0),
+                    envelope: Envelope {
+                        tenant: tenant.clone(),
+                        sender: String::new(),
+                        env_id: None,
+                        ret: None,
+                        smtputf8: !to.is_ascii(),
+                        body_8bit: !body.is_ascii(),
+                        recipients: vec![rcpt.clone()],
+                    },
+                    received_at: 0,
+                    expires_at: 0,
+                    body: body.clone(),
+                    recipients: vec![pending.clone()],
+                };
+                let result = self.transact(&mut session.client, &job, &[&pending]).await;
+                tokio::spawn(session.client.quit());
+                return match result {
+                    Ok(mut o) => match o.pop() {
+                        Some((_, Outcome::Delivered(_))) => Ok(v.level),
+                        Some((_, Outcome::Failed(d) | Outcome::Deferred(d))) => Err(d.text),
+                        None => Err("no reply".into()),
+                    },
+                    Err((e, _)) => Err(e.to_string()),
+                };
+            }
+        }
+        Err(last)
+    }
+
+    /// The resolver deliveries use (TLS-RPT looks up `_smtp._tls` with it).
+    pub fn dns(&self) -> &Dns {
+        &self.dns
+    }
+}
