@@ -210,6 +210,17 @@ enum ReportCommand {
         #[arg(long)]
         send: bool,
     },
+    /// Remove log records older than a date or time (what
+    /// `retention.log_days` does hourly): a `pruned` record names the last
+    /// one removed and its hash, so the chain still verifies.
+    Prune {
+        /// A date (midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        before: String,
+        /// One tenant; default: every tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Export records: `json` (every record, one per line), `csv` (one
     /// row per recipient per attempt) or `html` (a self-contained report).
     Export {
@@ -483,6 +494,25 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             eprintln!("{day}: {} domain(s) with sessions", days.len());
             Ok(())
         }
+        ReportCommand::Prune { before, tenant } => {
+            let before = crate::config::parse_instant(&before, crate::config::DayEdge::Start)
+                .map_err(anyhow::Error::msg)?;
+            let db = config.database_path();
+            let tenants = match tenant {
+                Some(t) => vec![t],
+                None => log::tenants(&open(None)?)?,
+            };
+            for t in &tenants {
+                match crate::report::prune(&db, t, before, crate::queue::now())? {
+                    Some(p) => println!(
+                        "tenant {t}: records {}–{} removed; a pruned record vouches for them",
+                        p.from, p.through
+                    ),
+                    None => println!("tenant {t}: nothing older"),
+                }
+            }
+            Ok(())
+        }
         ReportCommand::Verify { tenant, db } => {
             let conn = open(db)?;
             let tenants = match tenant {
@@ -492,9 +522,18 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             let mut broken = 0;
             for t in &tenants {
                 match log::verify(&conn, t)? {
-                    log::Verified::Intact { records, head } => match head {
+                    log::Verified::Intact {
+                        records,
+                        head,
+                        pruned,
+                    } => match head {
                         Some((seq, hash)) => {
-                            println!("tenant {t}: intact, {records} records, head {seq} {hash}")
+                            let pruned = pruned
+                                .map(|p| format!(" (1–{p} removed by retention)"))
+                                .unwrap_or_default();
+                            println!(
+                                "tenant {t}: intact, {records} records{pruned}, head {seq} {hash}"
+                            )
                         }
                         None => println!("tenant {t}: no records"),
                     },

@@ -81,6 +81,7 @@ impl Default for Config {
                 users: Vec::new(),
                 client_certificates: Vec::new(),
                 seal: TenantSeal::default(),
+                retention: TenantRetention::default(),
             }],
             default_tenant: "default".into(),
         }
@@ -595,6 +596,22 @@ pub struct Tenant {
     /// Sealed delivery for this tenant's mail.
     #[serde(default)]
     pub seal: TenantSeal,
+    /// How long this tenant's log records and finished messages are kept.
+    #[serde(default)]
+    pub retention: TenantRetention,
+}
+
+/// `[tenant.retention]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRetention {
+    /// Remove transaction-log records older than this many days (0: keep
+    /// them); a `pruned` record keeps the chain verifiable.
+    #[serde(default)]
+    pub log_days: u32,
+    /// Keep a finished message's content this long (default: `spool.hold_delivered`).
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub hold_delivered: Option<Duration>,
 }
 
 /// `[tenant.seal]`: language and words of sealed mail, and the password's way.
@@ -660,6 +677,10 @@ fn fingerprint<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
+}
+
+fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -792,6 +813,15 @@ impl Config {
     }
 
     /// Path of the SQLite database.
+    /// How long a finished message of `tenant` keeps its content.
+    pub fn hold_delivered(&self, tenant: &str) -> Duration {
+        self.tenants
+            .iter()
+            .find(|t| t.id == tenant)
+            .and_then(|t| t.retention.hold_delivered)
+            .unwrap_or(self.spool.hold_delivered)
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("sealgate.db")
     }

@@ -67,6 +67,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         memory,
         reporter.clone(),
     )?;
+    tokio::spawn(crate::report::retention(config.clone(), shutdown.clone()));
     if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
     }

@@ -251,6 +251,81 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
     assert!(ok, "{out}");
 }
 
+/// Retention on a live gateway: the removed records are vouched for by a
+/// `pruned` record, the chain goes on, and deleting more than was pruned
+/// is found.
+#[test]
+fn pruned_records_leave_a_chain_that_still_verifies() {
+    let mut gw = Gateway::start(
+        "[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n[tenant.retention]\nlog_days = 400\nhold_delivered = \"1h\"\n",
+    );
+    let send = |gw: &Gateway| {
+        let rcpt = format!("{}@dst.test", unique("ret"));
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message(
+            "sender@src.test",
+            &[&rcpt],
+            message(&unique("ret"), "hello\r\n").as_bytes(),
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+        dest().wait_mails(&rcpt, 1, T);
+    };
+    let records = |gw: &Gateway, n: usize| {
+        wait_for(T, "the attempts in the log", || {
+            let (_, out, _) = report(gw, &["export", "--format", "json"]);
+            let lines: Vec<Value> = out
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            (lines.iter().filter(|l| l["kind"] == "attempt").count() >= n).then_some(lines)
+        })
+    };
+    send(&gw);
+    send(&gw);
+    let before = records(&gw, 2);
+    let last = before
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap())
+        .max()
+        .unwrap();
+
+    let (ok, out, err) = report(&gw, &["prune", "--before", "2100-01-01"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("tenant default: records 1–{last} removed")),
+        "{out}"
+    );
+    let (ok, out, err) = report(&gw, &["verify"]);
+    assert!(
+        ok && out.contains(&format!(
+            "intact, 1 records (1–{last} removed by retention)"
+        )),
+        "{out}{err}"
+    );
+    // The gateway goes on appending to the pruned chain.
+    send(&gw);
+    let after = records(&gw, 1);
+    assert_eq!(after[0]["kind"], "pruned");
+    assert_eq!(after[0]["seq"], last + 1);
+    assert_eq!(after[0]["data"]["through_seq"], last);
+    let (ok, out, err) = report(&gw, &["verify"]);
+    assert!(ok && out.contains("intact"), "{out}{err}");
+
+    gw.signal_term();
+    assert!(gw.wait_exit());
+    let db = gw.dir.path().join("sealgate.db");
+    let copy = gw.dir.path().join("cut.db");
+    std::fs::copy(&db, &copy).unwrap();
+    // Deleting the pruned record too: more is missing than was pruned.
+    sqlite(
+        &copy,
+        &format!("DELETE FROM txlog WHERE seq = {}", last + 1),
+    );
+    let (ok, out, _) = report(&gw, &["verify", "--db", copy.to_str().unwrap()]);
+    assert!(!ok && out.contains("BROKEN at record 1"), "{out}");
+}
+
 /// RFC 8460 §4.4: the fields and values a report must have.
 fn assert_rfc8460_report(r: &Value, domain: &str) {
     let text = |v: &Value, what: &str| {

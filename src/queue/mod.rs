@@ -425,7 +425,7 @@ async fn attempt(
         outcomes,
         dsn,
         now,
-        purge_at: now + config.spool.hold_delivered.as_secs() as i64,
+        purge_at: now + config.hold_delivered(&job.envelope.tenant.0).as_secs() as i64,
         tenant: job.envelope.tenant.clone(),
         events: vec![event],
     };

@@ -79,8 +79,17 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
     out.push_str("<h2>Integrity</h2>\n<table><tr><th>tenant</th><th>chain</th><th>head (write it down)</th></tr>\n");
     for t in &tenants {
         let (state, head) = match log::verify(conn, t)? {
-            Verified::Intact { records, head } => (
-                format!("<span class=\"ok\">intact</span>, {records} records"),
+            Verified::Intact {
+                records,
+                head,
+                pruned,
+            } => (
+                format!(
+                    "<span class=\"ok\">intact</span>, {records} records{}",
+                    pruned
+                        .map(|p| format!(" (1–{p} removed by retention)"))
+                        .unwrap_or_default()
+                ),
                 head.map(|(s, h)| format!("{s} {h}")).unwrap_or_default(),
             ),
             Verified::Broken { seq, why } => (

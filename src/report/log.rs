@@ -6,11 +6,19 @@
 //! `[tenant, seq, at, kind, queue_id, data]` with `data` as the stored JSON
 //! text. Appending reads the chain head inside the writing transaction, so
 //! a rolled-back write leaves no trace in the chain either.
+//!
+//! Retention removes a prefix of a chain, never a record in the middle:
+//! first a `pruned` record is appended naming the last record removed and
+//! its hash, then the prefix goes. The remaining chain starts where the
+//! `pruned` record says it must, with the hash it says it had.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::Event;
+use serde_json::json;
+
+use super::{Event, EventKind};
+use crate::spool::QueueId;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS txlog (
@@ -84,13 +92,79 @@ pub fn append(conn: &Connection, tenant: &str, events: &[Event]) -> rusqlite::Re
     Ok(())
 }
 
+/// What a pruning removed: records `from..=through`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub from: i64,
+    pub through: i64,
+}
+
+/// Removes the tenant's records older than `before` (the longest prefix
+/// of the chain that is all older), after appending the `pruned` record
+/// that vouches for them. Call inside a transaction.
+pub fn prune(
+    conn: &Connection,
+    tenant: &str,
+    before: i64,
+    now: i64,
+) -> rusqlite::Result<Option<Pruned>> {
+    let (first, head): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT MIN(seq), MAX(seq) FROM txlog WHERE tenant = ?",
+        [tenant],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (Some(first), Some(head)) = (first, head) else {
+        return Ok(None);
+    };
+    // Appends are numbered in commit order, and their times can differ
+    // slightly from it: stop at the first record that is not old.
+    let first_kept: Option<i64> = conn.query_row(
+        "SELECT MIN(seq) FROM txlog WHERE tenant = ? AND at >= ?",
+        params![tenant, before],
+        |r| r.get(0),
+    )?;
+    let through = first_kept.map_or(head, |k| k - 1);
+    if through < first {
+        return Ok(None);
+    }
+    let hash: Vec<u8> = conn.query_row(
+        "SELECT hash FROM txlog WHERE tenant = ? AND seq = ?",
+        params![tenant, through],
+        |r| r.get(0),
+    )?;
+    let record = Event {
+        kind: EventKind::Pruned,
+        queue_id: QueueId(0),
+        at: now,
+        data: json!({
+            "from_seq": first,
+            "through_seq": through,
+            "through_hash": hex(&hash),
+            "older_than": crate::policy::rfc3339(before),
+        }),
+    };
+    // Appended first: the head stays in place even when every record goes.
+    append(conn, tenant, &[record])?;
+    conn.execute(
+        "DELETE FROM txlog WHERE tenant = ? AND seq <= ?",
+        params![tenant, through],
+    )?;
+    Ok(Some(Pruned {
+        from: first,
+        through,
+    }))
+}
+
 /// The outcome of walking one tenant's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
-    /// Every record holds; the head is `(seq, hash)` of the last one.
+    /// Every record holds; the head is `(seq, hash)` of the last one;
+    /// records `1..=pruned` were removed by retention, as a `pruned`
+    /// record in the chain says.
     Intact {
         records: i64,
         head: Option<(i64, String)>,
+        pruned: Option<i64>,
     },
     /// The first record where the chain breaks, and how.
     Broken { seq: i64, why: String },
@@ -105,6 +179,11 @@ pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
     let mut expected_seq = 1;
     let mut prev_hash = vec![0u8; 32];
     let mut count = 0;
+    // Where the chain starts when retention removed its beginning: the
+    // record before the first one kept, and the hash that one had.
+    let mut start: Option<(i64, String)> = None;
+    // What the `pruned` records in the chain vouch for: the latest one.
+    let mut vouched: Option<(i64, String)> = None;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let at: i64 = r.get(1)?;
@@ -113,6 +192,12 @@ pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
         let data: String = r.get(4)?;
         let prev: Vec<u8> = r.get(5)?;
         let hash: Vec<u8> = r.get(6)?;
+        if count == 0 && seq > 1 {
+            // Checked against the `pruned` records at the end.
+            start = Some((seq - 1, hex(&prev)));
+            expected_seq = seq;
+            prev_hash = prev.clone();
+        }
         if seq != expected_seq {
             return Ok(Verified::Broken {
                 seq: expected_seq,
@@ -143,13 +228,63 @@ pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
                 ),
             });
         }
+        if kind == EventKind::Pruned.name() {
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+            if let (Some(through), Some(h)) =
+                (v["through_seq"].as_i64(), v["through_hash"].as_str())
+            {
+                vouched = Some((through, h.to_string()));
+            }
+        }
         prev_hash = hash;
         expected_seq += 1;
         count += 1;
     }
+    if let Some((before, hash)) = &start {
+        match &vouched {
+            Some((through, h)) if through == before && h == hash => {}
+            Some((through, _)) if through < before => {
+                return Ok(Verified::Broken {
+                    seq: through + 1,
+                    why: format!(
+                        "records {}–{before} are missing: retention removed records up to {through} only, the rest were deleted",
+                        through + 1
+                    ),
+                });
+            }
+            Some((through, _)) if through == before => {
+                return Ok(Verified::Broken {
+                    seq: before + 1,
+                    why: format!(
+                        "record {} does not follow the pruned record {before}: its predecessor's hash is not the one the pruning recorded",
+                        before + 1
+                    ),
+                });
+            }
+            Some((through, _)) => {
+                return Ok(Verified::Broken {
+                    seq: before + 1,
+                    why: format!(
+                        "the chain starts at record {} though the last pruning removed records up to {through}",
+                        before + 1
+                    ),
+                });
+            }
+            None => {
+                return Ok(Verified::Broken {
+                    seq: 1,
+                    why: format!(
+                        "records 1–{before} are missing and no pruned record accounts for them: records were deleted"
+                    ),
+                });
+            }
+        }
+    }
+    let last = expected_seq - 1;
     Ok(Verified::Intact {
         records: count,
-        head: (count > 0).then(|| (count, hex(&prev_hash))),
+        head: (count > 0).then(|| (last, hex(&prev_hash))),
+        pruned: start.map(|(before, _)| before),
     })
 }
 
@@ -186,7 +321,7 @@ mod tests {
         append(&conn, "t", &[event(1), event(2)]).expect("append");
         append(&conn, "t", &[event(3)]).expect("append");
         append(&conn, "u", &[event(9)]).expect("append");
-        let Verified::Intact { records, head } = verify(&conn, "t").expect("verify") else {
+        let Verified::Intact { records, head, .. } = verify(&conn, "t").expect("verify") else {
             panic!("intact");
         };
         assert_eq!(records, 3);
@@ -220,5 +355,98 @@ mod tests {
             matches!(&inserted, Verified::Broken { seq: 2, .. }),
             "{inserted:?}"
         );
+    }
+
+    #[test]
+    fn retention_removes_a_prefix_and_the_chain_still_verifies() {
+        let conn = Connection::open_in_memory().expect("db");
+        init(&conn).expect("schema");
+        // Times 1_800_000_001.. : records 1-3 are older than the cut.
+        append(
+            &conn,
+            "t",
+            &[event(1), event(2), event(3), event(7), event(8)],
+        )
+        .expect("append");
+        let cut = 1_800_000_005;
+        let pruned = prune(&conn, "t", cut, 1_900_000_000).expect("prune");
+        assert_eq!(
+            pruned,
+            Some(Pruned {
+                from: 1,
+                through: 3
+            })
+        );
+        assert_eq!(prune(&conn, "t", cut, 1_900_000_000).expect("again"), None);
+        let v = verify(&conn, "t").expect("verify");
+        assert_eq!(
+            v,
+            Verified::Intact {
+                records: 3,
+                head: Some((6, hex(&head_hash(&conn)))),
+                pruned: Some(3),
+            }
+        );
+        // A second pruning takes everything, its own earlier record too.
+        append(&conn, "t", &[event(9)]).expect("append");
+        let pruned = prune(&conn, "t", 2_000_000_000, 2_000_000_000).expect("prune");
+        assert_eq!(
+            pruned,
+            Some(Pruned {
+                from: 4,
+                through: 7
+            })
+        );
+        let Verified::Intact {
+            records: 1,
+            pruned: Some(7),
+            head: Some((8, _)),
+        } = verify(&conn, "t").expect("verify")
+        else {
+            panic!("intact after the second pruning");
+        };
+        append(&conn, "t", &[event(10)]).expect("append after pruning");
+        assert!(matches!(
+            verify(&conn, "t").expect("verify"),
+            Verified::Intact { records: 2, .. }
+        ));
+
+        // Deleting beyond what a pruning vouches for is found.
+        let broken = |sql: &str| {
+            let c = Connection::open_in_memory().expect("db");
+            init(&c).expect("schema");
+            append(&c, "t", &[event(1), event(2), event(3), event(7), event(8)]).expect("append");
+            prune(&c, "t", 1_800_000_005, 1_900_000_000).expect("prune");
+            c.execute_batch(sql).expect("tamper");
+            verify(&c, "t").expect("verify")
+        };
+        let v = broken("DELETE FROM txlog WHERE seq = 4");
+        assert!(
+            matches!(&v, Verified::Broken { seq: 4, why } if why.contains("up to 3 only")),
+            "{v:?}"
+        );
+        // The pruned record itself removed (and the chain renumbered to hide it) is found.
+        let v = broken("DELETE FROM txlog WHERE kind = 'pruned'");
+        assert!(matches!(&v, Verified::Broken { seq: 1, .. }), "{v:?}");
+        // Without any pruning, a missing beginning is deletion.
+        let c = Connection::open_in_memory().expect("db");
+        init(&c).expect("schema");
+        append(&c, "t", &[event(1), event(2)]).expect("append");
+        c.execute_batch("DELETE FROM txlog WHERE seq = 1")
+            .expect("tamper");
+        let v = verify(&c, "t").expect("verify");
+        assert!(
+            matches!(&v, Verified::Broken { seq: 1, why } if why.contains("no pruned record")),
+            "{v:?}"
+        );
+    }
+
+    fn head_hash(conn: &Connection) -> Vec<u8> {
+        conn.query_row(
+            "SELECT hash FROM txlog WHERE tenant = 't' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("head")
     }
 }

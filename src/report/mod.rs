@@ -29,8 +29,11 @@ pub enum EventKind {
     Classified,
     /// A delivery attempt for one domain: verdict, decision and outcome per recipient.
     Attempt,
-    /// An operator removed it from the queue.
+    /// Its content left the spool: an operator's delete, or the end of its hold.
     Deleted,
+    /// Records of the log itself were removed by retention: this record
+    /// names the last one removed and its hash, so the chain still verifies.
+    Pruned,
 }
 
 impl EventKind {
@@ -40,6 +43,7 @@ impl EventKind {
             EventKind::Classified => "classified",
             EventKind::Attempt => "attempt",
             EventKind::Deleted => "deleted",
+            EventKind::Pruned => "pruned",
         }
     }
 }
@@ -53,4 +57,49 @@ pub struct Event {
     pub at: i64,
     /// The event's facts; serialized once, as stored and hashed.
     pub data: serde_json::Value,
+}
+
+/// Removes a tenant's log records older than `before` from the database
+/// at `db` (one immediate transaction beside the running gateway's writes).
+pub fn prune(
+    db: &std::path::Path,
+    tenant: &str,
+    before: i64,
+    now: i64,
+) -> anyhow::Result<Option<log::Pruned>> {
+    let mut conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let pruned = log::prune(&tx, tenant, before, now)?;
+    tx.commit()?;
+    Ok(pruned)
+}
+
+/// Hourly in the gateway: each tenant's `retention.log_days`.
+pub async fn retention(
+    config: std::sync::Arc<crate::config::Config>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for t in config.tenants.iter().filter(|t| t.retention.log_days > 0) {
+            let now = crate::queue::now();
+            let before = now - i64::from(t.retention.log_days) * 86_400;
+            let (db, id) = (config.database_path(), t.id.clone());
+            match tokio::task::spawn_blocking(move || prune(&db, &id, before, now)).await {
+                Ok(Ok(Some(p))) => tracing::info!(
+                    tenant = %t.id,
+                    "retention: log records {}–{} removed (older than {} days); a pruned record vouches for them",
+                    p.from, p.through, t.retention.log_days
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(tenant = %t.id, "retention: {e:#}"),
+                Err(e) => tracing::warn!(tenant = %t.id, "retention: {e}"),
+            }
+        }
+    }
 }

@@ -514,16 +514,23 @@ impl Spool for SqliteSpool {
 
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>> {
         Box::pin(self.write(move |conn| {
-            let ids: Vec<i64> = conn
+            let held: Vec<(i64, String)> = conn
                 .prepare_cached(
-                    "SELECT id FROM messages WHERE purge_at IS NOT NULL AND purge_at <= ?",
+                    "SELECT id, tenant FROM messages WHERE purge_at IS NOT NULL AND purge_at <= ?",
                 )?
-                .query_map([now], |r| r.get(0))?
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            for id in &ids {
+            for (id, tenant) in &held {
                 delete_message(conn, *id)?;
+                let event = crate::report::Event {
+                    kind: crate::report::EventKind::Deleted,
+                    queue_id: QueueId(*id as u64),
+                    at: now,
+                    data: serde_json::json!({ "by": "retention (hold_delivered ended)" }),
+                };
+                crate::report::log::append(conn, tenant, &[event]).map_err(classify)?;
             }
-            Ok(ids.len())
+            Ok(held.len())
         }))
     }
 
@@ -755,7 +762,8 @@ mod tests {
     #[tokio::test]
     async fn hold_keeps_content_until_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = SqliteSpool::open(&dir.path().join("db")).unwrap();
+        let path = dir.path().join("db");
+        let spool = SqliteSpool::open(&path).unwrap();
         let m = message(&spool, &["x@one.test"]);
         let id = m.id;
         spool.store(m).await.unwrap();
@@ -784,6 +792,17 @@ mod tests {
         assert_eq!(spool.purge(299).await.unwrap(), 0);
         assert_eq!(spool.purge(300).await.unwrap(), 1);
         assert!(spool.show(id).unwrap().is_none());
+        // The end of the hold is in the log, in the same transaction.
+        let log = Connection::open(&path).unwrap();
+        let (kind, data): (String, String) = log
+            .query_row(
+                "SELECT kind, data FROM txlog WHERE tenant = 't' AND queue_id = ?",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kind, "deleted");
+        assert!(data.contains("retention"), "{data}");
     }
 
     #[tokio::test]
