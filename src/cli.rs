@@ -188,6 +188,19 @@ enum ReportCommand {
         /// A copy of the database to check (default: the gateway's).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Also check the chain heads the gateway wrote to its log: this
+        /// file (`-`: standard input, e.g. from journalctl).
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// The signing key's public half (the `.pub` file or its base64):
+        /// every head line must carry a valid signature.
+        #[arg(long, requires = "heads")]
+        public_key: Option<String>,
+    },
+    /// Make an Ed25519 key for `report.signing_key` (and FILE.pub).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The domain risk view: every recipient domain delivered to, its last
     /// and best level, failing checks, downgrade, and the policy's profile
@@ -513,8 +526,65 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             }
             Ok(())
         }
-        ReportCommand::Verify { tenant, db } => {
+        ReportCommand::Keygen { out } => {
+            let public = crate::report::heads::keygen(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{public}");
+            eprintln!(
+                "key written to {0} (mode 0600), public key to {0}.pub: set report.signing_key = \"{0}\"",
+                out.display()
+            );
+            Ok(())
+        }
+        ReportCommand::Verify {
+            tenant,
+            db,
+            heads,
+            public_key,
+        } => {
             let conn = open(db)?;
+            let mut head_problems = Vec::new();
+            if let Some(path) = heads {
+                use base64::Engine;
+                let text = if path.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                };
+                let key = match &public_key {
+                    Some(k) => {
+                        let text = std::fs::read_to_string(k).unwrap_or_else(|_| k.clone());
+                        Some(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(text.trim())
+                                .context("--public-key is neither a .pub file nor base64")?,
+                        )
+                    }
+                    None => None,
+                };
+                let found = crate::report::heads::parse(&text);
+                let found: Vec<_> = found
+                    .into_iter()
+                    .filter(|h| tenant.as_ref().is_none_or(|t| *t == h.tenant))
+                    .collect();
+                head_problems = crate::report::heads::check(&conn, &found, key.as_deref())?;
+                if found.is_empty() {
+                    head_problems.push("no chain-head lines in the given log".into());
+                }
+                println!(
+                    "{} logged head(s) checked{}",
+                    found.len(),
+                    if key.is_some() {
+                        ", signatures required"
+                    } else {
+                        ""
+                    }
+                );
+                for p in &head_problems {
+                    println!("{p}");
+                }
+            }
             let tenants = match tenant {
                 Some(t) => vec![t],
                 None => log::tenants(&conn)?,
@@ -545,6 +615,9 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
             }
             if broken > 0 {
                 bail!("{broken} chain(s) broken");
+            }
+            if !head_problems.is_empty() {
+                bail!("{} logged head(s) do not match", head_problems.len());
             }
             Ok(())
         }

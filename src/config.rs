@@ -460,6 +460,11 @@ pub struct ReportConfig {
     pub organization: Option<String>,
     /// `contact-info` in the reports, e.g. an address for questions.
     pub contact: Option<String>,
+    /// How often each tenant's chain head is written to the log (0: never).
+    #[serde(deserialize_with = "duration")]
+    pub head_interval: Duration,
+    /// Ed25519 key (PKCS#8 PEM, `sealgate report keygen`) that signs the heads.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Default for ReportConfig {
@@ -469,6 +474,8 @@ impl Default for ReportConfig {
             tlsrpt_from: None,
             organization: None,
             contact: None,
+            head_interval: Duration::from_secs(3600),
+            signing_key: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::outbound::Outbound;
 use crate::policy::Policies;
 use crate::policy::memory::DomainMemory;
 use crate::queue::Queue;
+use crate::report::heads;
 use crate::report::tlsrpt::Reporter;
 use crate::spool::{Spool, SqliteSpool};
 
@@ -33,6 +34,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => Users::default(),
     };
     let dns = Dns::new(&config.dns)?;
+    let signer = match &config.report.signing_key {
+        Some(path) => Some(heads::Signer::load(path).context("report.signing_key")?),
+        None => None,
+    };
     let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
     let files = policies.current().files.clone();
     tracing::info!("policy from {}", describe(&files));
@@ -68,6 +73,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         reporter.clone(),
     )?;
     tokio::spawn(crate::report::retention(config.clone(), shutdown.clone()));
+    // Stopped after the queue, so the last head written covers the last record.
+    let (heads_stop, heads_shutdown) = watch::channel(false);
+    let heads_task = (!config.report.head_interval.is_zero()).then(|| {
+        tokio::spawn(heads::write_periodically(
+            config.database_path(),
+            config.report.head_interval,
+            signer,
+            heads_shutdown,
+        ))
+    });
     if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
     }
@@ -89,6 +104,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(data_dir = %config.data_dir.display(), "sealgate ready on {}", addresses.join(", "));
     inbound::serve(ctx, listeners).await;
     let _ = queue_task.await;
+    let _ = heads_stop.send(true);
+    if let Some(task) = heads_task {
+        let _ = task.await;
+    }
     let _ = control_task.await;
     let _ = std::fs::remove_file(config.control_socket());
     tracing::info!("stopped; the queue is on disk");

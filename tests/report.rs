@@ -326,6 +326,78 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
     assert!(!ok && out.contains("BROKEN at record 1"), "{out}");
 }
 
+/// The heads the gateway signs into its log catch what the chain alone
+/// cannot: records cut from its end.
+#[test]
+fn signed_heads_in_the_log_find_a_truncated_chain() {
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("heads.key");
+    let out = Command::new(bin())
+        .args(["report", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut gw = Gateway::start(&format!(
+        "[report]\nhead_interval = \"1s\"\nsigning_key = \"{}\"\n",
+        key.display()
+    ));
+    for _ in 0..2 {
+        let rcpt = format!("{}@dst.test", unique("head"));
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message(
+            "sender@src.test",
+            &[&rcpt],
+            message(&unique("head"), "hello\r\n").as_bytes(),
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+        dest().wait_mails(&rcpt, 1, T);
+    }
+    // Stopping writes the final head: it covers the last record.
+    gw.signal_term();
+    assert!(gw.wait_exit());
+    let log = gw.dir.path().join("log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("chain-head v1 tenant=default seq="), "{text}");
+    let pubkey = format!("{}.pub", key.display());
+    let verify = |db: &std::path::Path, log: &std::path::Path| {
+        report(
+            &gw,
+            &[
+                "verify",
+                "--db",
+                db.to_str().unwrap(),
+                "--heads",
+                log.to_str().unwrap(),
+                "--public-key",
+                &pubkey,
+            ],
+        )
+    };
+    let db = gw.dir.path().join("sealgate.db");
+    let (ok, out, err) = verify(&db, &log);
+    assert!(ok && out.contains("signatures required"), "{out}{err}");
+
+    // Cut the newest records: the chain alone still verifies, the heads do not.
+    let cut = gw.dir.path().join("cut.db");
+    std::fs::copy(&db, &cut).unwrap();
+    sqlite(&cut, "DELETE FROM txlog WHERE seq > 3");
+    let (ok, out, _) = report(&gw, &["verify", "--db", cut.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = verify(&cut, &log);
+    assert!(!ok && out.contains("the chain ends at 3"), "{out}");
+
+    // A forged head line does not carry a valid signature.
+    let forged = gw.dir.path().join("forged.log");
+    std::fs::write(&forged, text.replace("seq=", "seq=1")).unwrap();
+    let (ok, out, _) = verify(&db, &forged);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+}
+
 /// RFC 8460 §4.4: the fields and values a report must have.
 fn assert_rfc8460_report(r: &Value, domain: &str) {
     let text = |v: &Value, what: &str| {

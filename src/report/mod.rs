@@ -11,6 +11,7 @@
 //! [`html`] the report for people. docs/reports.md says how to read them.
 
 pub mod export;
+pub mod heads;
 pub mod html;
 pub mod log;
 pub mod tlsrpt;
