@@ -206,7 +206,7 @@ enum ReportCommand {
     /// and best level, failing checks, downgrade, and the policy's profile
     /// and exceptions (owner, expiry) for it.
     Domains {
-        #[arg(long, value_parser = ["json", "csv"], default_value = "csv")]
+        #[arg(long, value_parser = ["json", "csv", "html"], default_value = "csv")]
         format: String,
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -435,37 +435,43 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };
-            if format == "json" {
-                serde_json::to_writer_pretty(&mut sink, &lines)?;
-                sink.write_all(b"\n")?;
-            } else {
-                let columns = [
-                    "domain",
-                    "last_level",
-                    "last_seen",
-                    "best_level",
-                    "downgrade_since",
-                    "confirmed_at",
-                    "failing_checks",
-                    "profiles",
-                    "exceptions",
-                ];
-                let mut w = csv::Writer::from_writer(sink);
-                w.write_record(columns)?;
-                for l in &lines {
-                    w.write_record(columns.iter().map(|c| {
-                        match &l[*c] {
-                            serde_json::Value::String(s) => s.clone(),
-                            serde_json::Value::Array(a) => a
-                                .iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" | "),
-                            _ => String::new(),
-                        }
-                    }))?;
+            let columns = [
+                "domain",
+                "last_level",
+                "last_seen",
+                "best_level",
+                "downgrade_since",
+                "confirmed_at",
+                "failing_checks",
+                "profiles",
+                "exceptions",
+            ];
+            match format.as_str() {
+                "json" => {
+                    serde_json::to_writer_pretty(&mut sink, &lines)?;
+                    sink.write_all(b"\n")?;
                 }
-                w.flush()?;
+                "html" => {
+                    sink.write_all(crate::report::html::domains(&columns, &lines, now).as_bytes())?;
+                }
+                _ => {
+                    let mut w = csv::Writer::from_writer(sink);
+                    w.write_record(columns)?;
+                    for l in &lines {
+                        w.write_record(columns.iter().map(|c| {
+                            match &l[*c] {
+                                serde_json::Value::String(s) => s.clone(),
+                                serde_json::Value::Array(a) => a
+                                    .iter()
+                                    .filter_map(|x| x.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" | "),
+                                _ => String::new(),
+                            }
+                        }))?;
+                    }
+                    w.flush()?;
+                }
             }
             eprintln!("{} domain(s)", lines.len());
             Ok(())

@@ -198,6 +198,19 @@ fn domain_profiles_raise_the_class_and_exceptions_lower_the_level_until_they_exp
             .any(|d| d["domain"] == "chacha.pki.test"
                 && d["profiles"][0].as_str().unwrap().contains("at least high"))
     );
+    // And as a page for people: the same rows, self-contained.
+    let out = gw.cli(&["report", "domains", "--format", "html"]);
+    let html = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && html.starts_with("<!DOCTYPE html>"),
+        "{out:?}"
+    );
+    assert!(!html.contains("<script") && !html.contains(" src="));
+    assert!(
+        html.contains("<td>x25519.pki.test</td><td>authenticated</td>")
+            && html.contains("by ciso@src.test: partner migrates"),
+        "{html}"
+    );
 }
 
 #[test]

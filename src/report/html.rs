@@ -353,6 +353,49 @@ fn day(t: i64) -> String {
     crate::policy::rfc3339(t).chars().take(10).collect()
 }
 
+/// The domain risk view (`report domains --format html`) as a
+/// self-contained page: one row per domain, list cells one item per line.
+pub fn domains(columns: &[&str], lines: &[serde_json::Value], generated: i64) -> String {
+    let mut out = String::with_capacity(4096 + lines.len() * 512);
+    let title = "sealgate recipient domains";
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
+<title>{title}</title><style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n\
+<p>Generated {} by sealgate: {} domain(s).</p>\n<table><tr>",
+        esc(&crate::policy::rfc3339(generated)),
+        lines.len()
+    );
+    for c in columns {
+        let _ = write!(out, "<th>{}</th>", esc(&c.replace('_', " ")));
+    }
+    out.push_str("</tr>\n");
+    for l in lines {
+        out.push_str("<tr>");
+        for c in columns {
+            let cell = match &l[*c] {
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .map(esc)
+                    .collect::<Vec<_>>()
+                    .join("<br>"),
+                serde_json::Value::String(s) => esc(s),
+                _ => String::new(),
+            };
+            let class = match *c {
+                "downgrade_since" if !cell.is_empty() => " class=\"bad\"",
+                _ => "",
+            };
+            let _ = write!(out, "<td{class}>{}</td>", or_dash(&cell));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n</body></html>\n");
+    out
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
