@@ -4,6 +4,7 @@
 //! the message stays queued, is not reported delivered, and is delivered by
 //! a later attempt. The misbehaving peer is a scripted SMTP server on
 //! loopback: no real MTA can be told to fail at an exact byte.
+//! And on the storage side: a spool disk that fills up.
 
 mod support;
 
@@ -217,4 +218,112 @@ fn peer_answers_after_the_data_timeout_the_message_is_retried() {
     let got = peer.received();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got.iter().filter(|(_, acked)| *acked).count(), 1);
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (the test runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Disk full under the spool: clients get `452 4.3.1`, what was
+/// acknowledged stays queued in an intact database, and mail is accepted
+/// again once space returns.
+#[test]
+fn a_full_spool_disk_answers_452_and_recovers_when_space_returns() {
+    let disk = Tmpfs::mount("6m");
+    let data = disk.0.path().to_path_buf();
+    // Space to give back later.
+    std::fs::write(data.join("filler"), vec![0u8; 1536 * 1024]).unwrap();
+    let mut gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub).replacen(
+            &format!("data_dir = \"{}\"", dir.display()),
+            &format!("data_dir = \"{}\"", data.display()),
+            1,
+        )
+    });
+    // Nothing leaves: unreachable.test goes to a closed port.
+    let body = format!(
+        "{}{}",
+        message(&unique("full"), "big\r\n"),
+        format!("{}\r\n", "y".repeat(998)).repeat(256)
+    );
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for _ in 0..60 {
+        let reply = c.message("sender@src.test", &["r@unreachable.test"], body.as_bytes());
+        if reply.starts_with("250") {
+            acked.push(reply.trim().rsplit(' ').next().unwrap().to_string());
+        } else {
+            refusal = Some(reply);
+            break;
+        }
+    }
+    let refusal = refusal.expect("the 6 MiB disk filled up within 60 messages of 256 KiB");
+    assert!(refusal.starts_with("452 4.3.1"), "{refusal}");
+    assert!(
+        !acked.is_empty(),
+        "some messages fit before the disk was full"
+    );
+    // The session goes on: the next transaction is refused the same way.
+    let again = c.message("sender@src.test", &["r@unreachable.test"], body.as_bytes());
+    assert!(again.starts_with("452 4.3.1"), "{again}");
+
+    let queued = |gw: &Gateway| -> Vec<String> {
+        gw.queue()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut in_queue = queued(&gw);
+    in_queue.sort();
+    let mut expected = acked.clone();
+    expected.sort();
+    assert_eq!(
+        in_queue, expected,
+        "exactly the acknowledged messages are queued"
+    );
+
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let reply = c.message("sender@src.test", &["r@unreachable.test"], body.as_bytes());
+    assert!(reply.starts_with("250"), "space returned: {reply}");
+    assert_eq!(queued(&gw).len(), acked.len() + 1);
+    assert!(gw.log().contains("spool full"), "the operator is told");
+
+    // After a restart the queue is whole and the database intact.
+    gw.signal_term();
+    assert!(gw.wait_exit());
+    let check = std::process::Command::new("sqlite3")
+        .arg(data.join("sealgate.db"))
+        .arg("PRAGMA integrity_check")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "ok");
+    gw.restart();
+    assert_eq!(queued(&gw).len(), acked.len() + 1);
 }
