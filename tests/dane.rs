@@ -323,3 +323,32 @@ fn check_prints_a_readable_verdict() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
 }
+
+/// RFC 7766 §6.2.1 (RFC 1035 §4.2.1): an answer too large for UDP comes
+/// back truncated; the resolver asks again over TCP, and DANE still
+/// decides with the whole, validated RRset.
+#[test]
+fn rfc7766_a_truncated_answer_is_asked_again_over_tcp() {
+    world();
+    let udp = std::process::Command::new("kdig")
+        .args(["@127.0.0.1", "-p", &world::KNOT_PORT.to_string()])
+        // 4096 bytes: the most any resolver offers over UDP.
+        .args(["+notcp", "+dnssec", "+bufsize=4096", "+ignore"])
+        .arg(format!("_{}._tcp.mx.big.test", world::MX_PORT))
+        .arg("TLSA")
+        .output()
+        .expect("kdig (knot-dnsutils)");
+    let udp = String::from_utf8_lossy(&udp.stdout);
+    assert!(
+        udp.lines().any(|l| l.contains("Flags:")
+            && l.split_whitespace()
+                .any(|f| f.trim_end_matches(';') == "tc")),
+        "the UDP answer is truncated: {udp}"
+    );
+    let gw = gateway();
+    let host = &check(&gw, "big.test")["mx"][0];
+    assert_eq!(status(host, "dane").0, "pass", "{host}");
+    let rcpt = format!("{}@big.test", unique("tcp"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+}

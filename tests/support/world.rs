@@ -77,6 +77,7 @@ const CERT_NAMES: &[&str] = &[
     "mx.ta.dane.test",
     "mx.mismatch.dane.test",
     "mx.unsigned.test",
+    "mx.big.test",
     "mx.enforce.sts.test",
     "mx.badmx.sts.test",
     "mta-sts.enforce.sts.test",
@@ -351,6 +352,19 @@ _smtp._tls.mismatch.dane.test. TXT \"v=TLSRPTv1;rua=mailto:tlsrpt@ee.dane.test,h
             ),
         ),
         ("_tcp.mx.servfail.dane.test.", "broken", String::new()),
+        // Too many TLSA records for one UDP answer: resolvers must ask over TCP.
+        ("big.test.", "signed", {
+            let mut z = format!(
+                "big.test. MX 10 mx.big.test.\nmx.big.test. A {mx}\n_{p}._tcp.mx.big.test. TLSA 3 1 1 {ee}\n"
+            );
+            for i in 0..120 {
+                z.push_str(&format!(
+                    "_{p}._tcp.mx.big.test. TLSA 3 1 1 {}\n",
+                    hex(&Sha256::digest(format!("filler {i}")))
+                ));
+            }
+            z
+        }),
         (
             "unsigned.test.",
             "unsigned",
