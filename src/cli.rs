@@ -132,6 +132,8 @@ enum QueueCommand {
     },
     /// Try a message's pending recipients now.
     Retry { id: QueueId },
+    /// Try every queued message now (as `postqueue -f`).
+    Flush,
     /// Remove a message from the queue without a bounce.
     Delete { id: QueueId },
 }
@@ -1050,6 +1052,17 @@ fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()> {
                 bail!("{id}: no pending recipients");
             }
             println!("{id}: due now; the gateway is not running, it will try at its next start");
+            Ok(())
+        }
+        QueueCommand::Flush => {
+            if let Some(answer) = crate::control::request(&config.control_socket(), "flush") {
+                return report(answer);
+            }
+            let jobs = runtime.block_on(spool.retry_all(crate::queue::now()))?;
+            println!(
+                "{} destination(s) due now; the gateway is not running, it will try at its next start",
+                jobs.len()
+            );
             Ok(())
         }
         QueueCommand::Delete { id } => {

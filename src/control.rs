@@ -3,7 +3,7 @@
 //! domain memory learn of the change at once.
 //!
 //! A Unix socket in `data_dir` (mode 0600). One request line, one reply
-//! line: `retry ID`, `delete ID`, `confirm DOMAIN` or `tlsrpt DAY`,
+//! line: `retry ID`, `flush`, `delete ID`, `confirm DOMAIN` or `tlsrpt DAY`,
 //! answered `ok …` or `error …`. When no gateway runs, the CLI changes the
 //! database itself (TLS-RPT reports need the running gateway).
 
@@ -79,6 +79,16 @@ impl Server {
     }
 
     async fn handle(&self, line: &str) -> String {
+        if line == "flush" {
+            return match self.spool.retry_all(now()).await {
+                Ok(jobs) => {
+                    let n = jobs.len();
+                    self.queue.due(jobs);
+                    format!("ok: {n} destination(s) of queued messages scheduled now")
+                }
+                Err(e) => format!("error: {e}"),
+            };
+        }
         let Some((op, id)) = line.split_once(' ') else {
             return format!("error: cannot understand `{line}`");
         };

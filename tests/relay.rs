@@ -201,6 +201,48 @@ fn open_relay_attempts_are_refused() {
     assert!(gw.queue().is_empty() || dest().mails(&rcpt).len() == 1);
 }
 
+/// `sealgate queue flush`: every deferred message is tried now, not at its
+/// next retry an hour away.
+#[test]
+fn queue_flush_tries_every_deferred_message_now() {
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub)
+            .replace("idle_timeout = \"2s\"", "idle_timeout = \"0s\"")
+            .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]")
+    });
+    let local = unique("flush");
+    let rule = format!("/^{local}-/ 451 4.3.0 Try again later");
+    dest().add_rule(&rule);
+    let rcpts: Vec<String> = (0..2).map(|i| format!("{local}-{i}@flush.test")).collect();
+    dest().wait_rcpt_reply(&rcpts[0], "451");
+    let mut ids = Vec::new();
+    for r in &rcpts {
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message("sender@src.test", &[r], message(&local, "x\r\n").as_bytes());
+        assert!(reply.starts_with("250"), "{reply}");
+        ids.push(reply.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    for id in &ids {
+        wait_for(T, "a deferred attempt", || {
+            let out = gw.cli(&["queue", "show", id, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["recipients"][0]["attempts"].as_u64()? >= 1).then_some(())
+        });
+    }
+    dest().remove_rule(&rule);
+    let out = gw.cli(&["queue", "flush"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("2 destination(s)"),
+        "{said}"
+    );
+    for r in &rcpts {
+        dest().wait_mails(r, 1, T);
+    }
+    gw.wait_queue_empty(T);
+}
+
 #[test]
 fn transient_failure_is_retried_then_delivered() {
     // No connection reuse: a cached session would keep talking to the smtpd

@@ -313,6 +313,8 @@ pub trait Spool: Send + Sync {
     fn pending(&self) -> Result<Vec<DueJob>, SpoolError>;
     /// Makes every pending recipient of a message due now; returns its jobs, empty if none.
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
+    /// Makes every pending recipient due now (`sealgate queue flush`).
+    fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
     /// Removes a message and all its state, with a `deleted` log record;
     /// `false` if there was none.
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>>;

@@ -466,20 +466,17 @@ impl Spool for SqliteSpool {
     }
 
     fn pending(&self) -> Result<Vec<DueJob>, SpoolError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT message_id, domain, MIN(next_attempt) FROM recipients
-                 WHERE status = 0 GROUP BY message_id, domain",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(DueJob {
-                    id: QueueId(r.get::<_, i64>(0)? as u64),
-                    domain: r.get(1)?,
-                    due: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        self.read(due_jobs)
+    }
+
+    fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE recipients SET next_attempt = ?1 WHERE status = 0 AND next_attempt > ?1",
+            )?
+            .execute([now])?;
+            due_jobs(conn)
+        }))
     }
 
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
@@ -619,6 +616,22 @@ impl Spool for SqliteSpool {
             }))
         })
     }
+}
+
+/// Every (message, domain) with pending recipients, and when it is due.
+fn due_jobs(conn: &Connection) -> Result<Vec<DueJob>, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT message_id, domain, MIN(next_attempt) FROM recipients
+         WHERE status = 0 GROUP BY message_id, domain",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DueJob {
+            id: QueueId(r.get::<_, i64>(0)? as u64),
+            domain: r.get(1)?,
+            due: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn delete_message(conn: &Connection, id: i64) -> Result<bool, SpoolError> {
