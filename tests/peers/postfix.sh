@@ -5,7 +5,9 @@
 #                                         $CHAIN: PEM file with key and certificate chain;
 #                                         $EXTRA_MASTER: file of more master.cf lines, e.g.
 #                                         listeners with their own -o TLS settings)
-#   postfix.sh relay DIR PORT NEXTHOP    relay for 127.0.0.0/8 to NEXTHOP (host:port); TLS level in $SMTP_TLS (none)
+#   postfix.sh relay DIR PORT NEXTHOP    relay for 127.0.0.0/8 to NEXTHOP (host:port); TLS level in $SMTP_TLS (none),
+#                                        $SMTP_TLS_CA, $SMTP_TLS_MATCH (names a `secure` certificate must carry),
+#                                        $SMTP_TLS_REUSE=yes: TLS connection reuse through tlsproxy(8)
 #   postfix.sh stop  DIR
 # Idempotent: an instance already running in DIR is left as it is.
 set -euo pipefail
@@ -86,6 +88,9 @@ relayhost = [${4%:*}]:${4##*:}
 smtp_tls_security_level = ${SMTP_TLS:-none}
 smtp_tls_CAfile = ${SMTP_TLS_CA:-}
 smtp_tls_verify_cert_match = nexthop, dot-nexthop, hostname
+smtp_tls_secure_cert_match = ${SMTP_TLS_MATCH:-nexthop, dot-nexthop}
+smtp_tls_connection_reuse = ${SMTP_TLS_REUSE:-no}
+smtp_tls_loglevel = 1
 smtp_connection_cache_on_demand = yes
 default_destination_concurrency_limit = 20
 CF
@@ -99,6 +104,7 @@ pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
 tlsmgr    unix  - - n 1000? 1 tlsmgr
+tlsproxy  unix  - - n - 0 tlsproxy
 rewrite   unix  - - n - - trivial-rewrite
 bounce    unix  - - n - 0 bounce
 defer     unix  - - n - 0 bounce
