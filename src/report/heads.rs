@@ -201,7 +201,6 @@ pub async fn write_periodically(
     signer: Option<Signer>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let signer = std::sync::Arc::new(signer);
     let mut written: std::collections::HashMap<String, i64> = Default::default();
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -228,7 +227,7 @@ pub async fn write_periodically(
                         seq,
                         &log::hex(&hash),
                         crate::queue::now(),
-                        (*signer).as_ref(),
+                        signer.as_ref(),
                     );
                     tracing::info!(target: "sealgate::chain", "{text}");
                     written.insert(tenant, seq);

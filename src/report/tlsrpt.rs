@@ -250,9 +250,7 @@ impl Submitter {
 
 /// The RFC 8460 report of one domain's day (`day_start`: midnight UTC).
 pub fn report(domain: &str, day: &DomainDay, day_start: i64, by: &Submitter) -> TlsReport {
-    let date = chrono::DateTime::from_timestamp(day_start, 0)
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_default();
+    let date = day_name(day_start);
     TlsReport {
         organization_name: Some(by.organization.clone()),
         date_range: DateRange::from_timestamps(day_start, day_start + 86_399),
