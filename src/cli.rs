@@ -323,6 +323,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let (Some(cert), Some(_)) = (&config.tls.certificate, &config.tls.private_key) {
                 crate::tls::load_certs(cert)?;
             }
+            if let Some(key) = &config.report.signing_key {
+                crate::report::heads::Signer::load(key).context("report.signing_key")?;
+            }
             let policies = Policies::load(config.policy.dir.as_deref())?.current();
             println!(
                 "{}: OK ({} listeners, {} tenants, {} routes; policy from {})",
@@ -609,9 +612,11 @@ fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> 
                             let pruned = pruned
                                 .map(|p| format!(" (1–{p} removed by retention)"))
                                 .unwrap_or_default();
-                            println!(
-                                "tenant {t}: intact, {records} records{pruned}, head {seq} {hash}"
-                            )
+                            let records = match records {
+                                1 => "1 record".to_string(),
+                                n => format!("{n} records"),
+                            };
+                            println!("tenant {t}: intact, {records}{pruned}, head {seq} {hash}")
                         }
                         None => println!("tenant {t}: no records"),
                     },

@@ -29,6 +29,16 @@ fn report(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Copies a database file with its write-ahead log, where the last
+/// commits may still be.
+fn copy_db(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(from, to).unwrap();
+    let wal = |p: &std::path::Path| format!("{}-wal", p.display());
+    if std::path::Path::new(&wal(from)).exists() {
+        std::fs::copy(wal(from), wal(to)).unwrap();
+    }
+}
+
 fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
     assert!(
@@ -214,12 +224,7 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
     let db = gw.dir.path().join("sealgate.db");
     let tampered = |name: &str, sql: &str| {
         let copy = gw.dir.path().join(name);
-        std::fs::copy(&db, &copy).unwrap();
-        // What the last commits wrote may still be in the write-ahead log.
-        let wal = gw.dir.path().join("sealgate.db-wal");
-        if wal.exists() {
-            std::fs::copy(&wal, gw.dir.path().join(format!("{name}-wal"))).unwrap();
-        }
+        copy_db(&db, &copy);
         sqlite(&copy, sql);
         let (ok, out, _) = report(&gw, &["verify", "--db", copy.to_str().unwrap()]);
         assert!(!ok, "{name}: {out}");
@@ -298,9 +303,7 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
     );
     let (ok, out, err) = report(&gw, &["verify"]);
     assert!(
-        ok && out.contains(&format!(
-            "intact, 1 records (1–{last} removed by retention)"
-        )),
+        ok && out.contains(&format!("intact, 1 record (1–{last} removed by retention)")),
         "{out}{err}"
     );
     // The gateway goes on appending to the pruned chain.
@@ -316,7 +319,7 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
     assert!(gw.wait_exit());
     let db = gw.dir.path().join("sealgate.db");
     let copy = gw.dir.path().join("cut.db");
-    std::fs::copy(&db, &copy).unwrap();
+    copy_db(&db, &copy);
     // Deleting the pruned record too: more is missing than was pruned.
     sqlite(
         &copy,
@@ -384,12 +387,23 @@ fn signed_heads_in_the_log_find_a_truncated_chain() {
 
     // Cut the newest records: the chain alone still verifies, the heads do not.
     let cut = gw.dir.path().join("cut.db");
-    std::fs::copy(&db, &cut).unwrap();
+    copy_db(&db, &cut);
     sqlite(&cut, "DELETE FROM txlog WHERE seq > 3");
     let (ok, out, _) = report(&gw, &["verify", "--db", cut.to_str().unwrap()]);
     assert!(ok, "{out}");
     let (ok, out, _) = verify(&cut, &log);
     assert!(!ok && out.contains("the chain ends at 3"), "{out}");
+
+    // A key that is no signing key is found before a restart.
+    let text_config = std::fs::read_to_string(&gw.config).unwrap();
+    let bad = gw.dir.path().join("bad.toml");
+    std::fs::write(&bad, text_config.replace(key.to_str().unwrap(), &pubkey)).unwrap();
+    let out = gw.cli(&["config", "check", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("report.signing_key"),
+        "{err}"
+    );
 
     // A forged head line does not carry a valid signature.
     let forged = gw.dir.path().join("forged.log");
