@@ -52,7 +52,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         policies.clone(),
         memory.clone(),
     )?);
-    let reporter = Arc::new(Reporter::new(&config, outbound.clone()));
+    let reporter = Arc::new(
+        Reporter::new(&config, outbound.clone())
+            .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
+    );
     let queue = Queue::new(config.clone(), spool.clone(), outbound);
     let handle = queue.handle();
     let listeners = inbound::bind(&config).await?;

@@ -483,6 +483,72 @@ fn assert_rfc8460_report(r: &Value, domain: &str) {
     assert!(!r.to_string().contains("null"), "no nulls: {r}");
 }
 
+/// The https end of a TLS-RPT address: records each POST (path,
+/// content type, body) and answers 200.
+type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+fn https_receiver(w: &world::World) -> Posts {
+    use std::io::{BufRead, Read, Write};
+    let certs =
+        rustls_pemfile::certs(&mut std::fs::read(w.dir.join("leaf.pem")).unwrap().as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let key =
+        rustls_pemfile::private_key(&mut std::fs::read(w.dir.join("leaf.key")).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind((world::REPORTS_ADDR, world::REPORTS_PORT)).unwrap();
+    let posts = Posts::default();
+    let seen = posts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tls = rustls::StreamOwned::new(
+                rustls::ServerConnection::new(config.clone()).unwrap(),
+                conn,
+            );
+            let mut r = std::io::BufReader::new(tls);
+            let (mut request, mut ctype, mut length) = (String::new(), String::new(), 0);
+            if r.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if let Some(v) = lower.strip_prefix("content-type:") {
+                    ctype = v.trim().to_string();
+                }
+            }
+            let mut body = vec![0; length];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+            seen.lock().unwrap().push((path, ctype, body));
+            let mut tls = r.into_inner();
+            let _ =
+                tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    posts
+}
+
 /// TLS-RPT from a day of real sessions behind DNSSEC: a DANE-qualified
 /// delivery, a TLSA mismatch (deferred), a domain that asks for no report.
 #[test]
@@ -490,6 +556,7 @@ fn tls_reports_go_by_mail_to_the_domains_that_ask_for_them() {
     use mail_parser::MimeHeaders;
     use std::io::Read;
     let w = world();
+    let posts = https_receiver(w);
     let gw = Gateway::start_with(|dir, relay, sub| w.config(dir, relay, sub));
     let sink = "tlsrpt@ee.dane.test";
     let good = format!("{}@ee.dane.test", unique("rpt"));
@@ -544,10 +611,23 @@ fn tls_reports_go_by_mail_to_the_domains_that_ask_for_them() {
     let (ok, out, err) = report(&gw, &["tlsrpt", "--day", &today, "--send"]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("2 report(s) sent, 1 domain(s) ask for none, 1 failed")
-            && out.contains("https reporting is not supported"),
+        out.contains("3 report(s) sent, 1 domain(s) ask for none, 0 failed"),
         "{out}"
     );
+    // The https address got its report POSTed, gzip'd.
+    let posted = posts.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "one POST");
+    let (path, ctype, body) = &posted[0];
+    assert_eq!(
+        (path.as_str(), ctype.as_str()),
+        ("/v1", "application/tlsrpt+gzip")
+    );
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(body.as_slice())
+        .read_to_string(&mut json)
+        .expect("gzip");
+    let r: Value = serde_json::from_str(&json).unwrap();
+    assert_rfc8460_report(&r, "mismatch.dane.test");
     let mails = wait_for(T, "two reports at the rua", || {
         let m = w.mails(sink);
         (m.len() == 2).then_some(m)
@@ -601,12 +681,13 @@ fn tls_reports_go_by_mail_to_the_domains_that_ask_for_them() {
     seen.sort();
     assert_eq!(seen, ["ee.dane.test", "mismatch.dane.test"]);
 
-    // Sent once: a second run sends nothing again (the https address still fails).
+    // Sent once: a second run sends nothing again.
     let (ok, out, err) = report(&gw, &["tlsrpt", "--day", &today, "--send"]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("0 report(s) sent, 0 domain(s) ask for none, 1 failed"),
+        out.contains("0 report(s) sent, 0 domain(s) ask for none, 0 failed"),
         "{out}"
     );
     assert_eq!(w.mails(sink).len(), 2);
+    assert_eq!(posts.lock().unwrap().len(), 1);
 }

@@ -110,4 +110,28 @@ impl Outbound {
     pub fn dns(&self) -> &Dns {
         &self.dns
     }
+
+    /// An HTTPS-only client that trusts what delivery trusts (PKIX roots)
+    /// and resolves through our DNS, as MTA-STS does: for TLS-RPT's
+    /// `https:` report addresses.
+    pub fn https_client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+        let mut store = rustls::RootCertStore::empty();
+        store.extend(self.roots.anchors().iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .no_proxy()
+            .dns_resolver(Arc::new(crate::qualify::mta_sts::Resolver(
+                self.dns.clone(),
+            )))
+            .build()
+            .map_err(|e| format!("HTTPS client: {e}"))
+    }
 }

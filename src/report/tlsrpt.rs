@@ -7,7 +7,8 @@
 //! until a report went out (table `tlsrpt_sent`), each hourly run retries.
 //! Reports are mailed directly (not spooled) from the null sender, over any
 //! connection, even one the domain's policy refuses (RFC 8460 §5.3), and
-//! are never themselves counted (they make no `attempt` record).
+//! are never themselves counted (they make no `attempt` record); `https:`
+//! addresses get them POSTed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -306,16 +307,19 @@ impl DayRun {
 pub struct Reporter {
     db: std::path::PathBuf,
     outbound: Arc<Outbound>,
+    /// For `https:` report addresses.
+    http: reqwest::Client,
     by: Submitter,
 }
 
 impl Reporter {
-    pub fn new(config: &Config, outbound: Arc<Outbound>) -> Reporter {
-        Reporter {
+    pub fn new(config: &Config, outbound: Arc<Outbound>) -> Result<Reporter, String> {
+        Ok(Reporter {
             db: config.database_path(),
+            http: outbound.https_client(Duration::from_secs(60))?,
             outbound,
             by: Submitter::from_config(config),
-        }
+        })
     }
 
     /// Hourly: yesterday's and the day before's reports (a day missed by a
@@ -388,9 +392,7 @@ impl Reporter {
                 }
                 let result = match &uri {
                     ReportUri::Mail(to) => self.mail(domain, &report, to).await,
-                    ReportUri::Http(_) => {
-                        Err("https reporting is not supported; mailto only".into())
-                    }
+                    ReportUri::Http(url) => self.post(&report, url).await,
                 };
                 match result {
                     Ok(()) => {
@@ -456,6 +458,24 @@ impl Reporter {
             )
             .await
             .map(|_| ())
+    }
+
+    /// RFC 8460 §5.3: the gzip'd report POSTed; any 2xx takes it.
+    async fn post(&self, report: &TlsReport, url: &str) -> Result<(), String> {
+        let gz = gzip(to_json(report).as_bytes()).map_err(|e| e.to_string())?;
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+            .body(gz)
+            .send()
+            .await
+            .map_err(|e| crate::qualify::revocation::error_chain(&e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", response.status()))
+        }
     }
 
     async fn mark(&self, day: &str, domain: &str, rua: &str, outcome: &str) -> anyhow::Result<()> {

@@ -30,6 +30,10 @@ pub const CRL_PORT: u16 = 24090;
 /// `/garbage` answers 200 with bytes that are no OCSP response, `/slow`
 /// answers nothing for longer than the gateway waits.
 pub const FAULT_PORT: u16 = 24091;
+/// `https://reports.ee.dane.test:REPORTS_PORT/v1`, the https TLS-RPT address
+/// of mismatch.dane.test; tests/report.rs listens there.
+pub const REPORTS_ADDR: &str = "127.0.2.9";
+pub const REPORTS_PORT: u16 = 24445;
 
 /// The certificate peers: (name, PEM in pki/peers, extra `-o` settings).
 /// `NAME.pki.test` has MX `mx.NAME.pki.test` at 127.0.3.(index + 1).
@@ -78,6 +82,7 @@ const CERT_NAMES: &[&str] = &[
     "mx.mismatch.dane.test",
     "mx.unsigned.test",
     "mx.big.test",
+    "reports.ee.dane.test",
     "mx.enforce.sts.test",
     "mx.badmx.sts.test",
     "mta-sts.enforce.sts.test",
@@ -347,7 +352,8 @@ unusable.dane.test. MX 10 mx.unusable.dane.test.
 mx.unusable.dane.test. A {mx}
 _{p}._tcp.mx.unusable.dane.test. TLSA 1 1 1 {ee}
 _smtp._tls.ee.dane.test. TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ee.dane.test\"
-_smtp._tls.mismatch.dane.test. TXT \"v=TLSRPTv1;rua=mailto:tlsrpt@ee.dane.test,https://reports.ee.dane.test/v1\"
+_smtp._tls.mismatch.dane.test. TXT \"v=TLSRPTv1;rua=mailto:tlsrpt@ee.dane.test,https://reports.ee.dane.test:{REPORTS_PORT}/v1\"
+reports.ee.dane.test. A {REPORTS_ADDR}
 "
             ),
         ),
