@@ -29,6 +29,27 @@ fn report(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Sends one message to `rcpt` through the relay listener; its queue id.
+fn send(gw: &Gateway, rcpt: &str) -> String {
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message(
+        "sender@src.test",
+        &[rcpt],
+        message(&unique("log"), "hello\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    reply.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+/// Sends one message to a new recipient at the Postfix destination and
+/// waits until it arrived.
+fn deliver(gw: &Gateway, prefix: &str) {
+    let rcpt = format!("{}@dst.test", unique(prefix));
+    send(gw, &rcpt);
+    dest().wait_mails(&rcpt, 1, T);
+}
+
 /// Copies a database file with its write-ahead log, where the last
 /// commits may still be.
 fn copy_db(from: &std::path::Path, to: &std::path::Path) {
@@ -55,23 +76,9 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
         .map(|i| format!("{}@dst.test", unique(&format!("log{i}"))))
         .collect();
     for r in &rcpts {
-        let mut c = Client::connect(gw.relay);
-        c.cmd("EHLO client.test");
-        let reply = c.message(
-            "sender@src.test",
-            &[r],
-            message(&unique("log"), "hello\r\n").as_bytes(),
-        );
-        assert!(reply.starts_with("250"), "{reply}");
+        send(&gw, r);
     }
-    let mut c = Client::connect(gw.relay);
-    c.cmd("EHLO client.test");
-    let reply = c.message(
-        "sender@src.test",
-        &["nobody@unreachable.test"],
-        message(&unique("stuck"), "hello\r\n").as_bytes(),
-    );
-    let stuck = reply.trim().rsplit(' ').next().unwrap().to_string();
+    let stuck = send(&gw, "nobody@unreachable.test");
     for r in &rcpts {
         dest().wait_mails(r, 1, T);
     }
@@ -264,18 +271,6 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
     let mut gw = Gateway::start(
         "[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n[tenant.retention]\nlog_days = 400\nhold_delivered = \"1h\"\n",
     );
-    let send = |gw: &Gateway| {
-        let rcpt = format!("{}@dst.test", unique("ret"));
-        let mut c = Client::connect(gw.relay);
-        c.cmd("EHLO client.test");
-        let reply = c.message(
-            "sender@src.test",
-            &[&rcpt],
-            message(&unique("ret"), "hello\r\n").as_bytes(),
-        );
-        assert!(reply.starts_with("250"), "{reply}");
-        dest().wait_mails(&rcpt, 1, T);
-    };
     let records = |gw: &Gateway, n: usize| {
         wait_for(T, "the attempts in the log", || {
             let (_, out, _) = report(gw, &["export", "--format", "json"]);
@@ -286,8 +281,8 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
             (lines.iter().filter(|l| l["kind"] == "attempt").count() >= n).then_some(lines)
         })
     };
-    send(&gw);
-    send(&gw);
+    deliver(&gw, "ret");
+    deliver(&gw, "ret");
     let before = records(&gw, 2);
     let last = before
         .iter()
@@ -307,7 +302,7 @@ fn pruned_records_leave_a_chain_that_still_verifies() {
         "{out}{err}"
     );
     // The gateway goes on appending to the pruned chain.
-    send(&gw);
+    deliver(&gw, "ret");
     let after = records(&gw, 1);
     assert_eq!(after[0]["kind"], "pruned");
     assert_eq!(after[0]["seq"], last + 1);
@@ -349,16 +344,7 @@ fn signed_heads_in_the_log_find_a_truncated_chain() {
         key.display()
     ));
     for _ in 0..2 {
-        let rcpt = format!("{}@dst.test", unique("head"));
-        let mut c = Client::connect(gw.relay);
-        c.cmd("EHLO client.test");
-        let reply = c.message(
-            "sender@src.test",
-            &[&rcpt],
-            message(&unique("head"), "hello\r\n").as_bytes(),
-        );
-        assert!(reply.starts_with("250"), "{reply}");
-        dest().wait_mails(&rcpt, 1, T);
+        deliver(&gw, "head");
     }
     // Stopping writes the final head: it covers the last record.
     gw.signal_term();
@@ -562,17 +548,8 @@ fn tls_reports_go_by_mail_to_the_domains_that_ask_for_them() {
     let good = format!("{}@ee.dane.test", unique("rpt"));
     let other = format!("{}@unsigned.test", unique("rpt"));
     let bad = format!("{}@mismatch.dane.test", unique("rpt"));
-    let mut ids = Vec::new();
     for rcpt in [&good, &other, &bad] {
-        let mut c = Client::connect(gw.relay);
-        c.cmd("EHLO client.test");
-        let reply = c.message(
-            "sender@src.test",
-            &[rcpt],
-            message(&unique("rpt"), "hello\r\n").as_bytes(),
-        );
-        assert!(reply.starts_with("250"), "{reply}");
-        ids.push(reply.trim().rsplit(' ').next().unwrap().to_string());
+        send(&gw, rcpt);
     }
     for rcpt in [&good, &other] {
         wait_for(T, "delivery", || (!w.mails(rcpt).is_empty()).then_some(()));
