@@ -40,7 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
+. benches/common.sh
 
 # The sink's certificate: a test CA, a P-256 leaf for the two sink names.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
@@ -66,7 +66,6 @@ _$SINK._tcp.sink.bench.test. TLSA 3 1 1 $spki
 Z
 bash tests/peers/knot.sh start "$work/knot" $DNS >/dev/null
 
-sink_count() { tr '\r' '\n' < "$work/sink.out" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1; }
 start_sink() {
   : > "$work/sink.out"
   if [ "$1" = 1 ]; then
@@ -77,7 +76,6 @@ start_sink() {
   sink_pid=$!
   wait_port $SINK
 }
-stop_sink() { kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null || true; sink_pid=; }
 
 # Sends the load to PORT for RCPT and prints messages per second, delivered at the sink.
 run_load() {
@@ -107,12 +105,8 @@ sealgate_mode() {
   case $1 in
   1) required=plaintext ;; 2) required=encrypted ;; 3) required=authenticated ;; 4) required=qualified ;;
   esac
-  # The shipped rules stay in force (every message is parsed and classified
-  # as in production); only what normal mail requires is set per mode.
-  rm -rf "$work/policies" "$work/sealgate"
-  mkdir -p "$work/policies"
-  sed "s/^required = \"encrypted\"/required = \"$required\"/" policies/default.toml > "$work/policies/default.toml"
-  grep -q "^required = \"$required\"" "$work/policies/default.toml"
+  rm -rf "$work/sealgate"
+  policy_requiring "$required"
   roots="pkix_roots = \"$work/ca.pem\""
   if [ "$1" = 4 ]; then
     # Qualified for real: no "revocation unavailable" allowance, and the

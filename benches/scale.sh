@@ -21,20 +21,17 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
-sink_count() { tr '\r' '\n' < "$work/sink.out" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1; }
+. benches/common.sh
 start_sink() {
   : > "$work/sink.out"
   smtp-sink -u nobody -c "$@" 127.0.0.1:$SINK 256 > "$work/sink.out" 2>&1 &
   sink_pid=$!
   wait_port $SINK
 }
-stop_sink() { kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null || true; sink_pid=; }
 rss() { awk '/VmRSS/ {print $2}' /proc/$sg_pid/status; }
 
 # smtp-sink offers no STARTTLS: normal mail may go in plaintext here.
-mkdir -p "$work/policies"
-sed 's/^required = "encrypted"/required = "plaintext"/' policies/default.toml > "$work/policies/default.toml"
+policy_requiring plaintext
 cat > "$work/sealgate.toml" <<CF
 hostname = "bench.test"
 data_dir = "$work/sealgate"
