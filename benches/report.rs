@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use sealgate::report::{Event, EventKind, export, log};
+use sealgate::report::{Event, EventData, export, log};
 use sealgate::spool::QueueId;
 
 const RECORDS: u64 = 100_000;
@@ -31,20 +31,25 @@ fn main() {
     for first in (0..RECORDS).step_by(BATCH as usize) {
         let events: Vec<Event> = (first..(first + BATCH).min(RECORDS))
             .map(|n| {
+                let data = serde_json::json!({
+                    "v": 2,
+                    "domain": "example.net",
+                    "verdict": { "domain": "example.net", "mx_host": "mx1.example.net",
+                        "address": "192.0.2.1", "observed_level": "qualified", "level": "qualified",
+                        "checks": checks, "refusals": [], "at": 1_800_000_000,
+                        "tls": { "version": "TLSv1.3", "cipher_suite": "TLS13_AES_256_GCM_SHA384",
+                                 "kx_group": "secp384r1", "peer_key": { "algorithm": "ECDSA P-384", "bits": 384 },
+                                 "chain": [], "ocsp_stapled": false } },
+                    "recipients": [{ "address": format!("r{n}@example.net"), "class": "high",
+                        "required": "qualified", "action": "deliver", "reason": null, "outcome": "delivered",
+                        "status": "2.0.0", "remote": "mx1.example.net[192.0.2.1]",
+                        "detail": "mx1.example.net[192.0.2.1] said: 250 2.0.0 Ok" }],
+                    "bounce": null,
+                });
                 Event {
-                    kind: EventKind::Attempt,
                     queue_id: QueueId(n),
                     at: 1_800_000_000 + n as i64,
-                    data: serde_json::json!({
-                        "domain": "example.net",
-                        "verdict": { "domain": "example.net", "mx_host": "mx1.example.net",
-                            "address": "192.0.2.1", "level": "qualified", "checks": checks,
-                            "tls": { "version": "TLSv1.3", "cipher_suite": "TLS13_AES_256_GCM_SHA384",
-                                     "kx_group": "secp384r1" } },
-                        "recipients": [{ "address": format!("r{n}@example.net"), "class": "high",
-                            "required": "qualified", "action": "deliver", "outcome": "delivered",
-                            "status": "2.0.0", "detail": "mx1.example.net[192.0.2.1] said: 250 2.0.0 Ok" }],
-                    }),
+                    data: EventData::parse("attempt", &data.to_string()).expect("an attempt record"),
                 }
             })
             .collect();

@@ -14,11 +14,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use crate::policy::level_name;
+use crate::message::QueueId;
 use crate::policy::memory::DomainMemory;
-use crate::queue::{QueueHandle, now};
+use crate::queue::QueueHandle;
 use crate::report::tlsrpt::{Reporter, day_name};
-use crate::spool::{QueueId, Spool};
+use crate::spool::Spool;
+use crate::util::now;
 
 pub struct Server {
     listener: UnixListener,
@@ -97,7 +98,7 @@ impl Server {
                 Ok(r) => format!(
                     "ok: {}: {} accepted as the new best level",
                     r.domain,
-                    level_name(r.best)
+                    r.best.name()
                 ),
                 Err(e) => format!("error: {e}"),
             };

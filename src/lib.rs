@@ -4,13 +4,16 @@
 //! The modules follow the data flow of a message:
 //! `inbound` (classified by `policy`) → `spool` → `queue` → `outbound`
 //! (with `dns`, `qualify`, and `policy` deciding per recipient),
-//! wired together by `server`. See docs/ARCHITECTURE.md.
+//! wired together by `server`. `message` is the model they share, `util`
+//! the small helpers (clock, RFC 3339, hex, error chains). See
+//! docs/ARCHITECTURE.md.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dns;
 pub mod inbound;
+pub mod message;
 pub mod outbound;
 pub mod policy;
 pub mod qualify;
@@ -21,3 +24,4 @@ pub mod seal;
 pub mod server;
 pub mod spool;
 pub mod tls;
+pub mod util;

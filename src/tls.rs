@@ -10,17 +10,11 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CommonState, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::qualify::bsi;
-use x509_parser::public_key::PublicKey;
-
 use crate::config::Config;
-use crate::qualify::{CertInfo, PeerKey, TlsFacts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -39,9 +33,7 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use crate::qualify::bsi::provider;
 
 /// The inbound TLS set-up.
 pub struct ServerTls {
@@ -288,76 +280,7 @@ impl ClientIdentity {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// The facts of a finished handshake, from either side of the connection.
-pub fn facts(state: &CommonState, ocsp_stapled: bool) -> Option<TlsFacts> {
-    let version = match state.protocol_version()? {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
-        other => format!("{other:?}"),
-    };
-    let cipher_suite = bsi::suite_name(state.negotiated_cipher_suite()?.suite());
-    let kx_group = state
-        .negotiated_key_exchange_group()
-        .map(|g| bsi::group_name(g.name()));
-    let certs = state.peer_certificates().unwrap_or(&[]);
-    let chain = certs.iter().filter_map(|c| cert_info(c)).collect();
-    let peer_key = certs.first().and_then(|c| peer_key_of(c));
-    Some(TlsFacts {
-        version,
-        cipher_suite,
-        kx_group,
-        peer_key,
-        chain,
-        ocsp_stapled,
-    })
-}
-
-fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
-    Some(CertInfo {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        sha256: hex(&Sha256::digest(der.as_ref())),
-        not_after: chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_else(|| cert.validity().not_after.to_string()),
-    })
-}
-
-/// The public key of a DER certificate, for the evidence.
-pub fn peer_key_of(der: &[u8]) -> Option<PeerKey> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let spki = cert.public_key();
-    let (algorithm, bits) = match spki.parsed().ok()? {
-        PublicKey::RSA(rsa) => ("RSA".to_string(), rsa.key_size()),
-        PublicKey::EC(ec) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|oid| match oid.to_id_string().as_str() {
-                    "1.2.840.10045.3.1.7" => "P-256".to_string(),
-                    "1.3.132.0.34" => "P-384".to_string(),
-                    "1.3.132.0.35" => "P-521".to_string(),
-                    other => other.to_string(),
-                })
-                .unwrap_or_default();
-            (format!("ECDSA {curve}"), ec.key_size())
-        }
-        PublicKey::DSA(_) => ("DSA".to_string(), 0),
-        PublicKey::GostR3410(_) | PublicKey::GostR3410_2012(_) => ("GOST".to_string(), 0),
-        PublicKey::Unknown(_) => (spki.algorithm.algorithm.to_id_string(), 0),
-    };
-    Some(PeerKey {
-        algorithm,
-        bits: bits as u32,
-    })
-}
+pub use crate::util::hex_upper as hex;
 
 #[cfg(test)]
 mod tests {

@@ -123,12 +123,20 @@ fn rfc7672_3_2_2_dane_ta_needs_the_mx_name_in_the_certificate() {
     assert!(reason.contains("DANE authentication failed"), "{reason}");
     assert!(world().mails(&rcpt).is_empty());
     let v = check(&gw, "taname.dane.test");
-    let (s, d) = status(&v["mx"][0], "dane");
+    let mx = &v["mx"][0];
+    let (s, d) = status(mx, "dane");
     assert_eq!(s, "fail");
     assert!(
         d.contains("sealgate test CA") && d.contains("not valid for mx.taname.dane.test"),
         "{d}"
     );
+    // Good TLS, refused: the domain gets no mail, and says so.
+    assert_eq!(mx["observed_level"], "encrypted", "{v:#}");
+    assert!(mx["level"].is_null(), "{v:#}");
+    assert_eq!(refusals(mx), ["dane_failed"]);
+    assert!(v["level"].is_null(), "{v:#}");
+    assert_eq!(v["observed_level"], "encrypted");
+    assert_log_agrees(&gw, &id, mx);
 }
 
 #[test]
@@ -160,8 +168,17 @@ fn rfc7672_2_2_tlsa_mismatch_defers_and_never_downgrades() {
     let mx = &v["mx"][0];
     assert_eq!(status(mx, "pkix").0, "pass");
     assert_eq!(status(mx, "dane").0, "fail");
-    assert_eq!(mx["level"], "encrypted", "{v:#}");
+    assert_eq!(mx["observed_level"], "encrypted", "{v:#}");
+    assert!(mx["level"].is_null(), "{v:#}");
+    assert_eq!(refusals(mx), ["dane_failed"]);
     assert!(mx["error"].as_str().unwrap().contains("RFC 7672"), "{v:#}");
+    // Never "plaintext": no host may carry mail, and what was seen is named.
+    assert!(v["level"].is_null(), "{v:#}");
+    assert_eq!(v["observed_level"], "encrypted");
+    assert_log_agrees(&gw, &id, mx);
+    let logged = attempts(&gw, &id).pop().unwrap();
+    assert_eq!(logged["recipients"][0]["reason_code"], "hosts_refused");
+    assert_eq!(logged["verdict"]["refusals"][0]["reason"], "dane_failed");
 }
 
 #[test]
@@ -190,13 +207,17 @@ fn rfc7672_2_2_1_servfail_on_tlsa_means_the_host_is_not_used() {
     );
     assert!(world().mails(&rcpt).is_empty());
     let v = check(&gw, "servfail.dane.test");
+    let mx = &v["mx"][0];
     assert!(
-        v["mx"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("Server Failure"),
+        mx["error"].as_str().unwrap().contains("Server Failure"),
         "{v:#}"
     );
+    // A failing check names it, not only the free text.
+    assert_eq!(status(mx, "dane").0, "error", "{v:#}");
+    assert_eq!(status(mx, "dnssec").0, "error", "{v:#}");
+    assert_eq!(refusals(mx), ["tlsa_lookup_failed"]);
+    assert!(mx["observed_level"].is_null() && mx["level"].is_null());
+    assert_log_agrees(&gw, &id, mx);
 }
 
 #[test]
@@ -207,6 +228,13 @@ fn rfc4035_5_bogus_mx_answer_is_never_used() {
     let reason = deferred_reason(&gw, &id);
     assert!(reason.contains("DNSSEC-bogus"), "{reason}");
     assert!(world().mails(&rcpt).is_empty());
+    // RFC 4035 §5: bogus is a failing dnssec check at domain level.
+    let v = check(&gw, "bogus.test");
+    assert_eq!(status(&v, "dnssec").0, "fail", "{v:#}");
+    assert!(v["level"].is_null() && v["observed_level"].is_null());
+    let logged = attempts(&gw, &id).pop().unwrap();
+    assert_eq!(failing(&logged), failing(&v), "{logged:#}");
+    assert_eq!(logged["recipients"][0]["reason_code"], "unroutable");
 }
 
 #[test]
@@ -285,6 +313,12 @@ fn rfc8461_4_1_enforce_with_non_matching_mx_defers() {
         "{reason}"
     );
     assert!(world().mails(&rcpt).is_empty());
+    let v = check(&gw, "badmx.sts.test");
+    let mx = &v["mx"][0];
+    assert_eq!(status(mx, "mta_sts").0, "fail", "{v:#}");
+    assert_eq!(refusals(mx), ["not_in_mta_sts_policy"]);
+    assert!(v["level"].is_null(), "{v:#}");
+    assert_log_agrees(&gw, &id, mx);
 }
 
 #[test]

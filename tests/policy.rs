@@ -159,7 +159,7 @@ fn domain_profiles_raise_the_class_and_exceptions_lower_the_level_until_they_exp
     let why = held(&after_attempt(&gw, &id, "c@rsa2048.pki.test", 1)).to_string();
     assert!(
         why.contains("exception for rsa2048.pki.test expired 2021-01-01T00:00:00Z, not applied")
-            && why.contains("key_size: RSA-2048"),
+            && why.contains("key_size: RSA 2048 bits"),
         "{why}"
     );
     let shown = gw.cli(&["domains", "show", "x25519.pki.test"]);

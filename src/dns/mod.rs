@@ -559,7 +559,7 @@ mod tests {
         data.extend(flags.to_be_bytes());
         data.extend([protocol, algorithm]);
         data.extend(key);
-        crate::tls::hex(&Sha256::digest(&data))
+        crate::util::hex_upper(&Sha256::digest(&data))
     }
 
     #[test]

@@ -22,12 +22,13 @@ use tokio::time::timeout;
 use super::InboundContext;
 use super::auth;
 use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
+use crate::message::{Envelope, Notify, Recipient, Ret, TenantId};
 use crate::policy::RiskClass;
 use crate::policy::rules::{Facts, strip_subject_tags};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
-use crate::report::{Event, EventKind};
-use crate::spool::{Envelope, NewMessage, Notify, Recipient, Ret, SpoolError, TenantId};
+use crate::report::{Event, EventData, event};
+use crate::spool::{NewMessage, SpoolError};
 use crate::tls::ClientIdentity;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -258,7 +259,7 @@ impl Session {
             }
         };
         let (_, conn) = tls.get_ref();
-        self.tls = crate::tls::facts(conn, false);
+        self.tls = crate::qualify::facts::of(conn, false);
         self.client_cert = conn
             .peer_certificates()
             .and_then(|chain| ClientIdentity::from_chain(self.ctx.tls.client_ca.as_deref(), chain));
@@ -732,24 +733,27 @@ impl Session {
         );
         let events = vec![
             Event {
-                kind: EventKind::Received,
                 queue_id: id,
                 at: received_at,
-                data: serde_json::json!({
-                    "client": client,
-                    "listener": self.listener.address.to_string(),
-                    "tls": self.tls,
-                    "size": body.len(),
-                    "message_id": header_value(&body, "message-id"),
-                    "sender": tx.sender,
-                    "recipients": recipients.iter().map(|r| &r.address).collect::<Vec<_>>(),
-                }),
+                data: EventData::Received(Box::new(event::Received {
+                    v: event::VERSION,
+                    client: client.clone(),
+                    listener: Some(self.listener.address.to_string()),
+                    tls: self.tls.clone(),
+                    size: body.len() as u64,
+                    message_id: header_value(&body, "message-id"),
+                    sender: tx.sender.clone(),
+                    recipients: recipients.iter().map(|r| r.address.clone()).collect(),
+                    bounce_of: None,
+                })),
             },
             Event {
-                kind: EventKind::Classified,
                 queue_id: id,
                 at: received_at,
-                data: serde_json::json!({ "recipients": classified }),
+                data: EventData::Classified(event::Classified {
+                    v: event::VERSION,
+                    recipients: classified,
+                }),
             },
         ];
         let message = NewMessage {
@@ -796,7 +800,7 @@ impl Session {
         authorization: &Authorization,
         tx: &Transaction,
         body: &mut Vec<u8>,
-    ) -> (Vec<Recipient>, Vec<serde_json::Value>) {
+    ) -> (Vec<Recipient>, Vec<event::ClassifiedRecipient>) {
         let policy = self.ctx.policies.current().for_tenant(&tenant.0);
         let facts = Facts::parse(body, policy.reads());
         let authenticated = !matches!(authorization, Authorization::Network(_));
@@ -806,9 +810,12 @@ impl Session {
         let mut evidence = Vec::with_capacity(tx.recipients.len());
         for r in &tx.recipients {
             let c = policy.classify(&tx.sender, &r.address, &facts, trusted);
-            evidence.push(serde_json::json!({
-                "address": r.address, "class": c.class, "by": c.by, "tags": c.tags,
-            }));
+            evidence.push(event::ClassifiedRecipient {
+                address: r.address.clone(),
+                class: c.class,
+                by: c.by.clone(),
+                tags: c.tags.clone(),
+            });
             if c.class != RiskClass::Normal {
                 tracing::info!(remote = %self.remote, to = %r.address, class = %c.class, by = %c.by.join(", "), "classified");
             }
@@ -827,7 +834,7 @@ impl Session {
     fn received_header(
         &self,
         tx: &Transaction,
-        id: crate::spool::QueueId,
+        id: crate::message::QueueId,
         now: &chrono::DateTime<chrono::Local>,
     ) -> String {
         let helo = self.helo.as_deref().unwrap_or("unknown");

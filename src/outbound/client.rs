@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
+use crate::message::{Envelope, Recipient, Ret};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
-use crate::spool::{Envelope, Recipient, Ret};
 
 /// Longest reply we read, in all lines.
 const MAX_REPLY: usize = 64 * 1024;
@@ -125,10 +125,6 @@ pub struct SmtpClient {
     pub host: String,
     pub caps: Capabilities,
     pub tls: Option<TlsFacts>,
-    /// The peer offered STARTTLS but the handshake failed (we fell back to plaintext).
-    pub tls_failure: Option<String>,
-    /// What the peer offered to a probe after the handshake failed.
-    pub tls_offer: Option<crate::qualify::probe::Offer>,
     pub transactions: usize,
     /// Replies read so far: tells whether a failed transaction got anywhere.
     replies: usize,
@@ -155,8 +151,6 @@ impl SmtpClient {
             host: host.to_string(),
             caps: Capabilities::default(),
             tls: None,
-            tls_failure: None,
-            tls_offer: None,
             transactions: 0,
             replies: 0,
             timeouts,
@@ -269,7 +263,7 @@ impl SmtpClient {
             Ok(Err(e)) => return Err((ClientError::Tls(e.to_string()), None)),
             Ok(Ok(tls)) => tls,
         };
-        let facts = crate::tls::facts(tls.get_ref().1, false);
+        let facts = crate::qualify::facts::of(tls.get_ref().1, false);
         self.stream = BufReader::new(Stream::Tls(Box::new(tls)));
         self.tls = facts;
         if let Err(e) = self.ehlo().await {

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::spool::{Envelope, Recipient, TenantId};
+use crate::message::{Envelope, Recipient, TenantId};
 
 /// What a direct send asks of the connection.
 #[derive(Debug, Clone, Copy)]
@@ -32,39 +32,41 @@ impl Outbound {
         let required = how.required;
         let rcpt = Recipient::new(to.to_string(), None, Default::default());
         let domain = rcpt.domain.clone();
-        let route = self.route(&domain).await.map_err(|f| f.text)?;
-        let mut last = format!(
-            "no mail exchanger of {domain} reached {}",
-            crate::policy::level_name(required)
-        );
+        let route = self.qualifier.route(&domain).await.map_err(|f| f.text)?;
+        let mut last = format!("no mail exchanger of {domain} reached {}", required.name());
         for plan in &route.hosts {
             let HostPlan::Use(c) = plan else { continue };
             let addresses: Vec<IpAddr> = c.addresses.clone();
             for ip in addresses {
-                let mut session = match self.open(&domain, c, ip).await {
-                    Ok(s) => s,
+                let opened = match self.open(&domain, c, ip).await {
+                    Ok(o) => o,
                     Err(e) => {
                         last = format!("{}[{ip}]: {e}", c.target.host);
                         continue;
                     }
                 };
-                let Some(v) = session.verdict.clone() else {
-                    continue;
+                let session = if how.despite_policy {
+                    opened.any()
+                } else {
+                    opened.usable()
                 };
-                if !how.despite_policy
-                    && let Err(why) = c.acceptable(&v)
-                {
-                    last = format!("{}[{ip}]: {why}", c.target.host);
-                    tokio::spawn(session.client.quit());
-                    continue;
-                }
-                if v.level < required {
+                let mut session = match session {
+                    Ok(s) => s,
+                    Err(refused) => {
+                        let why: Vec<String> =
+                            refused.refusals.iter().map(ToString::to_string).collect();
+                        last = format!("{}[{ip}]: {}", c.target.host, why.join("; "));
+                        continue;
+                    }
+                };
+                let v = session.verdict.clone();
+                if v.observed_level < required {
                     last = format!(
                         "{}[{ip}] reached {}, {} needs {}: {}",
                         c.target.host,
-                        crate::policy::level_name(v.level),
+                        v.observed_level,
                         how.what,
-                        crate::policy::level_name(required),
+                        required.name(),
                         v.shortfalls().join("; ")
                     );
                     tokio::spawn(session.client.quit());
@@ -76,7 +78,7 @@ impl Outbound {
                     attempts: 0,
                 };
                 let job = LoadedJob {
-                    id: crate::spool::QueueId(0),
+                    id: crate::message::QueueId(0),
                     envelope: Envelope {
                         tenant: tenant.clone(),
                         sender: String::new(),
@@ -95,7 +97,7 @@ impl Outbound {
                 tokio::spawn(session.client.quit());
                 return match result {
                     Ok(mut o) => match o.pop() {
-                        Some((_, Outcome::Delivered(_))) => Ok(v.level),
+                        Some((_, Outcome::Delivered(_))) => Ok(v.observed_level),
                         Some((_, Outcome::Failed(d) | Outcome::Deferred(d))) => Err(d.text),
                         None => Err("no reply".into()),
                     },
@@ -108,7 +110,7 @@ impl Outbound {
 
     /// The resolver deliveries use (TLS-RPT looks up `_smtp._tls` with it).
     pub fn dns(&self) -> &Dns {
-        &self.dns
+        self.qualifier.dns()
     }
 
     /// An HTTPS-only client that trusts what delivery trusts (PKIX roots)
@@ -116,8 +118,8 @@ impl Outbound {
     /// `https:` report addresses.
     pub fn https_client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, String> {
         let mut store = rustls::RootCertStore::empty();
-        store.extend(self.roots.anchors().iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        store.extend(self.qualifier.roots().anchors().iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(crate::qualify::bsi::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(store)
@@ -129,7 +131,7 @@ impl Outbound {
             .timeout(timeout)
             .no_proxy()
             .dns_resolver(Arc::new(crate::qualify::mta_sts::Resolver(
-                self.dns.clone(),
+                self.dns().clone(),
             )))
             .build()
             .map_err(|e| format!("HTTPS client: {e}"))

@@ -11,13 +11,13 @@
 
 use super::*;
 use crate::config::{Tenant, TenantSeal};
+use crate::message::Envelope;
 use crate::outbound::Direct;
 use crate::seal::channel::{self, Contacts, PasswordChannel, WebhookPayload};
 use crate::seal::notify::{self, Addressing, Words};
 use crate::seal::opener::Texts;
 use crate::seal::password::Password;
 use crate::seal::{SealError, seal_message};
-use crate::spool::Envelope;
 
 /// How long the webhook may take.
 const WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -28,7 +28,7 @@ impl Outbound {
     pub(super) async fn deliver_sealed(
         &self,
         job: &LoadedJob,
-        to_seal: Vec<(&PendingRecipient, Requirement, String)>,
+        to_seal: ToSeal<'_>,
         carrier: Option<Idle>,
         unreachable: &str,
         attempt: &mut Attempt,
@@ -125,7 +125,7 @@ impl Outbound {
         lang: &str,
         texts: &Texts,
         words: &Words,
-        reason: &str,
+        reason: &Reason,
     ) -> Result<(LoadedJob, String), Outcome> {
         let rcpt = &p.recipient.address;
         let defer = |why: String| {
@@ -266,7 +266,7 @@ impl Outbound {
             .await?;
         Ok(format!(
             "mailed to the sender {sender} over a {} connection",
-            crate::policy::level_name(level)
+            level.name()
         ))
     }
 

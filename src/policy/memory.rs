@@ -18,8 +18,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{History, level_name, parse_level, rfc3339};
+use super::History;
 use crate::qualify::{Level, Verdict};
+use crate::util::rfc3339;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS domains (
@@ -142,15 +143,17 @@ impl DomainMemory {
         let before = entry.record.clone();
         let record = entry.record.get_or_insert_with(|| DomainRecord {
             domain: domain.to_string(),
-            best: best.level,
+            best: best.observed_level,
             best_at: now,
-            last: best.level,
+            last: best.observed_level,
             last_at: now,
             downgrade_since: None,
             confirmed_at: None,
             hosts: Vec::new(),
         });
-        let level = best.level;
+        // What the transport was worth, usable or not: a domain whose
+        // hosts became refused has downgraded as surely as one gone plaintext.
+        let level = best.observed_level;
         if level >= record.best {
             record.best = level;
             record.best_at = now;
@@ -161,9 +164,9 @@ impl DomainMemory {
                 %domain,
                 alert = "downgrade",
                 "transport downgrade: {domain} reached {} before (last {}), now {} on {}: {}",
-                level_name(record.best),
+                record.best.name(),
                 rfc3339(record.best_at),
-                level_name(level),
+                level.name(),
                 best.mx_host,
                 best.shortfalls().join("; ")
             );
@@ -174,7 +177,7 @@ impl DomainMemory {
             let host = HostRecord {
                 mx_host: v.mx_host.clone(),
                 address: v.address.clone(),
-                level: v.level,
+                level: v.observed_level,
                 shortfalls: v.shortfalls(),
                 at: now,
                 valid_until: *valid_until,
@@ -236,7 +239,7 @@ impl DomainMemory {
         let record = record.clone();
         entry.written = now;
         self.write(&record)?;
-        tracing::info!(%domain, "downgrade confirmed by an operator: {} is the new best", level_name(record.best));
+        tracing::info!(%domain, "downgrade confirmed by an operator: {} is the new best", record.best.name());
         Ok(record)
     }
 
@@ -308,9 +311,9 @@ impl DomainMemory {
              VALUES (?, ?, ?, ?, ?, ?, ?)",
             params![
                 r.domain,
-                level_name(r.best),
+                r.best.name(),
                 r.best_at,
-                level_name(r.last),
+                r.last.name(),
                 r.last_at,
                 r.downgrade_since,
                 r.confirmed_at
@@ -325,7 +328,7 @@ impl DomainMemory {
                     r.domain,
                     h.mx_host,
                     h.address,
-                    level_name(h.level),
+                    h.level.name(),
                     serde_json::to_string(&h.shortfalls).unwrap_or_default(),
                     h.at,
                     h.valid_until
@@ -352,7 +355,7 @@ fn history_of(record: Option<&DomainRecord>, hold: Duration) -> History {
 }
 
 fn read(conn: &Connection, domain: &str) -> Result<Option<DomainRecord>, MemoryError> {
-    let level = |s: String| parse_level(&s).unwrap_or(Level::Plaintext);
+    let level = |s: String| s.parse().unwrap_or(Level::Plaintext);
     let record = conn
         .query_row(
             "SELECT best_level, best_at, last_level, last_at, downgrade_since, confirmed_at
@@ -418,7 +421,13 @@ mod tests {
                 checks.push(Check::new(n, Status::Pass, ""));
             }
         }
-        Verdict::new("d.test", "mx.d.test", "127.0.0.1", checks, None, 0)
+        Verdict::new(
+            ("d.test", "mx.d.test", "127.0.0.1"),
+            checks,
+            Vec::new(),
+            None,
+            0,
+        )
     }
 
     #[test]
@@ -427,7 +436,7 @@ mod tests {
         let db = dir.path().join("m.db");
         let memory = DomainMemory::open(Some(&db), Duration::from_secs(3600)).expect("open");
         let good = verdict(true);
-        assert_eq!(good.level, Level::Qualified);
+        assert_eq!(good.level, Some(Level::Qualified));
         assert_eq!(
             memory.observe("d.test", &good, &[(good.clone(), 500)], 100),
             History::Ordinary

@@ -77,7 +77,7 @@ pub enum Required {
 impl fmt::Display for Required {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Required::Level(l) => f.write_str(level_name(*l)),
+            Required::Level(l) => l.fmt(f),
             Required::Sealed => f.write_str("sealed"),
         }
     }
@@ -88,33 +88,12 @@ impl FromStr for Required {
     fn from_str(s: &str) -> Result<Required, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "sealed" => Ok(Required::Sealed),
-            other => parse_level(other).map(Required::Level).map_err(|_| {
+            other => other.parse().map(Required::Level).map_err(|_| {
                 format!(
                     "`{s}` is not a level (plaintext, encrypted, authenticated, qualified, sealed)"
                 )
             }),
         }
-    }
-}
-
-pub fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Plaintext => "plaintext",
-        Level::Encrypted => "encrypted",
-        Level::Authenticated => "authenticated",
-        Level::Qualified => "qualified",
-    }
-}
-
-pub fn parse_level(s: &str) -> Result<Level, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "plaintext" => Ok(Level::Plaintext),
-        "encrypted" => Ok(Level::Encrypted),
-        "authenticated" => Ok(Level::Authenticated),
-        "qualified" => Ok(Level::Qualified),
-        _ => Err(format!(
-            "`{s}` is not a level (plaintext, encrypted, authenticated, qualified)"
-        )),
     }
 }
 
@@ -130,14 +109,69 @@ pub enum Fallback {
     Bounce,
 }
 
+/// Why a recipient is sealed, deferred or bounced: a stable machine name
+/// that the console and the exports count and filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// The class is always sealed (end-to-end).
+    AlwaysSealed,
+    /// The best usable host is below what the class requires.
+    BelowRequired,
+    /// The domain fell below its best level; high mail waits for an operator.
+    DowngradeHold,
+    /// No host could be reached at all.
+    NoHost,
+    /// Hosts were reached, but every one is refused (DANE, MTA-STS
+    /// enforce, revocation, mandatory TLS): never downgraded.
+    HostsRefused,
+    /// The domain could not be routed (MX lookup bogus or failed).
+    Unroutable,
+}
+
+impl ReasonCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReasonCode::AlwaysSealed => "always_sealed",
+            ReasonCode::BelowRequired => "below_required",
+            ReasonCode::DowngradeHold => "downgrade_hold",
+            ReasonCode::NoHost => "no_host",
+            ReasonCode::HostsRefused => "hosts_refused",
+            ReasonCode::Unroutable => "unroutable",
+        }
+    }
+}
+
+/// A reason: its machine name and the words for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub text: String,
+}
+
+impl Reason {
+    pub fn new(code: ReasonCode, text: impl Into<String>) -> Reason {
+        Reason {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// The decision for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum Action {
     Deliver { required: Level },
-    Seal { reason: String },
-    Defer { reason: String },
-    Bounce { reason: String },
+    Seal { reason: Reason },
+    Defer { reason: Reason },
+    Bounce { reason: Reason },
 }
 
 impl Action {
@@ -150,13 +184,22 @@ impl Action {
         }
     }
 
-    pub fn reason(&self) -> String {
+    /// The reason of a seal, defer or bounce; none for a delivery.
+    pub fn reason(&self) -> Option<&Reason> {
         match self {
-            Action::Deliver { required } => {
-                format!("the transport meets {}", level_name(*required))
-            }
+            Action::Deliver { .. } => None,
             Action::Seal { reason } | Action::Defer { reason } | Action::Bounce { reason } => {
-                reason.clone()
+                Some(reason)
+            }
+        }
+    }
+
+    /// The reason in words; for a delivery, the level met.
+    pub fn reason_text(&self) -> String {
+        match self {
+            Action::Deliver { required } => format!("the transport meets {required}"),
+            Action::Seal { reason } | Action::Defer { reason } | Action::Bounce { reason } => {
+                reason.text.clone()
             }
         }
     }
@@ -249,7 +292,11 @@ impl Requirement {
         let Required::Level(required) = self.required else {
             return false;
         };
-        if verdict.level >= required {
+        let Some(level) = verdict.level else {
+            // A refused host carries nothing, whatever it reached.
+            return false;
+        };
+        if level >= required {
             return true;
         }
         // Only a revocation status that could not be had stands between
@@ -264,10 +311,13 @@ impl Requirement {
         let required = match self.required {
             Required::Sealed => {
                 return Action::Seal {
-                    reason: format!(
-                        "class {} is always sealed (end-to-end){}",
-                        self.class,
-                        self.because()
+                    reason: Reason::new(
+                        ReasonCode::AlwaysSealed,
+                        format!(
+                            "class {} is always sealed (end-to-end){}",
+                            self.class,
+                            self.because()
+                        ),
                     ),
                 };
             }
@@ -275,7 +325,7 @@ impl Requirement {
         };
         let Some(verdict) = best else {
             return Action::Defer {
-                reason: NO_HOST.into(),
+                reason: Reason::new(ReasonCode::NoHost, NO_HOST),
             };
         };
         if self.met_by(verdict) {
@@ -285,10 +335,10 @@ impl Requirement {
         let what = format!(
             "class {} needs {}{}, the best MX {} reached {} ({})",
             self.class,
-            level_name(required),
+            required,
             self.because(),
             verdict.mx_host,
-            level_name(verdict.level),
+            verdict.observed_level,
             if shortfalls.is_empty() {
                 "no failed checks".to_string()
             } else {
@@ -304,21 +354,41 @@ impl Requirement {
             && now < hold_until
         {
             return Action::Defer {
-                reason: format!(
-                    "downgrade: {} reached {} before and {} since {}; {what}; held until an operator runs `sealgate domains confirm {}` or until {}",
-                    verdict.domain,
-                    level_name(best),
-                    level_name(verdict.level),
-                    rfc3339(since),
-                    verdict.domain,
-                    rfc3339(hold_until),
+                reason: Reason::new(
+                    ReasonCode::DowngradeHold,
+                    format!(
+                        "downgrade: {} reached {best} before and {} since {}; {what}; held until an operator runs `sealgate domains confirm {}` or until {}",
+                        verdict.domain,
+                        verdict.observed_level,
+                        rfc3339(since),
+                        verdict.domain,
+                        rfc3339(hold_until),
+                    ),
                 ),
             };
         }
+        let reason = Reason::new(ReasonCode::BelowRequired, what);
         match self.fallback {
-            Fallback::Defer => Action::Defer { reason: what },
-            Fallback::Seal => Action::Seal { reason: what },
-            Fallback::Bounce => Action::Bounce { reason: what },
+            Fallback::Defer => Action::Defer { reason },
+            Fallback::Seal => Action::Seal { reason },
+            Fallback::Bounce => Action::Bounce { reason },
+        }
+    }
+
+    /// The action for a recipient when no host may carry mail: `refused`
+    /// says, per host reached, why it was refused (DANE, MTA-STS enforce,
+    /// revocation: never downgraded, RFC 7672 §2.2, RFC 8461 §5);
+    /// `unreachable` why the others could not be reached.
+    pub fn decide_without_host(&self, refused: &[String], unreachable: &str) -> Action {
+        match self.decide(None, History::Ordinary, 0) {
+            Action::Defer { reason } if reason.code == ReasonCode::NoHost => Action::Defer {
+                reason: if refused.is_empty() {
+                    Reason::new(ReasonCode::NoHost, unreachable)
+                } else {
+                    Reason::new(ReasonCode::HostsRefused, refused.join("; "))
+                },
+            },
+            other => other,
         }
     }
 
@@ -342,11 +412,7 @@ fn level_ignoring_revocation(verdict: &Verdict) -> Level {
     level_from_checks(&checks)
 }
 
-pub fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| t.to_string())
-}
+use crate::util::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -386,8 +452,14 @@ mod tests {
             checks.extend([Check::new(Pkix, Pass, ""), Check::new(Hostname, Pass, "")]);
         }
         checks.push(Check::new(Revocation, revocation, "unavailable: timed out"));
-        let v = Verdict::new("d.test", "mx.d.test", "127.0.0.1", checks, None, 0);
-        assert_eq!(v.level, level, "test verdict");
+        let v = Verdict::new(
+            ("d.test", "mx.d.test", "127.0.0.1"),
+            checks,
+            Vec::new(),
+            None,
+            0,
+        );
+        assert_eq!(v.observed_level, level, "test verdict");
         v
     }
 
@@ -398,7 +470,13 @@ mod tests {
                 c.status = Fail;
             }
         }
-        Verdict::new("d.test", "mx.d.test", "127.0.0.1", v.checks, None, 0)
+        Verdict::new(
+            ("d.test", "mx.d.test", "127.0.0.1"),
+            v.checks,
+            Vec::new(),
+            None,
+            0,
+        )
     }
 
     fn requirement(class: RiskClass, required: Required, fallback: Fallback) -> Requirement {
@@ -499,12 +577,14 @@ mod tests {
         assert_eq!(action.name(), "defer");
         assert!(
             action
-                .reason()
+                .reason_text()
                 .starts_with("downgrade: d.test reached qualified"),
             "{action:?}"
         );
         assert!(
-            action.reason().contains("starttls: STARTTLS not offered"),
+            action
+                .reason_text()
+                .contains("starttls: STARTTLS not offered"),
             "{action:?}"
         );
         // Past the hold the downgrade is the new normal: sealed as usual.

@@ -18,11 +18,12 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use wildmatch::WildMatch;
 
-use super::{Fallback, Required, Requirement, RiskClass, level_name, parse_level, rfc3339};
+use super::{Fallback, Required, Requirement, RiskClass};
 use crate::config::{
-    DayEdge, DomainPattern, deserialize_toml, key_prefix, line_column, parse_instant,
+    DayEdge, DomainPattern, FileError, deserialize_toml, key_prefix, parse_instant,
 };
 use crate::qualify::Level;
+use crate::util::rfc3339;
 
 /// The policy shipped in the binary: `policies/default.toml`.
 pub const BUILTIN: &str = include_str!("../../policies/default.toml");
@@ -30,19 +31,8 @@ const BUILTIN_NAME: &str = "(built-in policies/default.toml)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: cannot read: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {key}{message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{0}: no policy files (*.toml) in this directory")]
     Empty(PathBuf),
     #[error("{second}: `{key}` is already set by {first}{scope}; set it in one file only")]
@@ -72,10 +62,7 @@ impl PolicySet {
 
     /// Reads every `*.toml` directly in `dir`, in name order.
     pub fn load(dir: &Path) -> Result<PolicySet, PolicyError> {
-        let read = |error| PolicyError::Read {
-            path: dir.to_path_buf(),
-            error,
-        };
+        let read = |e| FileError::read(dir, e);
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -87,10 +74,7 @@ impl PolicySet {
         }
         let mut files = Vec::new();
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|error| PolicyError::Read {
-                path: path.clone(),
-                error,
-            })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| FileError::read(&path, e))?;
             files.push((path, text));
         }
         PolicySet::from_files(files)
@@ -441,7 +425,7 @@ impl Policy {
             basis.push(format!(
                 "domain profile {}: pinned at {}",
                 p.pattern,
-                level_name(pin)
+                pin.name()
             ));
         }
         for e in self
@@ -462,7 +446,7 @@ impl Policy {
                 basis.push(format!(
                     "exception for {}: {} suffices until {} ({}; approved by {})",
                     e.pattern,
-                    level_name(e.level),
+                    e.level.name(),
                     rfc3339(e.expires),
                     e.reason,
                     e.approved_by
@@ -734,7 +718,7 @@ fn level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Level>, D::Error> {
 
 fn level_required<'de, D: Deserializer<'de>>(d: D) -> Result<Level, D::Error> {
     let s = String::deserialize(d)?;
-    parse_level(&s).map_err(serde::de::Error::custom)
+    s.parse::<Level>().map_err(serde::de::Error::custom)
 }
 
 fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AddressPattern>, D::Error> {
@@ -769,15 +753,8 @@ fn expiry<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<File, PolicyError> {
-    let at = |offset: usize, key: String, message: String| {
-        let (line, column) = line_column(text, offset);
-        PolicyError::Invalid {
-            path: path.to_path_buf(),
-            line,
-            column,
-            key,
-            message,
-        }
+    let at = |offset: usize, key: String, message: String| -> PolicyError {
+        FileError::at(path, text, offset, key, message).into()
     };
     let spec: FileSpec = deserialize_toml(text).map_err(|e| at(e.offset, e.key, e.message))?;
 

@@ -34,6 +34,12 @@ pub enum Profile {
     BsiCompatible,
 }
 
+/// The full ring provider, for what no profile restricts: signature
+/// checks of certificates and OCSP answers, HTTPS fetches.
+pub fn provider() -> std::sync::Arc<CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Minimum RSA modulus of the TR (section 3.6: 3000 bits from 2023).
 const RSA_MIN_BITS: u32 = 3000;
 /// Smallest RSA modulus the compatible profile accepts, as a deviation.
@@ -187,7 +193,7 @@ impl Profile {
                 "server key unknown: no certificate",
             );
         };
-        let k = format!("{}-{}", key.algorithm, key.bits);
+        let k = key.to_string();
         let (status, detail) = if key.algorithm == "RSA" {
             if key.bits >= RSA_MIN_BITS {
                 (

@@ -111,6 +111,20 @@ pub fn check(
     )
 }
 
+/// Why a DANE-TA(2) anchor did not vouch for the server (RFC 7672 §3.1.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TaError {
+    #[error("it is not a usable CA certificate ({0})")]
+    Anchor(String),
+    #[error("the server certificate does not parse ({0})")]
+    EndEntity(String),
+    #[error("the chain to it does not verify: {0}")]
+    Chain(String),
+    /// The hostname check's own words.
+    #[error("{0}")]
+    Name(String),
+}
+
 /// Verifies the leaf up to the matched anchor and its name; returns the name that matched.
 fn chain_to(
     ta: &CertificateDer<'_>,
@@ -118,12 +132,14 @@ fn chain_to(
     intermediates: &[CertificateDer<'_>],
     names: &[String],
     now: UnixTime,
-) -> Result<String, String> {
-    let anchor = webpki::anchor_from_trusted_cert(ta)
-        .map_err(|e| format!("it is not a usable CA certificate ({e:?})"))?;
-    let ee = EndEntityCert::try_from(end_entity)
-        .map_err(|e| format!("the server certificate does not parse ({e:?})"))?;
-    let algs = crate::tls::provider().signature_verification_algorithms.all;
+) -> Result<String, TaError> {
+    let anchor =
+        webpki::anchor_from_trusted_cert(ta).map_err(|e| TaError::Anchor(format!("{e:?}")))?;
+    let ee =
+        EndEntityCert::try_from(end_entity).map_err(|e| TaError::EndEntity(format!("{e:?}")))?;
+    let algs = crate::qualify::bsi::provider()
+        .signature_verification_algorithms
+        .all;
     ee.verify_for_usage(
         algs,
         &[anchor],
@@ -133,7 +149,7 @@ fn chain_to(
         None,
         None,
     )
-    .map_err(|e| format!("the chain to it does not verify: {}", pkix::describe(&e)))?;
+    .map_err(|e| TaError::Chain(pkix::describe(&e)))?;
     let name = pkix::hostname_check(&ee, names);
     if name.status == Status::Pass {
         Ok(name
@@ -141,7 +157,7 @@ fn chain_to(
             .trim_start_matches("certificate is valid for ")
             .to_string())
     } else {
-        Err(name.detail)
+        Err(TaError::Name(name.detail))
     }
 }
 
@@ -165,7 +181,7 @@ fn associated(r: &Tlsa, cert_der: &[u8]) -> bool {
 
 /// `3 1 1 abcdef12…`: enough to find the record, short enough for a log line.
 fn short(r: &Tlsa) -> String {
-    let hex = crate::tls::hex(&r.data).to_lowercase();
+    let hex = crate::util::hex(&r.data);
     let cut = hex.get(..16).unwrap_or(&hex);
     format!("{} {} {} {cut}…", r.usage, r.selector, r.matching)
 }

@@ -1,29 +1,47 @@
-//! Turns a delivery connection into a [`Verdict`]: what this transport is worth.
+//! Turns a candidate host into a [`Verdict`]: what its transport is worth,
+//! whether it may carry mail, and why not.
 //!
-//! The verdict is built from the evidence the outbound TLS handshake gathered
-//! on the very connection the message will travel on (DESIGN.md: "Qualify on
-//! the connection you send on"). Its [`Level`] is always computed from the
-//! [`Check`]s, never set by hand, so "why not qualified?" always has an
-//! answer: the checks that did not pass, with their detail.
+//! Every verdict rule lives here. [`route`] plans the hosts of a domain
+//! (static route or MX, DNSSEC, TLSA applicability, MTA-STS) before any
+//! connection; [`Qualifier::judge`] turns the handshake of the very
+//! connection the message will travel on (DESIGN.md: "Qualify on the
+//! connection you send on") into a verdict. Its observed [`Level`] is
+//! always computed from the [`Check`]s, never set by hand, so "why not
+//! qualified?" always has an answer; its [`Refusal`]s say why a host that
+//! reached some level may still not carry mail (DANE, MTA-STS enforce,
+//! revocation), each backed by a failing check.
 //!
-//! Submodules: [`dane`] (TLSA matching), [`pkix`] (chain and host name),
-//! [`mta_sts`] (policy discovery), [`verifier`] (the rustls verifier of the
-//! delivery connection that gathers their evidence), [`revocation`] (OCSP
-//! and CRL), [`bsi`] (the TLS profile the negotiated parameters are judged
-//! by), [`probe`] (what a peer offers when no handshake is possible).
+//! Submodules: [`route`] (host planning), [`judge`] (the [`Qualifier`] and
+//! the verdict of a connection), [`dane`] (TLSA matching), [`pkix`] (chain
+//! and host name), [`mta_sts`] (policy discovery), [`verifier`] (the rustls
+//! verifier of the delivery connection that gathers their evidence),
+//! [`revocation`] (OCSP and CRL), [`bsi`] (the TLS profile the negotiated
+//! parameters are judged by), [`probe`] (what a peer offers when no
+//! handshake is possible).
 
 pub mod bsi;
 pub mod dane;
+pub mod facts;
+pub mod judge;
 pub mod mta_sts;
 pub mod pkix;
 pub mod probe;
+pub mod report;
 pub mod revocation;
+pub mod route;
+#[cfg(test)]
+mod table;
 pub mod verifier;
 
-use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use judge::Qualifier;
 
 /// How well a transport is secured, in increasing order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// No TLS could be negotiated.
@@ -36,8 +54,49 @@ pub enum Level {
     Qualified,
 }
 
+impl Level {
+    pub const ALL: [Level; 4] = [
+        Level::Plaintext,
+        Level::Encrypted,
+        Level::Authenticated,
+        Level::Qualified,
+    ];
+
+    /// The stable name, as in the JSON, the log and the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Plaintext => "plaintext",
+            Level::Encrypted => "encrypted",
+            Level::Authenticated => "authenticated",
+            Level::Qualified => "qualified",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A word that is not a level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a level (plaintext, encrypted, authenticated, qualified)")]
+pub struct NotALevel(pub String);
+
+impl FromStr for Level {
+    type Err = NotALevel;
+    fn from_str(s: &str) -> Result<Level, NotALevel> {
+        let word = s.trim().to_ascii_lowercase();
+        Level::ALL
+            .into_iter()
+            .find(|l| l.name() == word)
+            .ok_or_else(|| NotALevel(s.to_string()))
+    }
+}
+
 /// Names of checks; stable, because auditors and scripts read them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckName {
     Dnssec,
@@ -53,8 +112,32 @@ pub enum CheckName {
     Revocation,
 }
 
+impl CheckName {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckName::Dnssec => "dnssec",
+            CheckName::Starttls => "starttls",
+            CheckName::Protocol => "protocol",
+            CheckName::Cipher => "cipher",
+            CheckName::KeyExchange => "key_exchange",
+            CheckName::KeySize => "key_size",
+            CheckName::Dane => "dane",
+            CheckName::MtaSts => "mta_sts",
+            CheckName::Pkix => "pkix",
+            CheckName::Hostname => "hostname",
+            CheckName::Revocation => "revocation",
+        }
+    }
+}
+
+impl fmt::Display for CheckName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// Outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,
@@ -64,8 +147,30 @@ pub enum Status {
     Error,
 }
 
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::NotApplicable => "not_applicable",
+            Status::Error => "error",
+        }
+    }
+
+    /// Fail or error: the check stands between the evidence and a level.
+    pub fn is_failing(self) -> bool {
+        matches!(self, Status::Fail | Status::Error)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One check with its evidence in words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub name: CheckName,
     pub status: Status,
@@ -83,7 +188,7 @@ impl Check {
 }
 
 /// One certificate of the peer's chain, as evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertInfo {
     pub subject: String,
     pub issuer: String,
@@ -94,15 +199,26 @@ pub struct CertInfo {
 }
 
 /// The public key of the peer's end-entity certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerKey {
     /// `RSA`, `ECDSA P-256`, `Ed25519`, …
     pub algorithm: String,
     pub bits: u32,
 }
 
+impl fmt::Display for PeerKey {
+    /// The key named once: "RSA 3072 bits", "ECDSA P-256, 256 bits".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.algorithm == "RSA" {
+            write!(f, "RSA {} bits", self.bits)
+        } else {
+            write!(f, "{}, {} bits", self.algorithm, self.bits)
+        }
+    }
+}
+
 /// What was negotiated on a TLS connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsFacts {
     /// `TLSv1.3`, `TLSv1.2`.
     pub version: String,
@@ -114,55 +230,194 @@ pub struct TlsFacts {
     pub ocsp_stapled: bool,
 }
 
-/// What one connection to one MX host is worth, with the evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// How the TLS upgrade of a delivery connection went: one value, where
+/// the SMTP client used to keep three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// The handshake completed: what was negotiated.
+    Negotiated(TlsFacts),
+    /// STARTTLS was offered but no handshake completed; `offer` is what a
+    /// probe found the peer offers, when the probe got that far.
+    Failed {
+        error: String,
+        offer: Option<Result<probe::Offer, probe::ProbeError>>,
+    },
+    /// The peer did not offer STARTTLS.
+    NotOffered,
+}
+
+impl TlsOutcome {
+    pub fn facts(&self) -> Option<&TlsFacts> {
+        match self {
+            TlsOutcome::Negotiated(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Why a host may not carry mail although a connection may reach it:
+/// promises the domain made (DANE, MTA-STS enforce) or a certificate known
+/// bad. Each is backed by a failing check of the same verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The certificate is revoked (OCSP or CRL): `revocation` fail.
+    Revoked,
+    /// Usable TLSA records, and DANE did not authenticate the peer
+    /// (RFC 7672 §2.2): `dane` fail.
+    DaneFailed,
+    /// The TLSA lookup failed or was bogus (RFC 7672 §2.2.1): `dane` error.
+    TlsaLookupFailed,
+    /// The host's address lookup failed, was bogus, or found nothing: `dnssec`.
+    AddressLookupFailed,
+    /// Not in the mx list of an MTA-STS policy in enforce mode
+    /// (RFC 8461 §4.1): `mta_sts` fail.
+    NotInMtaStsPolicy,
+    /// An MTA-STS policy in enforce mode was not met (RFC 8461 §5): `mta_sts` fail.
+    MtaStsFailed,
+    /// TLS is mandatory for the host (DANE or MTA-STS enforce) and did not
+    /// come about: `starttls` fail.
+    TlsRequired,
+}
+
+impl RefusalReason {
+    /// The stable machine name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalReason::Revoked => "revoked",
+            RefusalReason::DaneFailed => "dane_failed",
+            RefusalReason::TlsaLookupFailed => "tlsa_lookup_failed",
+            RefusalReason::AddressLookupFailed => "address_lookup_failed",
+            RefusalReason::NotInMtaStsPolicy => "not_in_mta_sts_policy",
+            RefusalReason::MtaStsFailed => "mta_sts_failed",
+            RefusalReason::TlsRequired => "tls_required",
+        }
+    }
+
+    /// The rule, in words, with its source.
+    pub fn rule(self) -> &'static str {
+        match self {
+            RefusalReason::Revoked => "never delivered over a revoked certificate",
+            RefusalReason::DaneFailed => {
+                "DANE authentication failed (RFC 7672 §2.2: not delivered)"
+            }
+            RefusalReason::TlsaLookupFailed => {
+                "TLSA lookup must succeed (RFC 7672 §2.2.1): host not used"
+            }
+            RefusalReason::AddressLookupFailed => "no usable address for the host",
+            RefusalReason::NotInMtaStsPolicy => {
+                "MTA-STS enforce: host not in the policy's mx list (RFC 8461 §4.1): host not used"
+            }
+            RefusalReason::MtaStsFailed => "MTA-STS enforce (RFC 8461 §5: not delivered)",
+            RefusalReason::TlsRequired => "TLS is mandatory for this host: no plaintext fallback",
+        }
+    }
+
+    /// The check whose failure backs this refusal.
+    pub fn check(self) -> CheckName {
+        match self {
+            RefusalReason::Revoked => CheckName::Revocation,
+            RefusalReason::DaneFailed | RefusalReason::TlsaLookupFailed => CheckName::Dane,
+            RefusalReason::AddressLookupFailed => CheckName::Dnssec,
+            RefusalReason::NotInMtaStsPolicy | RefusalReason::MtaStsFailed => CheckName::MtaSts,
+            RefusalReason::TlsRequired => CheckName::Starttls,
+        }
+    }
+}
+
+/// One reason a host may not carry mail, with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.rule(), self.detail)
+    }
+}
+
+/// What one connection to one MX host is worth, with the evidence; or,
+/// for a host that was not connected to, what its DNS already said.
+///
+/// Three things are kept apart: what was *observed* (`observed_level`,
+/// from the checks), whether the host *may carry mail* (`refusals`; empty:
+/// it may) and the level it may carry mail at (`level`, none when refused).
+/// The decision for a message is the policy's, made from this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub domain: String,
     pub mx_host: String,
+    /// Empty when no address was connected to.
     pub address: String,
-    pub level: Level,
+    /// The level the connection reached, whether or not the host may be used.
+    pub observed_level: Level,
+    /// The level the host may carry mail at: `observed_level`, or none when refused.
+    pub level: Option<Level>,
     pub checks: Vec<Check>,
+    /// Why the host may not carry mail; empty when it may.
+    #[serde(default)]
+    pub refusals: Vec<Refusal>,
     pub tls: Option<TlsFacts>,
     /// Unix seconds.
     pub at: i64,
 }
 
 impl Verdict {
-    /// Builds a verdict whose level follows from its checks.
+    /// Builds a verdict whose levels follow from its checks and refusals.
     pub fn new(
-        domain: &str,
-        mx_host: &str,
-        address: &str,
+        host: (&str, &str, &str),
         checks: Vec<Check>,
+        refusals: Vec<Refusal>,
         tls: Option<TlsFacts>,
         at: i64,
     ) -> Verdict {
+        let (domain, mx_host, address) = host;
+        let observed_level = level_from_checks(&checks);
         Verdict {
             domain: domain.to_string(),
             mx_host: mx_host.to_string(),
             address: address.to_string(),
-            level: level_from_checks(&checks),
+            observed_level,
+            level: refusals.is_empty().then_some(observed_level),
             checks,
+            refusals,
             tls,
             at,
         }
     }
 
+    /// Whether the host may carry mail.
+    pub fn usable(&self) -> bool {
+        self.refusals.is_empty()
+    }
+
+    /// The check of that name, if it ran.
+    pub fn check(&self, name: CheckName) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The checks that failed or could not run.
+    pub fn failing(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.status.is_failing())
+    }
+
     /// The checks that keep this verdict from the next level, as `name: detail`.
     pub fn shortfalls(&self) -> Vec<String> {
-        self.checks
-            .iter()
-            .filter(|c| matches!(c.status, Status::Fail | Status::Error))
-            .map(|c| format!("{}: {}", serde_plain(&c.name), c.detail))
+        self.failing()
+            .map(|c| format!("{}: {}", c.name, c.detail))
             .collect()
     }
-}
-
-fn serde_plain<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The level rules of DESIGN.md; a check that is absent has not passed.

@@ -18,6 +18,23 @@ use crate::config::MtaStsConfig;
 use crate::dns::{Dns, DnsError};
 use crate::qualify::pkix::Roots;
 
+/// Why a policy record, a policy or its fetch was not good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MtaStsError {
+    /// The `_mta-sts` TXT record (§3.1).
+    #[error("{0}")]
+    Record(String),
+    /// The policy body (§3.2).
+    #[error("{0}")]
+    Policy(String),
+    /// The HTTPS fetch (§3.3).
+    #[error("{0}")]
+    Fetch(String),
+    /// The HTTPS client or the cache could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// Policy mode (§5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -61,15 +78,19 @@ impl Policy {
 }
 
 /// The `id` of a `v=STSv1` TXT record (§3.1); exactly one such record counts.
-pub fn parse_txt(records: &[String]) -> Result<String, String> {
+pub fn parse_txt(records: &[String]) -> Result<String, MtaStsError> {
     let sts: Vec<&String> = records
         .iter()
         .filter(|r| r.starts_with("v=STSv1;") || r.as_str() == "v=STSv1")
         .collect();
     let record = match sts.as_slice() {
         [one] => one,
-        [] => return Err("no v=STSv1 record".into()),
-        _ => return Err("more than one v=STSv1 record (RFC 8461 §3.1)".into()),
+        [] => return Err(MtaStsError::Record("no v=STSv1 record".into())),
+        _ => {
+            return Err(MtaStsError::Record(
+                "more than one v=STSv1 record (RFC 8461 §3.1)".into(),
+            ));
+        }
     };
     for field in record.split(';').map(str::trim) {
         if let Some(id) = field.strip_prefix("id=") {
@@ -78,15 +99,15 @@ pub fn parse_txt(records: &[String]) -> Result<String, String> {
             return if ok {
                 Ok(id.to_string())
             } else {
-                Err(format!("bad id `{id}`"))
+                Err(MtaStsError::Record(format!("bad id `{id}`")))
             };
         }
     }
-    Err("record has no id".into())
+    Err(MtaStsError::Record("record has no id".into()))
 }
 
 /// Parses a policy body (§3.2).
-pub fn parse_policy(text: &str, id: &str, now: i64) -> Result<Policy, String> {
+pub fn parse_policy(text: &str, id: &str, now: i64) -> Result<Policy, MtaStsError> {
     let mut version = None;
     let mut mode = None;
     let mut max_age = None;
@@ -97,7 +118,9 @@ pub fn parse_policy(text: &str, id: &str, now: i64) -> Result<Policy, String> {
             continue;
         }
         let Some((key, value)) = line.split_once(':') else {
-            return Err(format!("line `{line}` is not `key: value`"));
+            return Err(MtaStsError::Policy(format!(
+                "line `{line}` is not `key: value`"
+            )));
         };
         let value = value.trim();
         match key.trim() {
@@ -107,13 +130,13 @@ pub fn parse_policy(text: &str, id: &str, now: i64) -> Result<Policy, String> {
                     "enforce" => Mode::Enforce,
                     "testing" => Mode::Testing,
                     "none" => Mode::None,
-                    other => return Err(format!("unknown mode `{other}`")),
+                    other => return Err(MtaStsError::Policy(format!("unknown mode `{other}`"))),
                 })
             }
             "max_age" => {
-                let v: u64 = value
-                    .parse()
-                    .map_err(|_| format!("max_age `{value}` is not a number"))?;
+                let v: u64 = value.parse().map_err(|_| {
+                    MtaStsError::Policy(format!("max_age `{value}` is not a number"))
+                })?;
                 // §3.2: at most 31557600 seconds (one year).
                 max_age = Some(v.min(31_557_600));
             }
@@ -123,12 +146,12 @@ pub fn parse_policy(text: &str, id: &str, now: i64) -> Result<Policy, String> {
         }
     }
     if version.as_deref() != Some("STSv1") {
-        return Err("version is not STSv1".into());
+        return Err(MtaStsError::Policy("version is not STSv1".into()));
     }
-    let mode = mode.ok_or("no mode")?;
-    let max_age = max_age.ok_or("no max_age")?;
+    let mode = mode.ok_or(MtaStsError::Policy("no mode".into()))?;
+    let max_age = max_age.ok_or(MtaStsError::Policy("no max_age".into()))?;
     if mx.is_empty() && mode != Mode::None {
-        return Err("no mx patterns".into());
+        return Err(MtaStsError::Policy("no mx patterns".into()));
     }
     Ok(Policy {
         id: id.to_string(),
@@ -169,12 +192,12 @@ impl MtaSts {
         roots: &Roots,
         dns: Dns,
         db: Option<PathBuf>,
-    ) -> Result<MtaSts, String> {
+    ) -> Result<MtaSts, MtaStsError> {
         let mut store = rustls::RootCertStore::empty();
         store.extend(roots.anchors().iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let tls = rustls::ClientConfig::builder_with_provider(crate::qualify::bsi::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| MtaStsError::Setup(e.to_string()))?
             .with_root_certificates(store)
             .with_no_client_auth();
         let http = reqwest::Client::builder()
@@ -186,15 +209,16 @@ impl MtaSts {
             .no_proxy()
             .dns_resolver(Arc::new(Resolver(dns.clone())))
             .build()
-            .map_err(|e| format!("HTTPS client: {e}"))?;
+            .map_err(|e| MtaStsError::Setup(format!("HTTPS client: {e}")))?;
         if let Some(path) = &db {
-            let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+            let conn =
+                rusqlite::Connection::open(path).map_err(|e| MtaStsError::Setup(e.to_string()))?;
             conn.execute_batch(
                 "CREATE TABLE IF NOT EXISTS mta_sts_policies (
                     domain TEXT PRIMARY KEY, id TEXT NOT NULL, body TEXT NOT NULL,
                     expires INTEGER NOT NULL)",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| MtaStsError::Setup(e.to_string()))?;
         }
         Ok(MtaSts {
             dns,
@@ -244,19 +268,25 @@ impl MtaSts {
         }
     }
 
-    async fn fetch(&self, domain: &str, id: &str, now: i64) -> Result<(Policy, String), String> {
+    async fn fetch(
+        &self,
+        domain: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<(Policy, String), MtaStsError> {
         let url = format!(
             "https://mta-sts.{domain}:{}/.well-known/mta-sts.txt",
             self.port
         );
-        let mut response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", super::revocation::error_chain(&e)))?;
+        let mut response =
+            self.http.get(&url).send().await.map_err(|e| {
+                MtaStsError::Fetch(format!("{url}: {}", crate::util::error_chain(&e)))
+            })?;
         if response.status() != reqwest::StatusCode::OK {
-            return Err(format!("{url}: HTTP {}", response.status()));
+            return Err(MtaStsError::Fetch(format!(
+                "{url}: HTTP {}",
+                response.status()
+            )));
         }
         let text_plain = response
             .headers()
@@ -264,19 +294,28 @@ impl MtaSts {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
         if !text_plain {
-            return Err(format!(
+            return Err(MtaStsError::Fetch(format!(
                 "{url}: media type is not text/plain (RFC 8461 §3.3)"
-            ));
+            )));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| MtaStsError::Fetch(format!("{url}: {e}")))?
+        {
             body.extend_from_slice(&chunk);
             if body.len() > self.max_size {
-                return Err(format!("{url}: policy larger than {} bytes", self.max_size));
+                return Err(MtaStsError::Fetch(format!(
+                    "{url}: policy larger than {} bytes",
+                    self.max_size
+                )));
             }
         }
-        let body = String::from_utf8(body).map_err(|_| format!("{url}: policy is not UTF-8"))?;
-        let policy = parse_policy(&body, id, now).map_err(|e| format!("{url}: {e}"))?;
+        let body = String::from_utf8(body)
+            .map_err(|_| MtaStsError::Fetch(format!("{url}: policy is not UTF-8")))?;
+        let policy =
+            parse_policy(&body, id, now).map_err(|e| MtaStsError::Fetch(format!("{url}: {e}")))?;
         Ok((policy, body))
     }
 

@@ -91,7 +91,9 @@ pub fn checks(
     names: &[String],
     now: UnixTime,
 ) -> (Check, Check) {
-    let algs = crate::tls::provider().signature_verification_algorithms.all;
+    let algs = crate::qualify::bsi::provider()
+        .signature_verification_algorithms
+        .all;
     let ee = match EndEntityCert::try_from(end_entity) {
         Ok(ee) => ee,
         Err(e) => {

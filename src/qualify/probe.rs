@@ -30,12 +30,12 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// In words, for the verdict: "TLSv1.0 with TLS_RSA_WITH_AES_128_CBC_SHA, RSA-2048".
+    /// In words, for the verdict: "TLSv1.0 with TLS_RSA_WITH_AES_128_CBC_SHA, RSA 2048 bits".
     pub fn describe(&self) -> String {
         let key = self
             .peer_key
             .as_ref()
-            .map(|k| format!(", {}-{}", k.algorithm, k.bits))
+            .map(|k| format!(", {k}"))
             .unwrap_or_default();
         format!("{} with {}{key}", self.version, self.cipher_suite)
     }
@@ -53,24 +53,49 @@ impl Offer {
     }
 }
 
+/// Why a probe found out nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connecting for the probe: {0}")]
+    Connect(String),
+    #[error("no answer within {0}s")]
+    Timeout(u64),
+    #[error("connection closed during the handshake: {0}")]
+    Closed(String),
+    #[error(
+        "the peer sent alert {0} to a ClientHello offering TLS 1.0 to 1.2 with every common suite"
+    )]
+    Alert(&'static str),
+    #[error("unexpected TLS record type {0}")]
+    RecordType(u8),
+    #[error("handshake too large")]
+    TooLarge,
+    #[error("no ServerHello")]
+    NoServerHello,
+    #[error("building the ClientHello: {0}")]
+    Build(String),
+}
+
 /// Largest handshake data read before giving up.
 const MAX_HANDSHAKE: usize = 256 * 1024;
 
 /// Sends the probe ClientHello on `tcp` (just after the peer's 220 to
 /// STARTTLS) and reads what the peer chose.
-pub async fn probe(mut tcp: TcpStream, host: &str, limit: Duration) -> Result<Offer, String> {
+pub async fn probe(mut tcp: TcpStream, host: &str, limit: Duration) -> Result<Offer, ProbeError> {
     let hello = client_hello(host)?;
     tokio::time::timeout(limit, async {
-        tcp.write_all(&hello).await.map_err(|e| e.to_string())?;
+        tcp.write_all(&hello)
+            .await
+            .map_err(|e| ProbeError::Closed(e.to_string()))?;
         read_offer(&mut tcp).await
     })
     .await
-    .map_err(|_| format!("no answer within {}s", limit.as_secs()))?
+    .map_err(|_| ProbeError::Timeout(limit.as_secs()))?
 }
 
 /// Reads records until the ServerHello and, below TLS 1.3, the Certificate
 /// have come, or an alert.
-async fn read_offer(tcp: &mut TcpStream) -> Result<Offer, String> {
+async fn read_offer(tcp: &mut TcpStream) -> Result<Offer, ProbeError> {
     let mut handshake = Vec::new();
     let mut offer: Option<(String, String)> = None;
     let mut key = None;
@@ -78,24 +103,23 @@ async fn read_offer(tcp: &mut TcpStream) -> Result<Offer, String> {
         let mut header = [0u8; 5];
         tcp.read_exact(&mut header)
             .await
-            .map_err(|e| format!("connection closed during the handshake: {e}"))?;
+            .map_err(|e| ProbeError::Closed(e.to_string()))?;
         let len = u16::from_be_bytes([header[3], header[4]]) as usize;
         let mut body = vec![0u8; len];
         tcp.read_exact(&mut body)
             .await
-            .map_err(|e| format!("connection closed during the handshake: {e}"))?;
+            .map_err(|e| ProbeError::Closed(e.to_string()))?;
         match TlsRecordType(header[0]) {
             TlsRecordType::Alert => {
-                return Err(format!(
-                    "the peer sent alert {} to a ClientHello offering TLS 1.0 to 1.2 with every common suite",
-                    body.get(1).map(|c| alert_name(*c)).unwrap_or("?")
+                return Err(ProbeError::Alert(
+                    body.get(1).map(|c| alert_name(*c)).unwrap_or("?"),
                 ));
             }
             TlsRecordType::Handshake => handshake.extend_from_slice(&body),
-            other => return Err(format!("unexpected TLS record type {other:?}")),
+            other => return Err(ProbeError::RecordType(other.0)),
         }
         if handshake.len() > MAX_HANDSHAKE {
-            return Err("handshake too large".into());
+            return Err(ProbeError::TooLarge);
         }
         // Parse the complete messages gathered so far.
         let mut rest: &[u8] = &handshake;
@@ -109,10 +133,10 @@ async fn read_offer(tcp: &mut TcpStream) -> Result<Offer, String> {
                     key = c
                         .cert_chain
                         .first()
-                        .and_then(|cert| crate::tls::peer_key_of(cert.data));
+                        .and_then(|cert| crate::qualify::facts::peer_key_of(cert.data));
                 }
                 TlsMessage::Handshake(TlsMessageHandshake::ServerDone(_)) => {
-                    let (version, cipher_suite) = offer.ok_or("no ServerHello")?;
+                    let (version, cipher_suite) = offer.ok_or(ProbeError::NoServerHello)?;
                     return Ok(Offer {
                         version,
                         cipher_suite,
@@ -127,7 +151,7 @@ async fn read_offer(tcp: &mut TcpStream) -> Result<Offer, String> {
 
 /// A TLS 1.2 ClientHello offering every suite with a certificate-based
 /// authentication that tls-parser knows, except NULL and export ciphers.
-fn client_hello(host: &str) -> Result<Vec<u8>, String> {
+fn client_hello(host: &str) -> Result<Vec<u8>, ProbeError> {
     let mut suites: Vec<&TlsCipherSuite> = tls_parser::CIPHERS
         .values()
         .filter(|s| {
@@ -157,7 +181,7 @@ fn client_hello(host: &str) -> Result<Vec<u8>, String> {
         ]),
     ] {
         ext = cookie_factory::gen_simple(tls_parser::gen_tls_extension(&e), ext)
-            .map_err(|e| format!("building the ClientHello: {e:?}"))?;
+            .map_err(|e| ProbeError::Build(format!("{e:?}")))?;
     }
     // ec_point_formats: uncompressed.
     ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
@@ -191,7 +215,7 @@ fn client_hello(host: &str) -> Result<Vec<u8>, String> {
     };
     record
         .serialize()
-        .map_err(|e| format!("building the ClientHello: {e:?}"))
+        .map_err(|e| ProbeError::Build(format!("{e:?}")))
 }
 
 fn version_name(v: TlsVersion) -> String {

@@ -34,6 +34,7 @@ use super::pkix::Roots;
 use super::{Check, CheckName, Status};
 use crate::config::RevocationConfig;
 use crate::dns::Dns;
+use crate::util::{error_chain, rfc3339};
 
 const OID_SHA1: der::oid::ObjectIdentifier =
     der::oid::ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
@@ -128,6 +129,26 @@ struct CachedCrl {
     fetched: i64,
 }
 
+/// Why a revocation answer could not be had or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevocationError {
+    /// The HTTP client could not be set up.
+    #[error("{0}")]
+    Setup(String),
+    /// Fetching an OCSP answer or a CRL over HTTP.
+    #[error("{0}")]
+    Http(String),
+    /// The OCSP response is not one we can rely on.
+    #[error("{0}")]
+    Ocsp(String),
+    /// The CRL is not one we can rely on.
+    #[error("{0}")]
+    Crl(String),
+    /// A DER structure does not parse.
+    #[error("{0}")]
+    Der(String),
+}
+
 /// Revocation checking with its HTTP client and caches; shared by all
 /// delivery connections.
 pub struct Revocation {
@@ -139,12 +160,12 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    pub fn new(config: &RevocationConfig, dns: Dns) -> Result<Revocation, String> {
+    pub fn new(config: &RevocationConfig, dns: Dns) -> Result<Revocation, RevocationError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                rustls::ClientConfig::builder_with_provider(crate::qualify::bsi::provider())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| RevocationError::Setup(e.to_string()))?
                     .with_root_certificates(rustls::RootCertStore {
                         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                     })
@@ -156,7 +177,7 @@ impl Revocation {
             .no_proxy()
             .dns_resolver(Arc::new(super::mta_sts::Resolver(dns)))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| RevocationError::Setup(format!("HTTP client: {e}")))?;
         Ok(Revocation {
             http,
             max_ocsp_size: config.max_ocsp_size,
@@ -243,9 +264,12 @@ impl Revocation {
         issuer: &Issuer,
         serial: &[u8],
         now: i64,
-    ) -> Result<Answer, String> {
-        let cert_id = cert_id(issuer, serial).map_err(|e| format!("CertID: {e}"))?;
-        let key = cert_id.to_der().map_err(|e| e.to_string())?;
+    ) -> Result<Answer, RevocationError> {
+        let cert_id =
+            cert_id(issuer, serial).map_err(|e| RevocationError::Ocsp(format!("CertID: {e}")))?;
+        let key = cert_id
+            .to_der()
+            .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
         if let Ok(cache) = self.ocsp.lock()
             && let Some(c) = cache.get(&key)
             && c.until > now
@@ -267,7 +291,7 @@ impl Revocation {
             optional_signature: None,
         }
         .to_der()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
         let body = self
             .fetch(
                 self.http
@@ -301,7 +325,7 @@ impl Revocation {
         serial: &[u8],
         roots: &Roots,
         now: i64,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, RevocationError> {
         let cached = self.crls.lock().ok().and_then(|c| {
             c.get(url)
                 .filter(|crl| crl.next_update.unwrap_or(crl.fetched + DEFAULT_TTL) > now)
@@ -312,7 +336,7 @@ impl Revocation {
             None => {
                 let body = self.fetch(self.http.get(url), self.max_crl_size).await?;
                 let list = webpki::OwnedCertRevocationList::from_der(&body)
-                    .map_err(|e| format!("CRL does not parse: {e:?}"))?;
+                    .map_err(|e| RevocationError::Crl(format!("CRL does not parse: {e:?}")))?;
                 let times =
                     x509_parser::revocation_list::CertificateRevocationList::from_der(&body)
                         .map(|(_, c)| {
@@ -338,13 +362,16 @@ impl Revocation {
         let list: &webpki::CertRevocationList<'static> = &crl.list;
         let lists = [list];
         let options = webpki::RevocationOptionsBuilder::new(&lists)
-            .map_err(|_| "no CRL".to_string())?
+            .map_err(|_| RevocationError::Crl("no CRL".into()))?
             .with_depth(webpki::RevocationCheckDepth::EndEntity)
             .with_status_policy(webpki::UnknownStatusPolicy::Deny)
             .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
             .build();
-        let ee = EndEntityCert::try_from(&chain[0]).map_err(|e| format!("{e:?}"))?;
-        let algs = crate::tls::provider().signature_verification_algorithms.all;
+        let ee = EndEntityCert::try_from(&chain[0])
+            .map_err(|e| RevocationError::Crl(format!("{e:?}")))?;
+        let algs = crate::qualify::bsi::provider()
+            .signature_verification_algorithms
+            .all;
         let outcome = match ee.verify_for_usage(
             algs,
             roots.anchors(),
@@ -366,10 +393,19 @@ impl Revocation {
                 }
             }
             Err(webpki::Error::UnknownRevocationStatus) => {
-                return Err("the CRL does not cover this certificate".into());
+                return Err(RevocationError::Crl(
+                    "the CRL does not cover this certificate".into(),
+                ));
             }
-            Err(webpki::Error::CrlExpired { .. }) => return Err("the CRL has expired".into()),
-            Err(e) => return Err(format!("CRL not usable: {}", super::pkix::describe(&e))),
+            Err(webpki::Error::CrlExpired { .. }) => {
+                return Err(RevocationError::Crl("the CRL has expired".into()));
+            }
+            Err(e) => {
+                return Err(RevocationError::Crl(format!(
+                    "CRL not usable: {}",
+                    super::pkix::describe(&e)
+                )));
+            }
         };
         Ok(Answer {
             outcome,
@@ -384,16 +420,25 @@ impl Revocation {
         &self,
         request: reqwest::RequestBuilder,
         limit: usize,
-    ) -> Result<Vec<u8>, String> {
-        let mut response = request.send().await.map_err(|e| error_chain(&e))?;
+    ) -> Result<Vec<u8>, RevocationError> {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| RevocationError::Http(error_chain(&e)))?;
         if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
+            return Err(RevocationError::Http(format!("HTTP {}", response.status())));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| RevocationError::Http(error_chain(&e)))?
+        {
             body.extend_from_slice(&chunk);
             if body.len() > limit {
-                return Err(format!("answer larger than {limit} bytes"));
+                return Err(RevocationError::Http(format!(
+                    "answer larger than {limit} bytes"
+                )));
             }
         }
         Ok(body)
@@ -421,17 +466,6 @@ fn unavailable(source: &str, why: &str) -> Answer {
     }
 }
 
-/// An error with its sources, as one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
 /// Verifies an OCSP response (staple or queried) for the certificate with
 /// `serial` issued by `issuer`: status successful, signature by the issuer
 /// or a delegated responder, a matching CertID, current times. Returns the
@@ -441,8 +475,10 @@ pub fn verify_response(
     issuer_der: &CertificateDer<'_>,
     serial: &[u8],
     now: i64,
-) -> Result<(Outcome, i64, Option<i64>), String> {
-    let issuer = issuer_from_cert(issuer_der).ok_or("issuer certificate does not parse")?;
+) -> Result<(Outcome, i64, Option<i64>), RevocationError> {
+    let issuer = issuer_from_cert(issuer_der).ok_or(RevocationError::Ocsp(
+        "issuer certificate does not parse".into(),
+    ))?;
     verify(der, &issuer, serial, now)
 }
 
@@ -451,18 +487,27 @@ fn verify(
     issuer: &Issuer,
     serial: &[u8],
     now: i64,
-) -> Result<(Outcome, i64, Option<i64>), String> {
-    let response = OcspResponse::from_der(der).map_err(|e| format!("not an OCSP response: {e}"))?;
+) -> Result<(Outcome, i64, Option<i64>), RevocationError> {
+    let response = OcspResponse::from_der(der)
+        .map_err(|e| RevocationError::Ocsp(format!("not an OCSP response: {e}")))?;
     if response.response_status != OcspResponseStatus::Successful {
-        return Err(format!("responder says {:?}", response.response_status));
+        return Err(RevocationError::Ocsp(format!(
+            "responder says {:?}",
+            response.response_status
+        )));
     }
-    let bytes = response.response_bytes.ok_or("no response bytes")?;
+    let bytes = response
+        .response_bytes
+        .ok_or(RevocationError::Ocsp("no response bytes".into()))?;
     if bytes.response_type != OID_OCSP_BASIC {
-        return Err(format!("unsupported response type {}", bytes.response_type));
+        return Err(RevocationError::Ocsp(format!(
+            "unsupported response type {}",
+            bytes.response_type
+        )));
     }
     let basic_der = bytes.response.as_bytes();
-    let basic =
-        BasicOcspResponse::from_der(basic_der).map_err(|e| format!("basic response: {e}"))?;
+    let basic = BasicOcspResponse::from_der(basic_der)
+        .map_err(|e| RevocationError::Ocsp(format!("basic response: {e}")))?;
     verify_signature(basic_der, &basic, issuer, now)?;
 
     let single = basic
@@ -470,19 +515,24 @@ fn verify(
         .responses
         .iter()
         .find(|r| matches_cert(r, issuer, serial))
-        .ok_or("no answer for this certificate in the response (CertID does not match)")?;
+        .ok_or(RevocationError::Ocsp(
+            "no answer for this certificate in the response (CertID does not match)".into(),
+        ))?;
     let this_update = seconds(&single.this_update);
     let next_update = single.next_update.as_ref().map(seconds);
     if this_update > now + SKEW {
-        return Err(format!(
+        return Err(RevocationError::Ocsp(format!(
             "thisUpdate {} is in the future",
             rfc3339(this_update)
-        ));
+        )));
     }
     if let Some(next) = next_update
         && next < now - SKEW
     {
-        return Err(format!("expired: nextUpdate {} has passed", rfc3339(next)));
+        return Err(RevocationError::Ocsp(format!(
+            "expired: nextUpdate {} has passed",
+            rfc3339(next)
+        )));
     }
     let outcome = match &single.cert_status {
         CertStatus::Good(_) => Outcome::Good,
@@ -502,35 +552,43 @@ fn verify_signature(
     basic: &BasicOcspResponse,
     issuer: &Issuer,
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), RevocationError> {
     // The signed bytes exactly as received: the first element of the sequence.
-    let outer = AnyRef::from_der(basic_der).map_err(|e| e.to_string())?;
-    let mut reader = SliceReader::new(outer.value()).map_err(|e| e.to_string())?;
-    let tbs = reader.tlv_bytes().map_err(|e| e.to_string())?;
+    let outer = AnyRef::from_der(basic_der).map_err(|e| RevocationError::Ocsp(e.to_string()))?;
+    let mut reader =
+        SliceReader::new(outer.value()).map_err(|e| RevocationError::Ocsp(e.to_string()))?;
+    let tbs = reader
+        .tlv_bytes()
+        .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
 
-    let algs = crate::tls::provider().signature_verification_algorithms.all;
+    let algs = crate::qualify::bsi::provider()
+        .signature_verification_algorithms
+        .all;
     let sig_alg = contents(
         &basic
             .signature_algorithm
             .to_der()
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| RevocationError::Ocsp(e.to_string()))?,
     )?;
     let signature = basic.signature.raw_bytes();
     let time = unix_time(now);
 
     let mut signers: Vec<(Vec<u8>, &str)> = Vec::new();
     for cert in basic.certs.iter().flatten() {
-        let der = cert.to_der().map_err(|e| e.to_string())?;
+        let der = cert
+            .to_der()
+            .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
         let spki = cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
         if spki == issuer.spki {
             continue;
         }
         let responder = CertificateDer::from(der.as_slice());
-        let ee = EndEntityCert::try_from(&responder).map_err(|e| format!("{e:?}"))?;
+        let ee = EndEntityCert::try_from(&responder)
+            .map_err(|e| RevocationError::Ocsp(format!("{e:?}")))?;
         ee.verify_for_usage(
             algs,
             std::slice::from_ref(&issuer.anchor),
@@ -541,18 +599,24 @@ fn verify_signature(
             None,
         )
         .map_err(|e| {
-            format!(
+            RevocationError::Ocsp(format!(
                 "the responder's certificate is not a delegated OCSP signer of the issuer: {}",
                 super::pkix::describe(&e)
-            )
+            ))
         })?;
         signers.push((spki, "delegated responder"));
     }
     signers.push((issuer.spki.clone(), "issuer"));
 
     for (spki_der, _who) in &signers {
-        let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).map_err(|e| e.to_string())?;
-        let key_alg = contents(&spki.algorithm.to_der().map_err(|e| e.to_string())?)?;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)
+            .map_err(|e| RevocationError::Ocsp(e.to_string()))?;
+        let key_alg = contents(
+            &spki
+                .algorithm
+                .to_der()
+                .map_err(|e| RevocationError::Ocsp(e.to_string()))?,
+        )?;
         let key = spki.subject_public_key.raw_bytes();
         for alg in algs {
             if alg.signature_alg_id().as_ref() == sig_alg.as_slice()
@@ -563,10 +627,10 @@ fn verify_signature(
             }
         }
     }
-    Err(
+    Err(RevocationError::Ocsp(
         "the response's signature does not verify with the issuer's or a delegated responder's key"
             .into(),
-    )
+    ))
 }
 
 fn matches_cert(r: &SingleResponse, issuer: &Issuer, serial: &[u8]) -> bool {
@@ -666,10 +730,10 @@ fn sequence(contents: &[u8]) -> Vec<u8> {
 }
 
 /// The contents of a DER TLV (what pki_types' AlgorithmIdentifier holds).
-fn contents(tlv: &[u8]) -> Result<Vec<u8>, String> {
+fn contents(tlv: &[u8]) -> Result<Vec<u8>, RevocationError> {
     AnyRef::from_der(tlv)
         .map(|a| a.value().to_vec())
-        .map_err(|e| e.to_string())
+        .map_err(|e| RevocationError::Der(e.to_string()))
 }
 
 /// OCSP responder and CRL URLs of a certificate.
@@ -711,10 +775,4 @@ fn unix_time(now: i64) -> UnixTime {
 
 fn seconds(t: &x509_ocsp::OcspGeneralizedTime) -> i64 {
     t.0.to_unix_duration().as_secs() as i64
-}
-
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| t.to_string())
 }

@@ -51,7 +51,7 @@ impl DeliveryVerifier {
     ) -> (Arc<DeliveryVerifier>, Arc<Mutex<Option<CertEvidence>>>) {
         let evidence = Arc::new(Mutex::new(None));
         let v = Arc::new(DeliveryVerifier {
-            provider: crate::tls::provider(),
+            provider: crate::qualify::bsi::provider(),
             roots,
             names,
             tlsa,

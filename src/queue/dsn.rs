@@ -17,8 +17,9 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::{BodyPart, MimePart};
 
+use crate::message::{Envelope, LoadedJob, QueueId, Recipient, Ret};
 use crate::outbound::Detail;
-use crate::spool::{Envelope, LoadedJob, NewMessage, QueueId, Recipient, Ret};
+use crate::spool::NewMessage;
 
 /// One failed recipient to report.
 pub struct Failure<'a> {
@@ -146,16 +147,19 @@ pub fn build(
         expires_at: now + lifetime,
         client: format!("DSN for {}", job.id),
         events: vec![crate::report::Event {
-            kind: crate::report::EventKind::Received,
             queue_id: id,
             at: now,
-            data: serde_json::json!({
-                "client": format!("DSN for {}", job.id),
-                "size": body.len(),
-                "sender": "",
-                "recipients": [sender],
-                "bounce_of": job.id,
-            }),
+            data: crate::report::EventData::Received(Box::new(crate::report::event::Received {
+                v: crate::report::event::VERSION,
+                client: format!("DSN for {}", job.id),
+                listener: None,
+                tls: None,
+                size: body.len() as u64,
+                message_id: None,
+                sender: String::new(),
+                recipients: vec![sender.clone()],
+                bounce_of: Some(job.id),
+            })),
         }],
         body,
     })
@@ -176,8 +180,8 @@ fn headers_of(body: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{Notify, PendingRecipient, TenantId};
     use crate::reply::Reply;
-    use crate::spool::{Notify, PendingRecipient, TenantId};
 
     fn job(sender: &str, ret: Option<Ret>) -> LoadedJob {
         LoadedJob {

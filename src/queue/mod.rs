@@ -19,13 +19,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::message::QueueId;
 use crate::outbound::{Detail, Outbound, Outcome};
-use crate::spool::{AttemptRecord, DueJob, QueueId, RecipientOutcome, Spool};
+use crate::report::EventData;
+use crate::report::event::{self, AttemptRecipient, RecipientResult};
+use crate::spool::{AttemptRecord, DueJob, RecipientOutcome, Spool};
 
-/// Unix seconds now.
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+use crate::util::now;
 
 enum Event {
     Due(DueJob),
@@ -302,29 +302,33 @@ async fn attempt(
     let mut outcomes = Vec::with_capacity(result.outcomes.len());
     let mut failed: Vec<(u32, Detail)> = Vec::new();
     let mut next_due: Option<i64> = None;
-    let level = result.verdict.as_ref().map(|v| v.level);
+    let level = result.verdict.as_ref().and_then(|v| v.level);
     let mut evidence = Vec::with_capacity(result.outcomes.len());
     for (index, outcome) in result.outcomes {
         let pending = job.recipients.iter().find(|r| r.index == index);
         let rcpt = pending.map(|r| r.recipient.address.as_str()).unwrap_or("");
         let decision = result.decisions.iter().find(|(i, _)| *i == index);
-        let (name, detail) = match &outcome {
-            Outcome::Delivered(d) => ("delivered", d),
-            Outcome::Failed(d) => ("bounced", d),
-            Outcome::Deferred(d) if expired => ("expired", d),
-            Outcome::Deferred(d) => ("deferred", d),
+        let (result_name, detail) = match &outcome {
+            Outcome::Delivered(d) => (RecipientResult::Delivered, d),
+            Outcome::Failed(d) => (RecipientResult::Bounced, d),
+            Outcome::Deferred(d) if expired => (RecipientResult::Expired, d),
+            Outcome::Deferred(d) => (RecipientResult::Deferred, d),
         };
-        evidence.push(serde_json::json!({
-            "address": rcpt,
-            "class": pending.map(|r| r.recipient.class),
-            "required": decision.map(|(_, d)| d.required.to_string()),
-            "action": decision.map(|(_, d)| d.action.name()),
-            "reason": decision.map(|(_, d)| d.action.reason()),
-            "outcome": name,
-            "status": format!("{}.{}.{}", detail.status[0], detail.status[1], detail.status[2]),
-            "remote": detail.remote,
-            "detail": detail.text,
-        }));
+        evidence.push(AttemptRecipient {
+            address: rcpt.to_string(),
+            class: pending.map(|r| r.recipient.class),
+            required: decision.map(|(_, d)| d.required.to_string()),
+            action: decision.map(|(_, d)| d.action.name().to_string()),
+            reason_code: decision.and_then(|(_, d)| d.action.reason().map(|r| r.code)),
+            reason: decision.map(|(_, d)| d.action.reason_text()),
+            outcome: result_name,
+            status: format!(
+                "{}.{}.{}",
+                detail.status[0], detail.status[1], detail.status[2]
+            ),
+            remote: detail.remote.clone(),
+            detail: detail.text.clone(),
+        });
         if let Some((_, d)) = decision {
             tracing::info!(
                 %id,
@@ -333,7 +337,7 @@ async fn attempt(
                 required = %d.required,
                 action = d.action.name(),
                 "policy: {}",
-                d.action.reason()
+                d.action.reason_text()
             );
         }
         match outcome {
@@ -410,15 +414,17 @@ async fn attempt(
     });
 
     let event = crate::report::Event {
-        kind: crate::report::EventKind::Attempt,
         queue_id: id,
         at: now,
-        data: serde_json::json!({
-            "domain": domain,
-            "verdict": result.verdict,
-            "recipients": evidence,
-            "bounce": dsn.as_ref().map(|d| d.id),
-        }),
+        data: EventData::Attempt(Box::new(event::Attempt {
+            v: event::VERSION,
+            domain: domain.to_string(),
+            verdict: result.verdict,
+            checks: result.checks,
+            hosts: result.hosts,
+            recipients: evidence,
+            bounce: dsn.as_ref().map(|d| d.id),
+        })),
     };
     let record = AttemptRecord {
         id,

@@ -7,6 +7,8 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::EventData;
+use super::event::EventError;
 use super::log::hex;
 
 /// Which records: `[from, to)` in Unix seconds, one tenant or all.
@@ -27,11 +29,31 @@ struct Line<'a> {
     hash: String,
 }
 
-/// Calls `f` for each selected record in time order: (tenant, seq, at, kind, queue_id, data, hash).
+/// One stored record as selected.
+pub(super) struct Stored<'a> {
+    pub tenant: &'a str,
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    pub kind: &'a str,
+    pub queue_id: &'a str,
+    /// The stored JSON text, as hashed.
+    pub data: &'a str,
+    pub hash: &'a [u8],
+}
+
+impl Stored<'_> {
+    /// The record as its type.
+    pub fn event(&self) -> Result<EventData, EventError> {
+        EventData::parse(self.kind, self.data)
+    }
+}
+
+/// Calls `f` for each selected record in time order.
 pub(super) fn each(
     conn: &Connection,
     sel: &Selection<'_>,
-    mut f: impl FnMut(&str, i64, i64, &str, &str, Value, &[u8]) -> std::io::Result<()>,
+    mut f: impl FnMut(&Stored<'_>) -> std::io::Result<()>,
 ) -> anyhow::Result<usize> {
     let mut stmt = conn.prepare(
         "SELECT tenant, seq, at, kind, queue_id, data, hash FROM txlog
@@ -46,8 +68,15 @@ pub(super) fn each(
         let queue_id: String = r.get(4)?;
         let data: String = r.get(5)?;
         let hash: Vec<u8> = r.get(6)?;
-        let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-        f(&tenant, r.get(1)?, r.get(2)?, &kind, &queue_id, data, &hash)?;
+        f(&Stored {
+            tenant: &tenant,
+            seq: r.get(1)?,
+            at: r.get(2)?,
+            kind: &kind,
+            queue_id: &queue_id,
+            data: &data,
+            hash: &hash,
+        })?;
         n += 1;
     }
     Ok(n)
@@ -59,15 +88,17 @@ pub fn json_lines(
     sel: &Selection<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<usize> {
-    each(conn, sel, |tenant, seq, at, kind, queue_id, data, hash| {
+    each(conn, sel, |r| {
+        // The stored text as it was hashed, so the line can be checked.
+        let data = serde_json::from_str(r.data).unwrap_or(Value::String(r.data.to_string()));
         let line = Line {
-            tenant,
-            seq,
-            at: crate::policy::rfc3339(at),
-            kind,
-            queue_id,
+            tenant: r.tenant,
+            seq: r.seq,
+            at: crate::util::rfc3339(r.at),
+            kind: r.kind,
+            queue_id: r.queue_id,
             data,
-            hash: hex(hash),
+            hash: hex(r.hash),
         };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")
@@ -91,46 +122,53 @@ pub const CSV_COLUMNS: &[&str] = &[
     "cipher_suite",
     "failed_checks",
     "detail",
+    "observed_level",
+    "refusals",
+    "reason_code",
 ];
 
 /// One row per recipient of every selected attempt; returns the row count.
+///
+/// `level` is the level the host used may carry mail at (empty when no
+/// host may), `observed_level` what its connection reached, `refusals`
+/// why a host may not carry mail.
 pub fn csv(conn: &Connection, sel: &Selection<'_>, out: &mut dyn Write) -> anyhow::Result<usize> {
     let mut w = ::csv::Writer::from_writer(out);
     w.write_record(CSV_COLUMNS)?;
     let mut rows = 0;
-    each(conn, sel, |tenant, _, at, kind, queue_id, data, _| {
-        if kind != "attempt" {
+    each(conn, sel, |r| {
+        let Ok(EventData::Attempt(a)) = r.event() else {
             return Ok(());
-        }
-        let v = &data["verdict"];
-        let text = |x: &Value| x.as_str().unwrap_or_default().to_string();
-        let failed: Vec<String> = v["checks"]
-            .as_array()
-            .map(|checks| {
-                checks
-                    .iter()
-                    .filter(|c| c["status"] == "fail" || c["status"] == "error")
-                    .map(|c| text(&c["name"]))
-                    .collect()
-            })
+        };
+        let v = a.verdict.as_ref();
+        let failed: Vec<&str> = v
+            .map(|v| v.failing().map(|c| c.name.name()).collect())
             .unwrap_or_default();
-        for r in data["recipients"].as_array().into_iter().flatten() {
+        let refusals: Vec<&str> = v
+            .map(|v| v.refusals.iter().map(|r| r.reason.name()).collect())
+            .unwrap_or_default();
+        let level = |l: Option<crate::qualify::Level>| l.map(|l| l.name()).unwrap_or_default();
+        let tls = v.and_then(|v| v.tls.as_ref());
+        for rc in &a.recipients {
             w.write_record([
-                crate::policy::rfc3339(at),
-                tenant.to_string(),
-                queue_id.to_string(),
-                text(&r["address"]),
-                text(&r["class"]),
-                text(&r["required"]),
-                text(&r["action"]),
-                text(&r["outcome"]),
-                text(&v["mx_host"]),
-                text(&v["address"]),
-                text(&v["level"]),
-                text(&v["tls"]["version"]),
-                text(&v["tls"]["cipher_suite"]),
-                failed.join(" "),
-                text(&r["detail"]),
+                crate::util::rfc3339(r.at).as_str(),
+                r.tenant,
+                r.queue_id,
+                &rc.address,
+                rc.class.map(|c| c.name()).unwrap_or_default(),
+                rc.required.as_deref().unwrap_or_default(),
+                rc.action.as_deref().unwrap_or_default(),
+                rc.outcome.name(),
+                v.map(|v| v.mx_host.as_str()).unwrap_or_default(),
+                v.map(|v| v.address.as_str()).unwrap_or_default(),
+                level(v.and_then(|v| v.level)),
+                tls.map(|t| t.version.as_str()).unwrap_or_default(),
+                tls.map(|t| t.cipher_suite.as_str()).unwrap_or_default(),
+                &failed.join(" "),
+                &rc.detail,
+                level(v.map(|v| v.observed_level)),
+                &refusals.join(" "),
+                rc.reason_code.map(|c| c.name()).unwrap_or_default(),
             ])
             .map_err(std::io::Error::other)?;
             rows += 1;

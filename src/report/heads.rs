@@ -87,7 +87,7 @@ pub fn keygen(path: &Path) -> Result<String, HeadError> {
 pub fn line(tenant: &str, seq: i64, hash: &str, at: i64, signer: Option<&Signer>) -> String {
     let signed = format!(
         "tenant={tenant} seq={seq} hash={hash} at={}",
-        crate::policy::rfc3339(at)
+        crate::util::rfc3339(at)
     );
     let sig = signer.map_or_else(
         || "-".to_string(),
@@ -226,7 +226,7 @@ pub async fn write_periodically(
                         &tenant,
                         seq,
                         &log::hex(&hash),
-                        crate::queue::now(),
+                        crate::util::now(),
                         signer.as_ref(),
                     );
                     tracing::info!(target: "sealgate::chain", "{text}");
@@ -245,8 +245,8 @@ pub async fn write_periodically(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Event, EventKind};
-    use crate::spool::QueueId;
+    use crate::message::QueueId;
+    use crate::report::Event;
 
     #[test]
     fn logged_heads_find_truncation_rewrites_and_forged_lines() {
@@ -260,10 +260,12 @@ mod tests {
         let conn = Connection::open_in_memory().expect("db");
         log::init(&conn).expect("schema");
         let event = |n: u64| Event {
-            kind: EventKind::Attempt,
             queue_id: QueueId(n),
             at: 1_800_000_000,
-            data: serde_json::json!({ "n": n }),
+            data: crate::report::EventData::Deleted(crate::report::event::Deleted {
+                v: crate::report::event::VERSION,
+                by: format!("n{n}"),
+            }),
         };
         log::append(&conn, "t", &[event(1), event(2), event(3)]).expect("append");
         let heads = current(&conn).expect("heads");

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::EventData;
 use rusqlite::Connection;
-use serde_json::Value;
 
 use super::export::Selection;
 use super::log::{self, Verified};
@@ -66,14 +66,14 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
     let _ = writeln!(
         out,
         "<p>Generated {} by sealgate. Tenant: {}. Records from {} up to {}.</p>",
-        esc(&crate::policy::rfc3339(generated)),
+        esc(&crate::util::rfc3339(generated)),
         esc(sel.tenant.unwrap_or("all")),
         if sel.from <= 0 {
             "the first".to_string()
         } else {
-            esc(&crate::policy::rfc3339(sel.from))
+            esc(&crate::util::rfc3339(sel.from))
         },
-        esc(&crate::policy::rfc3339(sel.to.min(generated)))
+        esc(&crate::util::rfc3339(sel.to.min(generated)))
     );
 
     out.push_str("<h2>Integrity</h2>\n<table><tr><th>tenant</th><th>chain</th><th>head (write it down)</th></tr>\n");
@@ -193,7 +193,7 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
         let _ = write!(
             out,
             "<details><summary>{} · {} · <b>{}</b> → {} · class {} · {} · {} · {}</summary>\n<p>tenant {}, MX {}{}</p>\n<p>{}</p>\n",
-            esc(&crate::policy::rfc3339(r.at)),
+            esc(&crate::util::rfc3339(r.at)),
             esc(&r.queue_id),
             esc(&r.recipient),
             esc(&r.domain),
@@ -232,45 +232,54 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
 
 fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    super::export::each(conn, sel, |tenant, _, at, kind, queue_id, data, _| {
-        if kind != "attempt" {
+    super::export::each(conn, sel, |r| {
+        let Ok(EventData::Attempt(a)) = r.event() else {
             return Ok(());
-        }
-        let v = &data["verdict"];
-        let checks: Vec<(String, String, String)> = v["checks"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| (text(&c["name"]), text(&c["status"]), text(&c["detail"])))
+        };
+        let v = a.verdict.as_ref();
+        let mut checks: Vec<(String, String, String)> = v
+            .map(|v| {
+                v.checks
+                    .iter()
+                    .map(|c| (c.name.to_string(), c.status.to_string(), c.detail.clone()))
                     .collect()
             })
             .unwrap_or_default();
-        let tls = if v["tls"].is_object() {
-            format!(
-                "{} {} {}",
-                text(&v["tls"]["version"]),
-                text(&v["tls"]["cipher_suite"]),
-                text(&v["tls"]["kx_group"])
-            )
-            .trim()
-            .to_string()
-        } else {
-            String::new()
-        };
-        for rc in data["recipients"].as_array().into_iter().flatten() {
+        // Why the host may not carry mail, beside the checks that say so.
+        for refusal in v.map(|v| v.refusals.as_slice()).unwrap_or_default() {
+            checks.push((
+                "refused".into(),
+                refusal.reason.name().into(),
+                refusal.to_string(),
+            ));
+        }
+        let tls = v
+            .and_then(|v| v.tls.as_ref())
+            .map(|t| {
+                format!(
+                    "{} {} {}",
+                    t.version,
+                    t.cipher_suite,
+                    t.kx_group.as_deref().unwrap_or_default()
+                )
+                .trim()
+                .to_string()
+            })
+            .unwrap_or_default();
+        for rc in &a.recipients {
             rows.push(Row {
-                at,
-                tenant: tenant.to_string(),
-                queue_id: queue_id.to_string(),
-                domain: text(&data["domain"]),
-                recipient: text(&rc["address"]),
-                class: text(&rc["class"]),
-                action: text(&rc["action"]),
-                outcome: text(&rc["outcome"]),
-                level: text(&v["level"]),
-                mx: text(&v["mx_host"]),
-                detail: text(&rc["detail"]),
+                at: r.at,
+                tenant: r.tenant.to_string(),
+                queue_id: r.queue_id.to_string(),
+                domain: a.domain.clone(),
+                recipient: rc.address.clone(),
+                class: rc.class.map(|c| c.to_string()).unwrap_or_default(),
+                action: rc.action.clone().unwrap_or_default(),
+                outcome: rc.outcome.name().to_string(),
+                // The level the transport reached; refusals are in the checks.
+                level: v.map(|v| v.observed_level.to_string()).unwrap_or_default(),
+                mx: v.map(|v| v.mx_host.clone()).unwrap_or_default(),
+                detail: rc.detail.clone(),
                 checks: checks.clone(),
                 tls: tls.clone(),
             });
@@ -350,7 +359,7 @@ fn chart(rows: &[Row]) -> String {
 }
 
 fn day(t: i64) -> String {
-    crate::policy::rfc3339(t).chars().take(10).collect()
+    crate::util::rfc3339(t).chars().take(10).collect()
 }
 
 /// The domain risk view (`report domains --format html`) as a
@@ -364,7 +373,7 @@ pub fn domains(columns: &[&str], lines: &[serde_json::Value], generated: i64) ->
 <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
 <title>{title}</title><style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n\
 <p>Generated {} by sealgate: {} domain(s).</p>\n<table><tr>",
-        esc(&crate::policy::rfc3339(generated)),
+        esc(&crate::util::rfc3339(generated)),
         lines.len()
     );
     for c in columns {

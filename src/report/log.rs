@@ -15,10 +15,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use serde_json::json;
-
-use super::{Event, EventKind};
-use crate::spool::QueueId;
+use super::Event;
+use super::event::{EventData, Pruned as PrunedEvent, VERSION};
+use crate::message::QueueId;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS txlog (
@@ -75,13 +74,14 @@ pub fn append(conn: &Connection, tenant: &str, events: &[Event]) -> rusqlite::Re
     for e in events {
         seq += 1;
         let queue_id = e.queue_id.to_string();
-        let data = e.data.to_string();
-        let hash = record_hash(&prev, tenant, seq, e.at, e.kind.name(), &queue_id, &data);
+        let data = e.data.to_json();
+        let kind = e.data.kind();
+        let hash = record_hash(&prev, tenant, seq, e.at, kind, &queue_id, &data);
         insert.execute(params![
             tenant,
             seq,
             e.at,
-            e.kind.name(),
+            kind,
             queue_id,
             data,
             prev,
@@ -133,14 +133,14 @@ pub fn prune(
         |r| r.get(0),
     )?;
     let record = Event {
-        kind: EventKind::Pruned,
         queue_id: QueueId(0),
         at: now,
-        data: json!({
-            "from_seq": first,
-            "through_seq": through,
-            "through_hash": hex(&hash),
-            "older_than": crate::policy::rfc3339(before),
+        data: EventData::Pruned(PrunedEvent {
+            v: VERSION,
+            from_seq: first,
+            through_seq: through,
+            through_hash: hex(&hash),
+            older_than: crate::util::rfc3339(before),
         }),
     };
     // Appended first: the head stays in place even when every record goes.
@@ -228,13 +228,8 @@ pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
                 ),
             });
         }
-        if kind == EventKind::Pruned.name() {
-            let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
-            if let (Some(through), Some(h)) =
-                (v["through_seq"].as_i64(), v["through_hash"].as_str())
-            {
-                vouched = Some((through, h.to_string()));
-            }
+        if let Ok(EventData::Pruned(p)) = EventData::parse(&kind, &data) {
+            vouched = Some((p.through_seq, p.through_hash));
         }
         prev_hash = hash;
         expected_seq += 1;
@@ -295,22 +290,22 @@ pub fn tenants(conn: &Connection) -> rusqlite::Result<Vec<String>> {
         .collect()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::hex;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::EventKind;
-    use crate::spool::QueueId;
+    use crate::message::QueueId;
+    use crate::report::event::Deleted;
 
     fn event(n: u64) -> Event {
         Event {
-            kind: EventKind::Attempt,
             queue_id: QueueId(n),
             at: 1_800_000_000 + n as i64,
-            data: serde_json::json!({ "n": n, "to": format!("r{n}@x.test") }),
+            data: EventData::Deleted(Deleted {
+                v: VERSION,
+                by: format!("r{n}@x.test"),
+            }),
         }
     }
 

@@ -10,54 +10,25 @@
 //! that point ([`log::verify`]). [`export`] writes JSON lines and CSV,
 //! [`html`] the report for people. docs/reports.md says how to read them.
 
+pub mod event;
 pub mod export;
 pub mod heads;
 pub mod html;
 pub mod log;
 pub mod tlsrpt;
 
-use serde::Serialize;
+pub use event::EventData;
 
-use crate::spool::QueueId;
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// A message was accepted: client, TLS of the inbound session, size, envelope.
-    Received,
-    /// Its class per recipient and the rules that gave it.
-    Classified,
-    /// A delivery attempt for one domain: verdict, decision and outcome per recipient.
-    Attempt,
-    /// Its content left the spool: an operator's delete, or the end of its hold.
-    Deleted,
-    /// Records of the log itself were removed by retention: this record
-    /// names the last one removed and its hash, so the chain still verifies.
-    Pruned,
-}
-
-impl EventKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Received => "received",
-            EventKind::Classified => "classified",
-            EventKind::Attempt => "attempt",
-            EventKind::Deleted => "deleted",
-            EventKind::Pruned => "pruned",
-        }
-    }
-}
+use crate::message::QueueId;
 
 /// One event to append; the tenant and the chain are added by the log.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub kind: EventKind,
     pub queue_id: QueueId,
     /// Unix seconds.
     pub at: i64,
-    /// The event's facts; serialized once, as stored and hashed.
-    pub data: serde_json::Value,
+    /// What happened, with its facts; serialized once, as stored and hashed.
+    pub data: EventData,
 }
 
 /// Removes a tenant's log records older than `before` from the database
@@ -88,7 +59,7 @@ pub async fn retention(
             _ = shutdown.changed() => return,
         }
         for t in config.tenants.iter().filter(|t| t.retention.log_days > 0) {
-            let now = crate::queue::now();
+            let now = crate::util::now();
             let before = now - i64::from(t.retention.log_days) * 86_400;
             let (db, id) = (config.database_path(), t.id.clone());
             match tokio::task::spawn_blocking(move || prune(&db, &id, before, now)).await {

@@ -14,20 +14,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::EventData;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use mail_auth::report::tlsrpt::{
     DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
 };
 use rusqlite::Connection;
-use serde::Deserialize;
 
 use super::export::{Selection, each};
 use crate::config::Config;
+use crate::message::TenantId;
 use crate::outbound::{Direct, Outbound};
-use crate::qualify::Level;
 use crate::qualify::mta_sts::FETCH_FAILED;
-use crate::spool::TenantId;
+use crate::qualify::{Check, CheckName, Level, Status, Verdict};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tlsrpt_sent (
@@ -41,48 +41,30 @@ CREATE TABLE IF NOT EXISTS tlsrpt_sent (
 ";
 
 /// The verdict of a logged attempt, as far as TLS-RPT reads it.
-#[derive(Debug, Deserialize)]
-struct LoggedVerdict {
-    mx_host: String,
-    address: String,
-    checks: Vec<LoggedCheck>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LoggedCheck {
-    name: String,
-    status: String,
-    detail: String,
-}
-
-impl LoggedVerdict {
-    fn check(&self, name: &str) -> Option<&LoggedCheck> {
-        self.checks.iter().find(|c| c.name == name)
-    }
-
-    fn status(&self, name: &str) -> &str {
-        self.check(name)
-            .map_or("not_applicable", |c| c.status.as_str())
-    }
+/// The status of a check in a logged verdict; absent is not applicable.
+fn status(v: &Verdict, name: CheckName) -> Status {
+    v.check(name).map_or(Status::NotApplicable, |c| c.status)
 }
 
 /// Which published policy a session was held to, and whether it failed
 /// (and how). A session fails when TLS was not established, or when the
 /// domain's DANE or MTA-STS policy did not validate; our own BSI judgement
 /// is not the domain's policy and is not reported.
-fn judge(v: &LoggedVerdict) -> (PolicyType, Option<FailureDetails>) {
-    let status = |n: &str| v.status(n);
+fn judge(v: &Verdict) -> (PolicyType, Option<FailureDetails>) {
+    use CheckName::*;
+    let status = |n: CheckName| status(v, n);
+    let decided = |s: Status| matches!(s, Status::Pass | Status::Fail);
     let sts_fetch_failed = v
-        .check("mta_sts")
-        .is_some_and(|c| c.status == "not_applicable" && c.detail.starts_with(FETCH_FAILED));
-    let policy = if matches!(status("dane"), "pass" | "fail") {
+        .check(MtaSts)
+        .is_some_and(|c| c.status == Status::NotApplicable && c.detail.starts_with(FETCH_FAILED));
+    let policy = if decided(status(Dane)) {
         PolicyType::Tlsa
-    } else if matches!(status("mta_sts"), "pass" | "fail") || sts_fetch_failed {
+    } else if decided(status(MtaSts)) || sts_fetch_failed {
         PolicyType::Sts
     } else {
         PolicyType::NoPolicyFound
     };
-    let fail = |result: ResultType, why: Option<&LoggedCheck>| {
+    let fail = |result: ResultType, why: Option<&Check>| {
         let mut d =
             FailureDetails::new(result).with_receiving_mx_hostname(v.mx_host.trim_end_matches('.'));
         if let Ok(ip) = v.address.parse() {
@@ -93,8 +75,8 @@ fn judge(v: &LoggedVerdict) -> (PolicyType, Option<FailureDetails>) {
         }
         Some(d)
     };
-    if status("starttls") != "pass" {
-        let c = v.check("starttls");
+    if status(Starttls) != Status::Pass {
+        let c = v.check(Starttls);
         let offered = c.is_some_and(|c| c.detail.contains("offered but failed"));
         let result = if offered {
             ResultType::ValidationFailure
@@ -104,26 +86,27 @@ fn judge(v: &LoggedVerdict) -> (PolicyType, Option<FailureDetails>) {
         return (policy, fail(result, c));
     }
     let failure = match policy {
-        PolicyType::Tlsa if status("dane") == "fail" => {
-            if status("dnssec") == "fail" {
-                fail(ResultType::DnssecInvalid, v.check("dnssec"))
+        PolicyType::Tlsa if status(Dane) == Status::Fail => {
+            if status(Dnssec) == Status::Fail {
+                fail(ResultType::DnssecInvalid, v.check(Dnssec))
             } else {
-                fail(ResultType::TlsaInvalid, v.check("dane"))
+                fail(ResultType::TlsaInvalid, v.check(Dane))
             }
         }
         PolicyType::Sts if sts_fetch_failed => {
-            fail(ResultType::StsPolicyFetchError, v.check("mta_sts"))
+            fail(ResultType::StsPolicyFetchError, v.check(MtaSts))
         }
-        PolicyType::Sts if status("mta_sts") == "fail" => {
-            let pkix = v.check("pkix");
-            if status("hostname") == "fail" {
-                fail(ResultType::CertificateHostMismatch, v.check("hostname"))
-            } else if pkix.is_some_and(|c| c.status == "fail" && c.detail.contains("expired")) {
+        PolicyType::Sts if status(MtaSts) == Status::Fail => {
+            let pkix = v.check(Pkix);
+            if status(Hostname) == Status::Fail {
+                fail(ResultType::CertificateHostMismatch, v.check(Hostname))
+            } else if pkix.is_some_and(|c| c.status == Status::Fail && c.detail.contains("expired"))
+            {
                 fail(ResultType::CertificateExpired, pkix)
-            } else if status("pkix") == "fail" {
+            } else if status(Pkix) == Status::Fail {
                 fail(ResultType::CertificateNotTrusted, pkix)
             } else {
-                fail(ResultType::ValidationFailure, v.check("mta_sts"))
+                fail(ResultType::ValidationFailure, v.check(MtaSts))
             }
         }
         _ => None,
@@ -201,18 +184,16 @@ pub fn aggregate(
         to,
         tenant: None,
     };
-    each(conn, &sel, |_, _, _, kind, _, data, _| {
-        if kind != "attempt" {
-            return Ok(());
-        }
-        let (Some(domain), Some(verdict)) = (data["domain"].as_str(), data.get("verdict")) else {
+    each(conn, &sel, |r| {
+        let Ok(EventData::Attempt(a)) = r.event() else {
             return Ok(());
         };
         // No connection, no session: routing and connect failures are not TLS-RPT's.
-        let Ok(v) = serde_json::from_value::<LoggedVerdict>(verdict.clone()) else {
+        let Some(v) = &a.verdict else {
             return Ok(());
         };
-        let (policy, failure) = judge(&v);
+        let domain = &a.domain;
+        let (policy, failure) = judge(v);
         days.entry(domain.to_ascii_lowercase())
             .or_default()
             .add(policy, failure);
@@ -331,7 +312,7 @@ impl Reporter {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let today = crate::queue::now().div_euclid(86_400) * 86_400;
+            let today = crate::util::now().div_euclid(86_400) * 86_400;
             for day_start in [today - 2 * 86_400, today - 86_400] {
                 match self.run_day(day_start).await {
                     Ok(run) if run.sent.is_empty() && run.failed.is_empty() => {}
@@ -470,7 +451,7 @@ impl Reporter {
             .body(gz)
             .send()
             .await
-            .map_err(|e| crate::qualify::revocation::error_chain(&e))?;
+            .map_err(|e| crate::util::error_chain(&e))?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -489,7 +470,7 @@ impl Reporter {
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             open(&db)?.execute(
                 "INSERT OR REPLACE INTO tlsrpt_sent (day, domain, rua, at, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![day, domain, rua, crate::queue::now(), outcome],
+                rusqlite::params![day, domain, rua, crate::util::now(), outcome],
             )?;
             Ok(())
         })
@@ -543,24 +524,30 @@ pub fn day_name(day_start: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Event, EventKind, log};
-    use crate::spool::QueueId;
-    use serde_json::{Value, json};
+    use crate::message::QueueId;
+    use crate::report::event::{self, Attempt};
+    use crate::report::{Event, log};
+    use serde_json::json;
 
-    fn verdict(checks: &[(&str, &str, &str)]) -> Value {
-        json!({
-            "domain": "x.test",
-            "mx_host": "mx.x.test.",
-            "address": "192.0.2.7",
-            "level": "encrypted",
-            "checks": checks.iter().map(|(n, s, d)| json!({"name": n, "status": s, "detail": d})).collect::<Vec<_>>(),
-            "tls": null,
-            "at": 0,
-        })
+    /// A verdict with these checks, named as the log spells them.
+    fn verdict(checks: &[(&str, &str, &str)]) -> Verdict {
+        let checks = checks
+            .iter()
+            .map(|(n, s, d)| {
+                serde_json::from_value(json!({"name": n, "status": s, "detail": d})).expect("check")
+            })
+            .collect();
+        Verdict::new(
+            ("x.test", "mx.x.test.", "192.0.2.7"),
+            checks,
+            Vec::new(),
+            None,
+            0,
+        )
     }
 
     fn judged(checks: &[(&str, &str, &str)]) -> (PolicyType, Option<ResultType>) {
-        let v: LoggedVerdict = serde_json::from_value(verdict(checks)).expect("verdict");
+        let v = verdict(checks);
         let (p, f) = judge(&v);
         (p, f.map(|f| f.result_type))
     }
@@ -622,17 +609,24 @@ mod tests {
         let conn = Connection::open_in_memory().expect("db");
         log::init(&conn).expect("schema");
         let day = 1_800_000_000i64.div_euclid(86_400) * 86_400;
-        let attempt = |n: u64, domain: &str, v: Value| Event {
-            kind: EventKind::Attempt,
+        let attempt = |n: u64, domain: &str, v: Option<Verdict>| Event {
             queue_id: QueueId(n),
             at: day + n as i64,
-            data: json!({ "domain": domain, "verdict": v, "recipients": [] }),
+            data: EventData::Attempt(Box::new(Attempt {
+                v: event::VERSION,
+                domain: domain.to_string(),
+                verdict: v,
+                checks: Vec::new(),
+                hosts: Vec::new(),
+                recipients: Vec::new(),
+                bounce: None,
+            })),
         };
-        let good = verdict(&[("starttls", "pass", ""), ("dane", "pass", "")]);
-        let bad = verdict(&[
+        let good = Some(verdict(&[("starttls", "pass", ""), ("dane", "pass", "")]));
+        let bad = Some(verdict(&[
             ("starttls", "pass", ""),
             ("dane", "fail", "no TLSA matches"),
-        ]);
+        ]));
         log::append(
             &conn,
             "a",
@@ -641,10 +635,7 @@ mod tests {
                 attempt(2, "x.test", bad.clone()),
                 attempt(3, "x.test", bad),
                 // No connection: no session.
-                Event {
-                    data: json!({ "domain": "y.test", "verdict": null }),
-                    ..attempt(4, "y.test", Value::Null)
-                },
+                attempt(4, "y.test", None),
             ],
         )
         .expect("append");
@@ -661,7 +652,7 @@ mod tests {
             contact: None,
             from: "r@gw.test".into(),
         };
-        let json: Value =
+        let json: serde_json::Value =
             serde_json::from_str(&to_json(&report("x.test", &days["x.test"], day, &by)))
                 .expect("json");
         assert_eq!(json["policies"][0]["policy"]["policy-type"], "tlsa");

@@ -126,7 +126,7 @@ pub async fn post_webhook(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| crate::qualify::revocation::error_chain(&e))?;
+        .map_err(|e| crate::util::error_chain(&e))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

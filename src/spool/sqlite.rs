@@ -498,10 +498,12 @@ impl Spool for SqliteSpool {
             let deleted = delete_message(conn, id.0 as i64)?;
             if let (true, Some(tenant)) = (deleted, tenant) {
                 let event = crate::report::Event {
-                    kind: crate::report::EventKind::Deleted,
                     queue_id: id,
                     at: chrono::Utc::now().timestamp(),
-                    data: serde_json::json!({ "by": "operator (sealgate queue delete)" }),
+                    data: crate::report::EventData::Deleted(crate::report::event::Deleted {
+                        v: crate::report::event::VERSION,
+                        by: "operator (sealgate queue delete)".into(),
+                    }),
                 };
                 crate::report::log::append(conn, &tenant, &[event]).map_err(classify)?;
             }
@@ -520,10 +522,12 @@ impl Spool for SqliteSpool {
             for (id, tenant) in &held {
                 delete_message(conn, *id)?;
                 let event = crate::report::Event {
-                    kind: crate::report::EventKind::Deleted,
                     queue_id: QueueId(*id as u64),
                     at: now,
-                    data: serde_json::json!({ "by": "retention (hold_delivered ended)" }),
+                    data: crate::report::EventData::Deleted(crate::report::event::Deleted {
+                        v: crate::report::event::VERSION,
+                        by: "retention (hold_delivered ended)".into(),
+                    }),
                 };
                 crate::report::log::append(conn, tenant, &[event]).map_err(classify)?;
             }

@@ -659,3 +659,58 @@ pub fn self_signed(cn: &str, cert: &Path, key: &Path) {
         String::from_utf8_lossy(&made.stderr)
     );
 }
+
+// What `sealgate check --json` and the transaction log say of a host.
+
+/// The attempt records of message `id` in the transaction log, oldest first.
+pub fn attempts(gw: &Gateway, id: &str) -> Vec<serde_json::Value> {
+    let out = gw.cli(&["report", "export", "--format", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "attempt" && r["queue_id"] == id)
+        .map(|r| r["data"].clone())
+        .collect()
+}
+
+/// `(name, status)` of the checks that failed or could not run.
+pub fn failing(host: &serde_json::Value) -> Vec<(String, String)> {
+    host["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "fail" || c["status"] == "error")
+        .map(|c| (c["name"].to_string(), c["status"].to_string()))
+        .collect()
+}
+
+pub fn refusals(host: &serde_json::Value) -> Vec<String> {
+    host["refusals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// What `check --json` says of `host` and what the log's attempt record of
+/// the delivery of message `id` says of the same host agree: observed
+/// level, usable level, refusals and failing checks.
+pub fn assert_log_agrees(gw: &Gateway, id: &str, host: &serde_json::Value) {
+    let name = host["host"].as_str().unwrap();
+    let logged = wait_for(Duration::from_secs(30), "the attempt record", || {
+        attempts(gw, id).pop()
+    });
+    let h = logged["hosts"]
+        .as_array()
+        .and_then(|hosts| hosts.iter().find(|h| h["host"] == name))
+        .unwrap_or_else(|| panic!("{name} is not in the attempt record {logged:#}"));
+    for key in ["observed_level", "level"] {
+        assert_eq!(
+            h[key], host[key],
+            "{key} of {name}: log {h:#} check {host:#}"
+        );
+    }
+    assert_eq!(refusals(h), refusals(host), "refusals of {name}");
+    assert_eq!(failing(h), failing(host), "failing checks of {name}");
+}

@@ -1,0 +1,254 @@
+//! The `sealgate` command line. Errors are reported here, at the edge, with
+//! their context; the exit status is 0 for success, 1 for a failure, 2 for
+//! a usage error.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::message::QueueId;
+use crate::policy::Policies;
+use crate::policy::memory::{DomainMemory, DomainRecord};
+use crate::spool::{RecipientStatus, Spool, SqliteSpool};
+use crate::util::rfc3339;
+
+mod check;
+mod domains;
+mod envelope;
+mod passwords;
+mod queue;
+mod report;
+
+use check::check_text;
+use domains::{DomainsCommand, domains};
+use envelope::{EnvelopeCommand, envelope};
+use passwords::{PasswordsCommand, passwords};
+use queue::{QueueCommand, queue};
+use report::{ReportCommand, report_command};
+
+#[derive(Parser)]
+#[command(
+    name = "sealgate",
+    version,
+    about = "SMTP relay gateway that enforces qualified TLS on outbound mail"
+)]
+struct Cli {
+    /// Configuration file; without it the embedded defaults apply.
+    #[arg(long, short, global = true, env = "SEALGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Qualify a domain's mail exchangers the way delivery would: DNSSEC,
+    /// DANE, MTA-STS, STARTTLS and the certificate, on a real connection
+    /// that ends with QUIT. Exit status 0 whenever the check ran.
+    Check {
+        domain: String,
+        /// The stable JSON of docs/check-json.md instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect and change the queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Manage the users file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// What sealgate knows of recipient domains: levels reached, downgrades,
+    /// profiles and exceptions.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
+    /// Pre-agreed envelope passwords per recipient (kept encrypted): a
+    /// recipient with one gets every sealed message under it, and no
+    /// password travels per message.
+    Passwords {
+        #[command(subcommand)]
+        command: PasswordsCommand,
+    },
+    /// The transaction log: verify its hash chains, export it for auditors.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Seal a message into a password envelope, or open one (support, tests).
+    Envelope {
+        #[command(subcommand)]
+        command: EnvelopeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and check a configuration; print the error with file and line.
+    Check {
+        /// File to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Read a password from standard input and print a users-file line for NAME.
+    Hash { name: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let config = load_config(&cli.config)?;
+            init_logging();
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(crate::server::serve(config))
+        }
+        Command::Check { domain, json } => {
+            let config = load_config(&cli.config)?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = runtime.block_on(async {
+                let dns = crate::dns::Dns::new(&config.dns)?;
+                let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
+                // A check is not a delivery: it leaves the gateway's memory alone.
+                let memory = Arc::new(DomainMemory::open(None, config.policy.downgrade_hold)?);
+                let outbound =
+                    crate::outbound::Outbound::new(Arc::new(config), dns, None, policies, memory)?;
+                anyhow::Ok(outbound.check(&domain).await)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check_text(&report));
+            }
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let Some(path) = file.or(cli.config) else {
+                bail!("name a file: sealgate config check FILE");
+            };
+            let config = Config::load(&path)?;
+            if let Some(users) = &config.auth.users_file {
+                crate::inbound::Users::load(users)?;
+            }
+            if let (Some(cert), Some(_)) = (&config.tls.certificate, &config.tls.private_key) {
+                crate::tls::load_certs(cert)?;
+            }
+            if let Some(key) = &config.report.signing_key {
+                crate::report::heads::Signer::load(key).context("report.signing_key")?;
+            }
+            let policies = Policies::load(config.policy.dir.as_deref())?.current();
+            println!(
+                "{}: OK ({} listeners, {} tenants, {} routes; policy from {})",
+                path.display(),
+                config.listeners.len(),
+                config.tenants.len(),
+                config.routes.len(),
+                policies
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Queue { command } => queue(load_config(&cli.config)?, command),
+        Command::User {
+            command: UserCommand::Hash { name },
+        } => {
+            let password = read_password(&format!("password for {name} (one line):"))?;
+            let hash =
+                crate::inbound::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+            println!("{name}:{hash}");
+            Ok(())
+        }
+        Command::Envelope { command } => envelope(load_config(&cli.config)?, command),
+        Command::Domains { command } => domains(load_config(&cli.config)?, command),
+        Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
+        Command::Report { command } => report_command(load_config(&cli.config)?, command),
+    }
+}
+
+/// One line from standard input, with a prompt when it is a terminal.
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("{prompt}");
+    }
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password.to_string())
+}
+
+fn report(answer: String) -> anyhow::Result<()> {
+    match answer.strip_prefix("ok: ") {
+        Some(rest) => {
+            println!("{rest}");
+            Ok(())
+        }
+        None => bail!("{}", answer.strip_prefix("error: ").unwrap_or(&answer)),
+    }
+}
+
+fn time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

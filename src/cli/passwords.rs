@@ -1,0 +1,90 @@
+//! `sealgate passwords`: pre-agreed envelope passwords per recipient.
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(super) enum PasswordsCommand {
+    /// Store ADDRESS's password, read from standard input (or made with --generate and printed).
+    Set {
+        address: String,
+        /// The tenant whose recipient this is (default: default_tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Forget ADDRESS's password: its next sealed message gets a fresh one.
+    Remove {
+        address: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The addresses with a stored password (never the passwords).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Result<()> {
+    use crate::seal::channel::PasswordStore;
+    use crate::seal::password::Password;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = PasswordStore::open(&config.database_path(), &config.passwords_key())?;
+    let tenant_of = |t: Option<String>| -> anyhow::Result<String> {
+        let t = t.unwrap_or_else(|| config.default_tenant.clone());
+        if !config.tenants.iter().any(|x| x.id == t) {
+            bail!("no tenant `{t}` in the configuration");
+        }
+        Ok(t)
+    };
+    match command {
+        PasswordsCommand::Set {
+            address,
+            tenant,
+            generate,
+        } => {
+            let tenant = tenant_of(tenant)?;
+            if !address.contains('@') {
+                bail!("`{address}` is not an address");
+            }
+            let password = if generate {
+                Password::generate()
+            } else {
+                let text = read_password(&format!("password for {address} (one line):"))?;
+                let pw = Password::from_text(&text);
+                // The envelope is only as strong as this password.
+                if pw.canonical().chars().count() < 12 {
+                    bail!(
+                        "a pre-agreed password needs at least 12 characters (spaces and dashes do not count)"
+                    );
+                }
+                pw
+            };
+            store.set(&tenant, &address, &password)?;
+            if generate {
+                println!("{}", password.display());
+            }
+            eprintln!("{address} (tenant {tenant}): password stored");
+            Ok(())
+        }
+        PasswordsCommand::Remove { address, tenant } => {
+            let tenant = tenant_of(tenant)?;
+            if !store.remove(&tenant, &address)? {
+                bail!("{address} (tenant {tenant}) has no stored password");
+            }
+            println!("{address} (tenant {tenant}): password removed");
+            Ok(())
+        }
+        PasswordsCommand::List { tenant } => {
+            let tenant = tenant_of(tenant)?;
+            let list = store.list(&tenant)?;
+            for (address, at) in &list {
+                println!("{address:<40}  set {}", time(*at));
+            }
+            println!("{} address(es) with a pre-agreed password", list.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The SMTP transaction on a qualified connection, and what each
+//! recipient's reply makes of it.
+
+use super::client::{ClientError, SmtpClient};
+use super::{Detail, Outbound, Outcome};
+use crate::message::{LoadedJob, PendingRecipient};
+
+impl Outbound {
+    /// Runs the transaction. On error, the flag says whether the peer may
+    /// have taken anything (then the connection must not be retried blindly).
+    pub(super) async fn transact(
+        &self,
+        client: &mut SmtpClient,
+        job: &LoadedJob,
+        pending: &[&PendingRecipient],
+    ) -> Result<Vec<(u32, Outcome)>, (ClientError, bool)> {
+        let recipients: Vec<_> = pending.iter().map(|p| &p.recipient).collect();
+        if job.envelope.smtputf8 && !client.caps.smtputf8 && needs_smtputf8(job, pending) {
+            // RFC 6531 §3.4: non-ASCII addresses cannot go to a server
+            // without SMTPUTF8; downgrading them is not ours to do.
+            let remote = format!("{}[{}]", client.host, client.peer.ip());
+            let detail = Detail {
+                status: [5, 6, 7],
+                remote: Some(remote.clone()),
+                reply: None,
+                text: format!("{remote} does not support SMTPUTF8, which this message needs"),
+            };
+            return Ok(pending
+                .iter()
+                .map(|p| (p.index, Outcome::Failed(detail.clone())))
+                .collect());
+        }
+        let before = client.replies_read();
+        let replies = match client.send(&job.envelope, &recipients, &job.body).await {
+            Ok(r) => r,
+            Err(e) => {
+                let progressed = client.replies_read() > before;
+                return Err((e, progressed));
+            }
+        };
+        let remote = format!("{}[{}]", client.host, client.peer.ip());
+        Ok(pending
+            .iter()
+            .zip(replies.per_recipient)
+            .map(|(p, reply)| {
+                let detail = Detail::from_reply(&remote, &reply);
+                let outcome = if reply.is_positive() {
+                    Outcome::Delivered(detail)
+                } else if reply.is_permanent() {
+                    Outcome::Failed(detail)
+                } else {
+                    Outcome::Deferred(detail)
+                };
+                (p.index, outcome)
+            })
+            .collect())
+    }
+}
+
+/// Whether the envelope has a non-ASCII address.
+fn needs_smtputf8(job: &LoadedJob, pending: &[&PendingRecipient]) -> bool {
+    !job.envelope.sender.is_ascii() || pending.iter().any(|p| !p.recipient.address.is_ascii())
+}
+
+pub(super) fn deferred_by(client: &SmtpClient, e: &ClientError) -> Outcome {
+    let remote = format!("{}[{}]", client.host, client.peer.ip());
+    Outcome::Deferred(Detail {
+        status: [4, 4, 2],
+        remote: Some(remote.clone()),
+        reply: None,
+        text: format!("{remote}: {e}"),
+    })
+}
