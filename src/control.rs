@@ -127,7 +127,7 @@ impl Server {
                 }
                 Err(e) => format!("error: {e}"),
             },
-            "delete" => match self.spool.delete(id).await {
+            "delete" => match self.queue.delete(id).await {
                 Ok(true) => format!("ok: {id}: deleted"),
                 Ok(false) => format!("error: {id}: no such message"),
                 Err(e) => format!("error: {e}"),

@@ -175,3 +175,170 @@ pub struct LoadedJob {
     pub body: Vec<u8>,
     pub recipients: Vec<PendingRecipient>,
 }
+
+/// Why an address from a client is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("address must be local-part@domain")]
+    NoDomain,
+    #[error("address contains a control character")]
+    Control,
+}
+
+/// Any C0 control character or DEL: never part of an address, a
+/// parameter or a header we write.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control())
+}
+
+/// An SMTP mailbox from a client, in the one form sealgate keeps and
+/// writes: `local@domain`, the local part quoted (RFC 5321 §4.1.2) whenever
+/// it is not a dot-string. smtp-proto hands over quoted local parts
+/// without their quotes; writing them back unquoted would let
+/// `"x> NOTIFY=…"@d` add parameters on the next hop, and
+/// `"a@evil"@d` change its meaning. The domain is what follows the last
+/// `@`, which no local part, quoted or not, can change.
+pub fn mailbox(raw: &str) -> Result<String, AddressError> {
+    if has_control(raw) {
+        return Err(AddressError::Control);
+    }
+    let (local, domain) = raw.rsplit_once('@').ok_or(AddressError::NoDomain)?;
+    if local.is_empty() || domain.is_empty() {
+        return Err(AddressError::NoDomain);
+    }
+    Ok(format!("{}@{domain}", quote_local(local)))
+}
+
+/// A local part as a dot-string when it is one, else as a quoted string
+/// with `"` and `\` escaped (RFC 5321 §4.1.2; RFC 6531 allows UTF-8 in both).
+pub fn quote_local(local: &str) -> std::borrow::Cow<'_, str> {
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let dot_string = !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    if dot_string {
+        return local.into();
+    }
+    let mut q = String::with_capacity(local.len() + 2);
+    q.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q.into()
+}
+
+/// xtext (RFC 3461 §4): what ENVID and ORCPT travel as, on the wire and in
+/// a DSN; it cannot carry a line break or a space.
+pub fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Copies message data with every line end as CRLF: a bare LF and a bare
+/// CR each become CRLF, so no line end that one MTA reads differently from
+/// the next can reach the wire (the SMTP smuggling family, CVE-2023-51764).
+pub fn crlf_lines(data: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5321_4_1_2_local_parts_are_quoted_when_not_a_dot_string() {
+        assert_eq!(
+            mailbox("john.smith@example.org").unwrap(),
+            "john.smith@example.org"
+        );
+        assert_eq!(
+            mailbox("x> NOTIFY=SUCCESS ORCPT=rfc822;forged@allowed.test").unwrap(),
+            "\"x> NOTIFY=SUCCESS ORCPT=rfc822;forged\"@allowed.test"
+        );
+        assert_eq!(
+            mailbox("victim@evil.test@allowed.test").unwrap(),
+            "\"victim@evil.test\"@allowed.test"
+        );
+        assert_eq!(mailbox("a\"b\\c@d.test").unwrap(), "\"a\\\"b\\\\c\"@d.test");
+        assert_eq!(mailbox(".lead@d.test").unwrap(), "\".lead\"@d.test");
+        assert_eq!(mailbox("jörg@d.test").unwrap(), "jörg@d.test");
+        assert_eq!(mailbox("a\0b@d.test"), Err(AddressError::Control));
+        assert_eq!(mailbox("a\r\nb@d.test"), Err(AddressError::Control));
+        assert_eq!(mailbox("nodomain"), Err(AddressError::NoDomain));
+        assert_eq!(mailbox("@d.test"), Err(AddressError::NoDomain));
+    }
+
+    proptest::proptest! {
+        /// Whatever local part a client gives (quoted or not, any printable
+        /// character), what we write parses back, as the next hop's
+        /// smtp-proto would read it, to exactly that mailbox.
+        #[test]
+        fn rfc5321_4_1_2_mailbox_round_trip(local in "[ -~]{1,40}", domain in "[a-z0-9]{1,10}\\.test") {
+            let raw = format!("{local}@{domain}");
+            let wire = mailbox(&raw).unwrap();
+            let line = format!("RCPT TO:<{wire}>\r\n");
+            match smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
+                Ok(smtp_proto::Request::Rcpt { to }) => proptest::prop_assert_eq!(to.address, raw),
+                other => proptest::prop_assert!(false, "{line:?} parsed as {other:?}"),
+            }
+        }
+
+        /// Line ends of any kind come out as CRLF only.
+        #[test]
+        fn only_crlf_leaves(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut out = Vec::new();
+            crlf_lines(&data, &mut out);
+            for (i, b) in out.iter().enumerate() {
+                if *b == b'\r' {
+                    proptest::prop_assert_eq!(out.get(i + 1), Some(&b'\n'));
+                }
+                if *b == b'\n' {
+                    proptest::prop_assert!(i > 0 && out[i - 1] == b'\r');
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3461_4_xtext() {
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext("Bob@Example.COM"), "Bob@Example.COM");
+        assert_eq!(
+            xtext("x\r\nAction: delivered"),
+            "x+0D+0AAction:+20delivered"
+        );
+    }
+
+    #[test]
+    fn every_line_end_becomes_crlf() {
+        let mut out = Vec::new();
+        crlf_lines(b"a\rb\nc\r\nd\r\r\n.\r", &mut out);
+        assert_eq!(out, b"a\r\nb\r\nc\r\nd\r\n\r\n.\r\n");
+    }
+}

@@ -50,6 +50,9 @@ impl Reply {
         ALREADY_AUTHENTICATED = 503, [5, 5, 1], "Already authenticated";
         ALREADY_TLS = 503, [5, 5, 1], "TLS already active";
         PARAM_NOT_IMPLEMENTED = 504, [5, 5, 4], "Parameter not implemented";
+        BAD_PARAMETER = 501, [5, 5, 4], "Parameter contains control characters";
+        BAD_HELO = 501, [5, 5, 4], "HELO name contains control characters";
+        BAD_HEADERS = 554, [5, 6, 0], "Message header contains a control character";
         AUTH_MECHANISM_UNSUPPORTED = 504, [5, 5, 4], "Unrecognized authentication mechanism";
         AUTH_REQUIRED = 530, [5, 7, 0], "Authentication required";
         TLS_REQUIRED = 530, [5, 7, 0], "Must issue a STARTTLS command first";

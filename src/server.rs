@@ -24,7 +24,13 @@ use crate::spool::{Spool, SqliteSpool};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir)
+    for w in config.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
+    crate::util::return_large_allocations();
+    // Queued bodies, the database and keys are for this user alone.
+    crate::util::private_files();
+    crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let spool: Arc<dyn Spool> = SqliteSpool::open(&config.database_path())
         .with_context(|| format!("cannot open the spool {}", config.database_path().display()))?;
@@ -95,6 +101,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         tls,
         users: Arc::new(users),
+        auth_guard: Default::default(),
         spool,
         queue: handle,
         policies,

@@ -846,3 +846,69 @@ fn queue_delete_removes_without_bounce() {
         "a deleted message does not bounce"
     );
 }
+
+/// Microsoft sends every Microsoft 365 tenant's mail with one certificate:
+/// a tenant admitted by certificate is bound to its own Microsoft 365
+/// tenant id and sender domains.
+#[test]
+fn a_certificate_client_is_bound_to_its_tenant_id_and_sender_domains() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, fp) = client_certificate(certs.path());
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "default_tenant = \"m365\"\n{}\n[[tenant]]\nid = \"m365\"\nclient_certificates = [{{ sha256 = \"{fp}\" }}]\nm365_tenant_id = \"6f1c2a9e-0000-4000-8000-000000000001\"\nsender_domains = [\"contoso.test\"]\n",
+            base_config(dir, relay, sub)
+        )
+    });
+    let server = format!("127.0.0.1:{}", gw.relay);
+    let send = |from: &str, rcpt: &str, tenant: Option<&str>| {
+        let mut args = vec![
+            "--server",
+            &server,
+            "--from",
+            from,
+            "--to",
+            rcpt,
+            "--tls",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let header;
+        if let Some(t) = tenant {
+            header = format!("X-MS-Exchange-CrossTenant-Id: {t}");
+            args.extend(["--add-header", &header]);
+        }
+        swaks(&args)
+    };
+    let rcpt = format!("{}@cert.test", unique("bound"));
+    let (ok, out) = send(
+        "a@other.test",
+        &rcpt,
+        Some("6f1c2a9e-0000-4000-8000-000000000001"),
+    );
+    assert!(
+        !ok && out.contains("554 5.7.1") && out.contains("other.test"),
+        "{out}"
+    );
+    let (ok, out) = send(
+        "a@contoso.test",
+        &rcpt,
+        Some("11111111-2222-4333-8444-555555555555"),
+    );
+    assert!(
+        !ok && out.contains("554 5.7.1") && out.contains("Microsoft 365 tenant"),
+        "{out}"
+    );
+    let (ok, out) = send("a@contoso.test", &rcpt, None);
+    assert!(!ok && out.contains("554 5.7.1"), "{out}");
+    assert!(dest().mails(&rcpt).is_empty());
+    let (ok, out) = send(
+        "a@contoso.test",
+        &rcpt,
+        Some("6f1c2a9e-0000-4000-8000-000000000001"),
+    );
+    assert!(ok, "{out}");
+    dest().wait_mails(&rcpt, 1, T);
+}

@@ -177,6 +177,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::report::heads::Signer::load(key).context("report.signing_key")?;
             }
             let policies = Policies::load(config.policy.dir.as_deref())?.current();
+            for w in config.warnings() {
+                println!("{}: warning: {w}", path.display());
+            }
             println!(
                 "{}: OK ({} listeners, {} tenants, {} routes; policy from {})",
                 path.display(),

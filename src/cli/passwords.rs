@@ -29,7 +29,8 @@ pub(super) enum PasswordsCommand {
 pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Result<()> {
     use crate::seal::channel::PasswordStore;
     use crate::seal::password::Password;
-    std::fs::create_dir_all(&config.data_dir)
+    crate::util::private_files();
+    crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = PasswordStore::open(&config.database_path(), &config.passwords_key())?;
     let tenant_of = |t: Option<String>| -> anyhow::Result<String> {

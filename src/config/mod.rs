@@ -90,6 +90,8 @@ impl Default for Config {
                 networks: vec![IpNet::from_str("127.0.0.0/8").expect("literal CIDR")],
                 users: Vec::new(),
                 client_certificates: Vec::new(),
+                m365_tenant_id: None,
+                sender_domains: Vec::new(),
                 seal: TenantSeal::default(),
                 retention: TenantRetention::default(),
             }],
@@ -140,6 +142,32 @@ impl Config {
         if self.listeners.is_empty() {
             return Err("no [[listener]]: the gateway would accept nothing".into());
         }
+        if self.hostname.is_empty() || self.hostname.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "hostname {:?} must be a host name: it goes into EHLO, our Received: header and every bounce",
+                self.hostname
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.max_connections_per_client == 0 {
+            return Err(
+                "limits.max_connections and limits.max_connections_per_client must be at least 1: the gateway would accept no connection".into(),
+            );
+        }
+        let o = &self.outbound;
+        for (key, d) in [
+            ("limits.command_timeout", l.command_timeout),
+            ("limits.data_timeout", l.data_timeout),
+            ("outbound.connect_timeout", o.connect_timeout),
+            ("outbound.command_timeout", o.command_timeout),
+            ("outbound.data_timeout", o.data_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!(
+                    "{key} must be above zero: every wait would fail at once"
+                ));
+            }
+        }
         for (i, a) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|b| b.address == a.address) {
                 return Err(format!("two listeners on {}", a.address));
@@ -176,6 +204,14 @@ impl Config {
                 .client_certificates
                 .iter()
                 .any(|r| !matches!(r, ClientCertRule::Sha256(_)));
+            if let Some(shared) = t.shared_cloud_rule()
+                && !t.binds_certificate_clients()
+            {
+                return Err(format!(
+                    "tenant `{}` admits clients by the certificate name `{shared}`, which every customer of that provider presents: bind the tenant with m365_tenant_id and/or sender_domains (docs/configuration.md)",
+                    t.id
+                ));
+            }
             if by_name && self.tls.client_ca_file.is_none() {
                 return Err(format!(
                     "tenant `{}` matches client certificates by subject or SAN, which needs tls.client_ca_file (anyone can make a self-signed certificate with any name)",
@@ -190,6 +226,52 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// What is allowed but probably a mistake, in words for `config check`
+    /// and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tenants {
+            for n in &t.networks {
+                let wide = match n {
+                    IpNet::V4(v4) => v4.prefix_len() < 8,
+                    IpNet::V6(v6) => v6.prefix_len() < 16,
+                };
+                if wide {
+                    out.push(format!(
+                        "tenant `{}`: network {n} covers a large part of the internet: everyone in it may relay through this gateway",
+                        t.id
+                    ));
+                }
+            }
+            let by_name = t
+                .client_certificates
+                .iter()
+                .any(|r| !matches!(r, ClientCertRule::Sha256(_)));
+            if by_name && !t.binds_certificate_clients() && self.public_client_ca() {
+                out.push(format!(
+                    "tenant `{}`: client certificates are matched by name against a public CA bundle ({}), and the tenant binds no sender_domains or m365_tenant_id: anyone who can buy a certificate for that name may relay",
+                    t.id,
+                    self.tls
+                        .client_ca_file
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether `tls.client_ca_file` looks like a public CA bundle (many roots).
+    fn public_client_ca(&self) -> bool {
+        let Some(path) = &self.tls.client_ca_file else {
+            return false;
+        };
+        std::fs::read_to_string(path)
+            .map(|text| text.matches("-----BEGIN CERTIFICATE-----").count() > 20)
+            .unwrap_or(false)
     }
 
     /// The name we give in EHLO to peers.
@@ -228,6 +310,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn dangerous_settings_are_errors_or_warnings() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("hostname = \"gw.test\\r\\nX-Evil: 1\"\n").contains("host name"));
+        assert!(err("[limits]\nmax_connections = 0\n").contains("max_connections"));
+        assert!(err("[limits]\ncommand_timeout = \"0s\"\n").contains("limits.command_timeout"));
+        assert!(err("[outbound]\ndata_timeout = \"0s\"\n").contains("outbound.data_timeout"));
+        // Microsoft's sending certificate admits every Microsoft 365 tenant.
+        let shared = "[tls]\nclient_ca_file = \"/etc/ssl/certs/ca-certificates.crt\"\n\
+                      [[tenant]]\nid = \"default\"\n\
+                      client_certificates = [{ san = \"mail.protection.outlook.com\" }]\n";
+        assert!(err(shared).contains("m365_tenant_id"), "{}", err(shared));
+        let bound = format!("{shared}m365_tenant_id = \"tid\"\n");
+        assert!(parse(&bound).is_ok());
+        let open = parse("[[tenant]]\nid = \"default\"\nnetworks = [\"0.0.0.0/0\"]\n").unwrap();
+        assert!(
+            open.warnings()[0].contains("0.0.0.0/0"),
+            "{:?}",
+            open.warnings()
+        );
+        assert!(parse("").unwrap().warnings().is_empty());
     }
 
     #[test]

@@ -18,12 +18,53 @@ pub struct Tenant {
     /// TLS client certificates that may relay as this tenant.
     #[serde(default)]
     pub client_certificates: Vec<ClientCertRule>,
+    /// For clients admitted by certificate: the customer's Microsoft 365
+    /// tenant id, which `X-MS-Exchange-CrossTenant-Id` must carry.
+    /// Microsoft sends every tenant's mail with one certificate, so the
+    /// certificate alone admits the whole world's Microsoft 365 tenants.
+    #[serde(default)]
+    pub m365_tenant_id: Option<String>,
+    /// For clients admitted by certificate: the sender domains they may
+    /// use (`MAIL FROM`); empty: any.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
     /// Sealed delivery for this tenant's mail.
     #[serde(default)]
     pub seal: TenantSeal,
     /// How long this tenant's log records and finished messages are kept.
     #[serde(default)]
     pub retention: TenantRetention,
+}
+
+/// Certificate names that many customers share (a cloud provider's
+/// sending certificate): a rule naming one admits every customer of that
+/// provider unless the tenant binds its own.
+pub const SHARED_CLOUD_NAMES: &[&str] = &[
+    "mail.protection.outlook.com",
+    "outbound.protection.outlook.com",
+    "smtp-relay.gmail.com",
+];
+
+impl Tenant {
+    /// Whether certificate clients are bound to this customer beyond the
+    /// certificate: its Microsoft 365 tenant id or its sender domains.
+    pub fn binds_certificate_clients(&self) -> bool {
+        self.m365_tenant_id.is_some() || !self.sender_domains.is_empty()
+    }
+
+    /// A by-name rule that names a shared cloud certificate, if any.
+    pub fn shared_cloud_rule(&self) -> Option<&str> {
+        self.client_certificates.iter().find_map(|r| {
+            let name = match r {
+                ClientCertRule::San(n) | ClientCertRule::Subject(n) => n.to_ascii_lowercase(),
+                ClientCertRule::Sha256(_) => return None,
+            };
+            SHARED_CLOUD_NAMES
+                .iter()
+                .find(|shared| name.contains(*shared))
+                .copied()
+        })
+    }
 }
 
 /// `[tenant.retention]`.

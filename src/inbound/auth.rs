@@ -1,9 +1,13 @@
 //! SMTP AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN against a users
 //! file of argon2 password hashes: one `user:$argon2id$…` per line, `#`
-//! starts a comment. `sealgate user hash` makes the hash.
+//! starts a comment. `sealgate user hash` makes the hash. The [`Guard`]
+//! slows guessing across sessions and bounds the checks running at once.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -75,6 +79,152 @@ impl Users {
             })
             .unwrap_or(false);
         ok && self.hashes.contains_key(user)
+    }
+}
+
+/// Failures below this many, per client address and per user name, cost
+/// nothing; each one after doubles the wait before the next check.
+const FREE_FAILURES: u32 = 3;
+/// The longest wait before a check.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// A failure is forgotten after this long.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Records kept at most: an attacker with many addresses cannot grow memory.
+const MAX_RECORDS: usize = 10_000;
+
+/// Who failed: the client address and the user name are counted apart, so
+/// that guessing from many connections, or for one user from many
+/// addresses, slows down alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Address(IpAddr),
+    User(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// Slows password guessing across sessions and bounds the password checks
+/// running at once: argon2 takes 19 MiB per check, so a burst of AUTH
+/// attempts is checked on one thread per core, and the memory the checks
+/// take is that of those threads, never one check per attempt (a thread
+/// per check would also keep its allocator arena). The wait does not depend
+/// on whether the user exists.
+pub struct Guard {
+    failures: Mutex<HashMap<Key, Failures>>,
+    checks: tokio::sync::mpsc::Sender<PasswordCheck>,
+}
+
+/// One password to check on a checker thread.
+struct PasswordCheck {
+    users: std::sync::Arc<Users>,
+    user: String,
+    password: String,
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (checks, queue) = tokio::sync::mpsc::channel::<PasswordCheck>(256);
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..cores {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next check.
+                        let next = match queue.lock() {
+                            Ok(mut q) => q.blocking_recv(),
+                            Err(_) => None,
+                        };
+                        let Some(c) = next else { return };
+                        let _ = c.done.send(c.users.verify(&c.user, &c.password));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a password-check thread: {e}");
+            }
+        }
+        Guard {
+            failures: Mutex::new(HashMap::new()),
+            checks,
+        }
+    }
+}
+
+impl Guard {
+    /// How long to wait before checking `user`'s password from `ip`.
+    pub fn delay(&self, ip: IpAddr, user: &str) -> Duration {
+        let Ok(map) = self.failures.lock() else {
+            return MAX_DELAY;
+        };
+        let count = [Key::Address(ip), Key::User(user.to_string())]
+            .iter()
+            .filter_map(|k| map.get(k))
+            .filter(|f| f.last.elapsed() < FAILURE_MEMORY)
+            .map(|f| f.count)
+            .max()
+            .unwrap_or(0);
+        match count.checked_sub(FREE_FAILURES) {
+            None => Duration::ZERO,
+            Some(over) => Duration::from_secs(1u64 << over.min(6)).min(MAX_DELAY),
+        }
+    }
+
+    /// Checks a password on a checker thread (one per core).
+    pub async fn verify(&self, users: std::sync::Arc<Users>, user: &str, password: String) -> bool {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let check = PasswordCheck {
+            users,
+            user: user.to_string(),
+            password,
+            done,
+        };
+        if self.checks.send(check).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    pub fn failed(&self, ip: IpAddr, user: &str) {
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() >= MAX_RECORDS {
+            map.retain(|_, f| f.last.elapsed() < FAILURE_MEMORY);
+            if map.len() >= MAX_RECORDS
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        for key in [Key::Address(ip), Key::User(user.to_string())] {
+            let f = map.entry(key).or_insert(Failures {
+                count: 0,
+                last: Instant::now(),
+            });
+            if f.last.elapsed() >= FAILURE_MEMORY {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last = Instant::now();
+        }
+    }
+
+    /// A good password: that user's and that address's failures are forgotten.
+    pub fn succeeded(&self, ip: IpAddr, user: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(&Key::Address(ip));
+            map.remove(&Key::User(user.to_string()));
+        }
     }
 }
 

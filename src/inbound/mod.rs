@@ -30,6 +30,8 @@ pub struct InboundContext {
     pub config: Arc<Config>,
     pub tls: crate::tls::ServerTls,
     pub users: Arc<Users>,
+    /// Password guessing across sessions, and the checks running at once.
+    pub auth_guard: auth::Guard,
     pub spool: Arc<dyn Spool>,
     pub queue: QueueHandle,
     /// Classifies each message as it is received.

@@ -15,14 +15,17 @@ use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
     RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
 };
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use super::InboundContext;
 use super::auth;
 use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
-use crate::message::{Envelope, Notify, Recipient, Ret, TenantId};
+use crate::message::{
+    AddressError, Envelope, Notify, Recipient, Ret, TenantId, crlf_lines, has_control, mailbox,
+};
 use crate::policy::RiskClass;
 use crate::policy::rules::{Facts, strip_subject_tags};
 use crate::qualify::TlsFacts;
@@ -30,6 +33,13 @@ use crate::reply::Reply;
 use crate::report::{Event, EventData, event};
 use crate::spool::{NewMessage, SpoolError};
 use crate::tls::ClientIdentity;
+
+/// The slowest a large message may arrive, in bytes per second, once
+/// `data_timeout` is used up.
+const MIN_DATA_RATE: usize = 1024;
+
+/// The longest command line, CRLF included, however it arrives.
+const MAX_COMMAND_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -92,6 +102,10 @@ struct Session {
     tx: Option<Transaction>,
     errors: u32,
     auth_failures: u32,
+    /// When the command being read began, if one has.
+    line_started: Option<tokio::time::Instant>,
+    /// When the message data being read began.
+    data_started: Option<tokio::time::Instant>,
 }
 
 pub async fn run(
@@ -140,6 +154,8 @@ impl Session {
             tx: None,
             errors: 0,
             auth_failures: 0,
+            line_started: None,
+            data_started: None,
         };
         s.relay = s.network_authorization();
         s
@@ -185,14 +201,10 @@ impl Session {
                 self.out.clear();
             }
             let in_data = matches!(self.phase, Phase::Data | Phase::DiscardData(_));
-            let limit = if in_data {
-                self.ctx.config.limits.data_timeout
-            } else {
-                self.ctx.config.limits.command_timeout
-            };
+            let deadline = self.deadline(in_data);
             let busy = in_data || self.tx.is_some();
             let read = tokio::select! {
-                r = timeout(limit, stream.read(&mut buf)) => r,
+                r = timeout_at(deadline, stream.read(&mut buf)) => r,
                 // Shutting down: an idle session is told to come back later;
                 // one in a transaction is left to finish it.
                 _ = shutdown.changed(), if !busy => {
@@ -239,6 +251,32 @@ impl Session {
         }
     }
 
+    /// Until when the next read may take. A command that has begun must be
+    /// complete within `command_timeout` of its first byte, and a message
+    /// within `data_timeout` of its first byte (longer only for a large
+    /// message, at `MIN_DATA_RATE`): a byte now and then does not keep a
+    /// connection forever (slowloris). Between commands, `command_timeout`.
+    fn deadline(&mut self, in_data: bool) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let limits = &self.ctx.config.limits;
+        if in_data {
+            self.line_started = None;
+            let started = *self.data_started.get_or_insert(now);
+            let floor = Duration::from_secs((self.message.len() / MIN_DATA_RATE) as u64);
+            return started + limits.data_timeout.max(floor);
+        }
+        self.data_started = None;
+        let partial = !self.requests.buf().is_empty()
+            || !self.auth_line.is_empty()
+            || matches!(self.phase, Phase::DiscardLine);
+        if partial {
+            *self.line_started.get_or_insert(now) + limits.command_timeout
+        } else {
+            self.line_started = None;
+            now + limits.command_timeout
+        }
+    }
+
     /// TLS handshake (STARTTLS or implicit); on success the session starts over (RFC 3207 §4.2).
     async fn handshake(&mut self, stream: Box<dyn Io>) -> Option<Box<dyn Io>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.config.clone());
@@ -273,6 +311,15 @@ impl Session {
         Some(Box::new(tls))
     }
 
+    /// The tenant whose client-certificate rule admitted this session, if
+    /// one did: its binding (sender domains, Microsoft 365 tenant) applies.
+    fn certificate_tenant(&self) -> Option<&crate::config::Tenant> {
+        let Some((id, Authorization::ClientCertificate(_))) = &self.relay else {
+            return None;
+        };
+        self.ctx.config.tenants.iter().find(|t| t.id == id.0)
+    }
+
     fn certificate_authorization(&self) -> Option<(TenantId, Authorization)> {
         let id = self.client_cert.as_ref()?;
         self.ctx.config.tenants.iter().find_map(|t| {
@@ -298,6 +345,22 @@ impl Session {
         loop {
             match &mut self.phase {
                 Phase::Command => {
+                    // The limit holds whether the line spans reads or
+                    // arrives whole in one (smtp-proto checks only the first).
+                    let rest = bytes.as_slice();
+                    let buffered = self.requests.buf().len();
+                    let line = match rest.iter().position(|b| *b == b'\n') {
+                        Some(i) => buffered + i + 1,
+                        None => buffered + rest.len(),
+                    };
+                    if line > MAX_COMMAND_LINE {
+                        self.requests = RequestReceiver::default();
+                        self.phase = Phase::DiscardLine;
+                        if let Next::Close = self.error(Reply::LINE_TOO_LONG) {
+                            return Next::Close;
+                        }
+                        continue;
+                    }
                     let request = match self.requests.ingest(&mut bytes) {
                         Ok(r) => r.into_owned(),
                         Err(smtp_proto::Error::NeedsMoreData { .. }) => return Next::Continue,
@@ -428,6 +491,10 @@ impl Session {
     }
 
     fn hello(&mut self, host: String, esmtp: bool) -> Next {
+        // The name goes into our Received: header: nothing but text.
+        if has_control(&host) {
+            return self.error(Reply::BAD_HELO);
+        }
         self.helo = Some(host);
         self.esmtp = esmtp;
         self.tx = None;
@@ -543,12 +610,18 @@ impl Session {
     }
 
     async fn check_credentials(&mut self, user: String, password: String) -> Next {
-        let users = self.ctx.users.clone();
-        let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .unwrap_or(false);
+        let guard = &self.ctx.auth_guard;
+        let ip = self.remote.ip();
+        // Earlier failures from this address or for this user name, in any
+        // session, make this check wait: guessing gets slower and slower.
+        let wait = guard.delay(ip, &user);
+        if !wait.is_zero() {
+            tracing::info!(remote = %self.remote, %user, "AUTH after repeated failures: waiting {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
+        let ok = guard.verify(self.ctx.users.clone(), &user, password).await;
         if ok {
+            guard.succeeded(ip, &user);
             let config = &self.ctx.config;
             let tenant = config
                 .tenants
@@ -563,6 +636,7 @@ impl Session {
             return Next::Continue;
         }
         tracing::info!(remote = %self.remote, %user, "authentication failed");
+        guard.failed(ip, &user);
         self.auth_failures += 1;
         self.reply(Reply::AUTH_INVALID);
         if self.auth_failures >= self.ctx.config.limits.max_auth_failures {
@@ -599,8 +673,37 @@ impl Session {
         if !smtputf8 && !from.address.is_ascii() {
             return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
         }
+        // ENVID arrives xtext-decoded: a CR LF in it would become a header
+        // of the bounce (RFC 3461 §4.4 allows none).
+        if from.env_id.as_deref().is_some_and(has_control) {
+            return self.error(Reply::BAD_PARAMETER.with_text("ENVID contains control characters"));
+        }
+        let sender = if from.address.is_empty() {
+            String::new()
+        } else {
+            match mailbox(&from.address) {
+                Ok(a) => a,
+                Err(e) => return self.error(Reply::BAD_SENDER.with_text(format!("Sender {e}"))),
+            }
+        };
+        if let Some(t) = self.certificate_tenant()
+            && !t.sender_domains.is_empty()
+            && !sender.is_empty()
+        {
+            let domain = crate::message::domain_of(&sender);
+            if !t
+                .sender_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+            {
+                tracing::info!(remote = %self.remote, %sender, tenant = %t.id, "sender domain not bound to the client certificate");
+                return self.error(Reply::RELAY_DENIED.with_text(format!(
+                    "Sender domain {domain} is not one of this client's domains"
+                )));
+            }
+        }
         self.tx = Some(Transaction {
-            sender: from.address,
+            sender,
             env_id: from.env_id,
             ret: if from.flags & MAIL_RET_FULL != 0 {
                 Some(Ret::Full)
@@ -623,13 +726,17 @@ impl Session {
         };
         let smtputf8 = tx.smtputf8;
         let count = tx.recipients.len();
-        let (domain_ok, address) = match to.address.rsplit_once('@') {
-            Some((local, domain)) => (!local.is_empty() && !domain.is_empty(), to.address.clone()),
-            None => (false, to.address.clone()),
+        let address = match mailbox(&to.address) {
+            Ok(a) => a,
+            Err(AddressError::NoDomain) => {
+                return self.error(
+                    Reply::BAD_RECIPIENT.with_text("Recipient address must be local@domain"),
+                );
+            }
+            Err(e) => return self.error(Reply::BAD_RECIPIENT.with_text(format!("Recipient {e}"))),
         };
-        if !domain_ok {
-            return self
-                .error(Reply::BAD_RECIPIENT.with_text("Recipient address must be local@domain"));
+        if to.orcpt.as_deref().is_some_and(has_control) {
+            return self.error(Reply::BAD_PARAMETER.with_text("ORCPT contains control characters"));
         }
         if !smtputf8 && !address.is_ascii() {
             return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
@@ -700,6 +807,27 @@ impl Session {
             )));
             return;
         }
+        if let Some(line) = control_in_headers(&data) {
+            self.reply(Reply::BAD_HEADERS.with_text(format!(
+                "Message header line {line} contains a control character"
+            )));
+            return;
+        }
+        if let Some(t) = self.certificate_tenant()
+            && let Some(expected) = &t.m365_tenant_id
+        {
+            let found = header_value(&data, "x-ms-exchange-crosstenant-id");
+            if !found
+                .as_deref()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected.trim()))
+            {
+                tracing::info!(remote = %self.remote, tenant = %t.id, found = ?found, "message not from the client certificate's Microsoft 365 tenant");
+                self.reply(Reply::RELAY_DENIED.with_text(
+                    "Message is not from this client's Microsoft 365 tenant (X-MS-Exchange-CrossTenant-Id)",
+                ));
+                return;
+            }
+        }
         let Some((tenant, authorization)) = self.relay.clone() else {
             // Cannot happen: RCPT refuses every recipient without relay rights.
             self.reply(Reply::NO_VALID_RECIPIENTS);
@@ -711,7 +839,7 @@ impl Session {
         let received = self.received_header(&tx, id, &now);
         let mut body = Vec::with_capacity(received.len() + data.len() + 16);
         body.extend_from_slice(received.as_bytes());
-        normalize_line_ends(&data, &mut body);
+        crlf_lines(&data, &mut body);
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
         let domains = {
             let mut d: Vec<String> = tx.recipients.iter().map(|r| r.domain.clone()).collect();
@@ -764,7 +892,9 @@ impl Session {
                 env_id: tx.env_id,
                 ret: tx.ret,
                 smtputf8: tx.smtputf8,
-                body_8bit: tx.body_8bit,
+                // Declared or not (RFC 6152): what the content is decides
+                // how it is passed on.
+                body_8bit: tx.body_8bit || !body.is_ascii(),
                 recipients,
             },
             received_at,
@@ -907,15 +1037,25 @@ fn header_value(message: &[u8], name: &str) -> Option<String> {
 
 /// Copies message data, turning a bare LF into CRLF so that every line
 /// ends the same way on the way out.
-fn normalize_line_ends(data: &[u8], out: &mut Vec<u8>) {
-    let mut prev = 0u8;
-    for &b in data {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
+/// The number of the first header line (1-based) holding a NUL or another
+/// control character than TAB, CR or LF; headers are text (RFC 5322 §2.2),
+/// and what we relay raw the next hop may read otherwise.
+fn control_in_headers(data: &[u8]) -> Option<usize> {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))
+        .unwrap_or(data.len());
+    data[..end]
+        .split(|b| *b == b'\n')
+        .position(|line| {
+            line.strip_suffix(b"\r")
+                .unwrap_or(line)
+                .iter()
+                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        })
+        .map(|i| i + 1)
 }
 
 /// Length of the longest line, without its line end.

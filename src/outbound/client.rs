@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
-use crate::message::{Envelope, Recipient, Ret};
+use crate::message::{Envelope, Recipient, Ret, xtext};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
 
@@ -44,6 +44,10 @@ pub enum ClientError {
     /// The peer refused us at greeting or EHLO.
     #[error("peer refused the session: {0}")]
     Refused(Reply),
+    /// The TLS handshake completed, then the session failed: a failed TLS
+    /// session, never a reason to try the same host in plaintext.
+    #[error("TLS session failed after the handshake completed: {0}")]
+    AfterHandshake(Box<ClientError>),
 }
 
 /// Timeouts for one connection.
@@ -267,7 +271,7 @@ impl SmtpClient {
         self.stream = BufReader::new(Stream::Tls(Box::new(tls)));
         self.tls = facts;
         if let Err(e) = self.ehlo().await {
-            return Err((e, None));
+            return Err((ClientError::AfterHandshake(Box::new(e)), None));
         }
         Ok(self)
     }
@@ -335,6 +339,14 @@ impl SmtpClient {
         }
         if !mail_reply.is_positive() {
             return self.abort(vec![mail_reply; recipients.len()]).await;
+        }
+        if data_reply.code == 354 && !replies.iter().any(Reply::is_positive) {
+            // RFC 2920 §3.1: a peer that takes the pipelined DATA although it
+            // refused every recipient gets no content: the data ends at once.
+            self.write(b".\r\n").await?;
+            self.read_reply(self.timeouts.data, "reply after empty DATA")
+                .await?;
+            return self.abort(replies).await;
         }
         if data_reply.code != 354 {
             // No recipient accepted (the pipelined DATA then fails), or DATA itself refused.
@@ -429,21 +441,11 @@ impl SmtpClient {
         cmd
     }
 
-    /// Sends the body with dot-stuffing (RFC 5321 §4.5.2) and the final dot.
+    /// Sends the body with every line end as CRLF and dot-stuffing at every
+    /// line start (RFC 5321 §4.5.2), then the final dot: whatever the body
+    /// holds, no bare CR or LF and no lone dot line reaches the wire.
     async fn write_data(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-        let mut at_line_start = true;
-        for &b in body {
-            if at_line_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            at_line_start = b == b'\n';
-        }
-        if !body.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
+        let out = data_on_the_wire(body);
         timeout(self.timeouts.data, self.write(&out))
             .await
             .map_err(|_| ClientError::Timeout(self.timeouts.data, "sending message data"))?
@@ -530,15 +532,23 @@ impl SmtpClient {
 }
 
 /// xtext encoding (RFC 3461 §4): `+XX` for `+`, `=`, controls and non-ASCII.
-fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
+/// The DATA of a message as sent: CRLF line ends, dots stuffed, ended by `.`.
+fn data_on_the_wire(body: &[u8]) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(body.len() + 8);
+    crate::message::crlf_lines(body, &mut lines);
+    if !lines.ends_with(b"\r\n") {
+        lines.extend_from_slice(b"\r\n");
     }
+    let mut out = Vec::with_capacity(lines.len() + lines.len() / 64 + 8);
+    let mut at_line_start = true;
+    for &b in &lines {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out.extend_from_slice(b".\r\n");
     out
 }
 
@@ -547,8 +557,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3461_4_xtext() {
-        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
-        assert_eq!(xtext("Bob@Example.COM"), "Bob@Example.COM");
+    fn rfc5321_4_5_2_every_line_start_is_dot_stuffed_and_no_bare_cr_leaves() {
+        assert_eq!(data_on_the_wire(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        // A bare CR or LF before a dot: a line end to some MTAs, so CRLF and stuffed.
+        assert_eq!(data_on_the_wire(b"x\r.\ry"), b"x\r\n..\r\ny\r\n.\r\n");
+        assert_eq!(data_on_the_wire(b"x\n.\n"), b"x\r\n..\r\n.\r\n");
     }
 }

@@ -76,6 +76,9 @@ impl Outbound {
                     let facts = c.tls.clone();
                     (Some(c), facts.map(TlsOutcome::Negotiated))
                 }
+                // The handshake completed and the session then failed:
+                // nothing was downgraded, and nothing is retried in plaintext.
+                Err((e @ ClientError::AfterHandshake(_), _)) => return Err(e),
                 Err((e, refused)) => {
                     // A failed handshake still gets a verdict that names
                     // what the peer offers (docs/tls-profiles.md).

@@ -30,6 +30,23 @@ impl Outbound {
                 .map(|p| (p.index, Outcome::Failed(detail.clone())))
                 .collect());
         }
+        if job.envelope.body_8bit && !client.caps.eight_bit {
+            // RFC 6152 §3: 8-bit content goes only to a server that offers
+            // 8BITMIME; converting MIME to 7 bits is not ours to do.
+            let remote = format!("{}[{}]", client.host, client.peer.ip());
+            let detail = Detail {
+                status: [5, 6, 3],
+                remote: Some(remote.clone()),
+                reply: None,
+                text: format!(
+                    "{remote} does not offer 8BITMIME, and this message has 8-bit content (RFC 6152 §3)"
+                ),
+            };
+            return Ok(pending
+                .iter()
+                .map(|p| (p.index, Outcome::Failed(detail.clone())))
+                .collect());
+        }
         let before = client.replies_read();
         let replies = match client.send(&job.envelope, &recipients, &job.body).await {
             Ok(r) => r,

@@ -17,7 +17,7 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::{BodyPart, MimePart};
 
-use crate::message::{Envelope, LoadedJob, QueueId, Recipient, Ret};
+use crate::message::{Envelope, LoadedJob, QueueId, Recipient, Ret, xtext};
 use crate::outbound::Detail;
 use crate::spool::NewMessage;
 
@@ -54,29 +54,30 @@ pub fn build(
     for f in failures {
         human.push_str(&format!(
             "  <{}>: {}\r\n",
-            f.recipient.address, f.detail.text
+            one_line(&f.recipient.address),
+            one_line(&f.detail.text)
         ));
     }
     human.push_str("\r\nThe headers of your message are attached.\r\n");
 
     let mut status = format!("Reporting-MTA: dns; {hostname}\r\n");
     if let Some(env_id) = &job.envelope.env_id {
-        status.push_str(&format!("Original-Envelope-Id: {env_id}\r\n"));
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", xtext(env_id)));
     }
     status.push_str(&format!("Arrival-Date: {arrival}\r\n"));
     for f in failures {
         status.push_str("\r\n");
         if let Some(orcpt) = &f.recipient.orcpt {
-            status.push_str(&format!("Original-Recipient: rfc822; {orcpt}\r\n"));
+            status.push_str(&format!("Original-Recipient: rfc822; {}\r\n", xtext(orcpt)));
         }
         let [a, b, c] = f.detail.status;
         status.push_str(&format!(
             "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {a}.{b}.{c}\r\n",
-            f.recipient.address
+            one_line(&f.recipient.address)
         ));
         if let Some(remote) = &f.detail.remote {
             let host = remote.split('[').next().unwrap_or(remote);
-            status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+            status.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(host)));
         }
         match &f.detail.reply {
             Some(reply) => status.push_str(&format!(
@@ -165,8 +166,12 @@ pub fn build(
     })
 }
 
+/// The one encoder of a DSN field's text: no control character, so no
+/// line break, can come through from a peer's reply or an address.
 fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The header section of a message, up to and including the empty line.

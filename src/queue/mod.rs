@@ -34,6 +34,11 @@ enum Event {
         domain: Arc<str>,
         next: Option<i64>,
     },
+    /// `queue delete`: done once no attempt for the message is in flight.
+    Delete {
+        id: QueueId,
+        done: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 /// How the rest of the gateway tells the queue about work.
@@ -48,6 +53,17 @@ impl QueueHandle {
         for domain in domains {
             let _ = self.tx.send(Event::Due(DueJob { id, domain, due }));
         }
+    }
+
+    /// Deletes a message without a bounce. An attempt in flight for it is
+    /// recorded first, so the log never shows an attempt after the delete.
+    pub async fn delete(&self, id: QueueId) -> Result<bool, String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let stopped = || "the queue has stopped".to_string();
+        self.tx
+            .send(Event::Delete { id, done })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Jobs whose due time changed (recovery, `queue retry`).
@@ -154,6 +170,11 @@ impl Schedule {
         None
     }
 
+    /// Whether an attempt for message `id` is running (O(jobs in flight)).
+    fn in_flight_for(&self, id: QueueId) -> bool {
+        self.in_flight.iter().any(|(i, _)| *i == id)
+    }
+
     fn finished(&mut self, key: &Key) {
         if self.in_flight.remove(key) {
             self.total_active -= 1;
@@ -205,6 +226,9 @@ impl Queue {
             }
             Err(e) => tracing::error!("cannot read the queue from the spool: {e}"),
         }
+        // Deletes waiting for an attempt in flight to be recorded.
+        let mut deletes: HashMap<QueueId, Vec<tokio::sync::oneshot::Sender<Result<bool, String>>>> =
+            HashMap::new();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u64;
         let q = &self.config.queue;
@@ -227,6 +251,18 @@ impl Queue {
                         if let Some(due) = next {
                             schedule.add(DueJob { id, domain: domain.to_string(), due }, now);
                         }
+                        if !schedule.in_flight_for(id)
+                            && let Some(waiting) = deletes.remove(&id)
+                        {
+                            self.spawn_delete(id, waiting);
+                        }
+                    }
+                    Some(Event::Delete { id, done }) => {
+                        if schedule.in_flight_for(id) {
+                            deletes.entry(id).or_default().push(done);
+                        } else {
+                            self.spawn_delete(id, vec![done]);
+                        }
                     }
                     None => break,
                 },
@@ -248,11 +284,35 @@ impl Queue {
         while schedule.total_active > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Finished { id, domain, .. })) => schedule.finished(&(id, domain)),
-                Ok(Some(Event::Due(_))) => {}
+                Ok(Some(Event::Due(_) | Event::Delete { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }
+        // Given up: each stays pending in the spool and is tried again at
+        // the next start (at least once: a peer that took it meanwhile may
+        // get it twice).
+        for (id, domain) in &schedule.in_flight {
+            tracing::warn!(
+                %id,
+                %domain,
+                "shutdown: delivery still in progress after 30 s; left in the queue, tried again at the next start"
+            );
+        }
         self.outbound.close_idle(true);
+    }
+
+    fn spawn_delete(
+        &self,
+        id: QueueId,
+        waiting: Vec<tokio::sync::oneshot::Sender<Result<bool, String>>>,
+    ) {
+        let spool = self.spool.clone();
+        tokio::spawn(async move {
+            let result = spool.delete(id).await.map_err(|e| e.to_string());
+            for done in waiting {
+                let _ = done.send(result.clone());
+            }
+        });
     }
 
     fn spawn_attempt(&self, id: QueueId, domain: Arc<str>) {

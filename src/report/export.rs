@@ -127,6 +127,16 @@ pub const CSV_COLUMNS: &[&str] = &[
     "reason_code",
 ];
 
+/// The one encoder of a CSV cell: text a spreadsheet would run as a formula
+/// (starting with `=`, `+`, `-`, `@`, a tab or a CR) gets a leading `'`, as
+/// OWASP's CSV-injection guidance does; the CSV writer quotes the rest.
+fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}").into(),
+        _ => text.into(),
+    }
+}
+
 /// One row per recipient of every selected attempt; returns the row count.
 ///
 /// `level` is the level the host used may carry mail at (empty when no
@@ -150,8 +160,9 @@ pub fn csv(conn: &Connection, sel: &Selection<'_>, out: &mut dyn Write) -> anyho
         let level = |l: Option<crate::qualify::Level>| l.map(|l| l.name()).unwrap_or_default();
         let tls = v.and_then(|v| v.tls.as_ref());
         for rc in &a.recipients {
-            w.write_record([
-                crate::util::rfc3339(r.at).as_str(),
+            let at = crate::util::rfc3339(r.at);
+            let row = [
+                at.as_str(),
                 r.tenant,
                 r.queue_id,
                 &rc.address,
@@ -169,12 +180,31 @@ pub fn csv(conn: &Connection, sel: &Selection<'_>, out: &mut dyn Write) -> anyho
                 level(v.map(|v| v.observed_level)),
                 &refusals.join(" "),
                 rc.reason_code.map(|c| c.name()).unwrap_or_default(),
-            ])
-            .map_err(std::io::Error::other)?;
+            ];
+            w.write_record(row.map(|c| cell(c).into_owned()))
+                .map_err(std::io::Error::other)?;
             rows += 1;
         }
         Ok(())
     })?;
     w.flush()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn formula_cells_are_defused() {
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\")"),
+            "'=HYPERLINK(\"http://x\")"
+        );
+        for s in ["+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(cell(s).starts_with('\''), "{s}");
+        }
+        assert_eq!(cell("a@b.test"), "a@b.test");
+        assert_eq!(cell(""), "");
+    }
 }
