@@ -200,10 +200,6 @@ impl Config {
                     t.id
                 ));
             }
-            let by_name = t
-                .client_certificates
-                .iter()
-                .any(|r| !matches!(r, ClientCertRule::Sha256(_)));
             if let Some(shared) = t.shared_cloud_rule()
                 && !t.binds_certificate_clients()
             {
@@ -212,7 +208,7 @@ impl Config {
                     t.id
                 ));
             }
-            if by_name && self.tls.client_ca_file.is_none() {
+            if t.matches_certificates_by_name() && self.tls.client_ca_file.is_none() {
                 return Err(format!(
                     "tenant `{}` matches client certificates by subject or SAN, which needs tls.client_ca_file (anyone can make a self-signed certificate with any name)",
                     t.id
@@ -245,11 +241,10 @@ impl Config {
                     ));
                 }
             }
-            let by_name = t
-                .client_certificates
-                .iter()
-                .any(|r| !matches!(r, ClientCertRule::Sha256(_)));
-            if by_name && !t.binds_certificate_clients() && self.public_client_ca() {
+            if t.matches_certificates_by_name()
+                && !t.binds_certificate_clients()
+                && self.public_client_ca()
+            {
                 out.push(format!(
                     "tenant `{}`: client certificates are matched by name against a public CA bundle ({}), and the tenant binds no sender_domains or m365_tenant_id: anyone who can buy a certificate for that name may relay",
                     t.id,

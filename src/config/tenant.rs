@@ -52,6 +52,14 @@ impl Tenant {
         self.m365_tenant_id.is_some() || !self.sender_domains.is_empty()
     }
 
+    /// Whether a rule matches client certificates by subject or SAN (which
+    /// needs a CA to verify the chain), not by pinning one certificate.
+    pub fn matches_certificates_by_name(&self) -> bool {
+        self.client_certificates
+            .iter()
+            .any(|r| !matches!(r, ClientCertRule::Sha256(_)))
+    }
+
     /// A by-name rule that names a shared cloud certificate, if any.
     pub fn shared_cloud_rule(&self) -> Option<&str> {
         self.client_certificates.iter().find_map(|r| {
