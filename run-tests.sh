@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests need (idempotent) and runs the whole
-# suite: format check, clippy, unit and integration tests. Run as root on
-# Debian 12; .ci/run calls exactly this.
+# suite: format check, clippy, unit and integration tests, then a short
+# bounded fuzz run of every target in fuzz/. Run as root on Debian 12;
+# .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,9 +20,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt --all -- --check)
 cargo clippy --all-targets -- -D warnings
 status=0
-cargo test --all-targets || status=$?
+cargo test --all-targets --no-fail-fast || status=$?
+
 # Stop the peers the integration tests started and left for each other.
 bash tests/peers/postfix.sh stop target/tmp/peers/postfix-dest
 world=target/tmp/peers/dns-world
@@ -29,4 +32,27 @@ bash tests/peers/postfix.sh stop "$world/mx"
 bash tests/peers/knot.sh stop "$world/knot"
 bash tests/peers/pki.sh stop "$world/pki"
 for pid in "$world"/www/*/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer), short and bounded: each
+# target FUZZ_SECONDS (default 30) from the committed seeds in fuzz/corpus
+# (each a case that once found a bug, or a real example).
+# Stable Rust: no sanitizer, and RUSTC_BOOTSTRAP for cargo-fuzz's flags.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+mkdir -p target
+for target in address data dsn config policy envelope; do
+  log="target/fuzz-$target.log"
+  echo "fuzzing $target for ${FUZZ_SECONDS:-30} s"
+  # New inputs go to target/fuzz-corpus; the committed seeds are only read.
+  mkdir -p "target/fuzz-corpus/$target"
+  if RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" \
+      "target/fuzz-corpus/$target" "fuzz/corpus/$target" -- \
+      -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 >"$log" 2>&1; then
+    grep -E '^Done' "$log" || true
+  else
+    echo "fuzz target $target failed:"
+    grep -v -E '^\s+(at |[0-9]+: )' "$log" | tail -40
+    status=1
+  fi
+done
+
 exit $status

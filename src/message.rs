@@ -183,6 +183,8 @@ pub enum AddressError {
     NoDomain,
     #[error("address contains a control character")]
     Control,
+    #[error("the domain of the address is not a domain name")]
+    Domain,
 }
 
 /// Any C0 control character or DEL: never part of an address, a
@@ -205,6 +207,21 @@ pub fn mailbox(raw: &str) -> Result<String, AddressError> {
     let (local, domain) = raw.rsplit_once('@').ok_or(AddressError::NoDomain)?;
     if local.is_empty() || domain.is_empty() {
         return Err(AddressError::NoDomain);
+    }
+    // Labels of letters, digits, `-` and `_` (or UTF-8, RFC 6531): nothing
+    // that could end the path or start a parameter when written again.
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
+    };
+    if !domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .split('.')
+        .all(label)
+    {
+        return Err(AddressError::Domain);
     }
     Ok(format!("{}@{domain}", quote_local(local)))
 }
@@ -292,6 +309,8 @@ mod tests {
         assert_eq!(mailbox("a\r\nb@d.test"), Err(AddressError::Control));
         assert_eq!(mailbox("nodomain"), Err(AddressError::NoDomain));
         assert_eq!(mailbox("@d.test"), Err(AddressError::NoDomain));
+        assert_eq!(mailbox("a@d.test>x"), Err(AddressError::Domain));
+        assert_eq!(mailbox("a@d..test"), Err(AddressError::Domain));
     }
 
     proptest::proptest! {

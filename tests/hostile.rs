@@ -656,3 +656,123 @@ fn a_delete_during_an_attempt_waits_and_the_log_ends_with_it() {
     );
     assert!(kinds.iter().any(|k| k == "attempt"), "{kinds:?}");
 }
+
+/// RFC 5321 §4.5.2: the data begins at a line start, so a dot there is
+/// stuffed too: a first line that begins with a dot arrives as it was
+/// (found by the `data` fuzz target).
+#[test]
+fn rfc5321_4_5_2_a_dot_at_the_very_start_of_the_data_is_unstuffed() {
+    let rec = Recorder::start(ACCEPTING);
+    let gw = gateway(&rec);
+    let mut c = client(&gw);
+    assert!(c.cmd("MAIL FROM:<sender@src.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<dot@allowed.rec.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let subject = unique("dot");
+    // The client stuffs its leading dot: the message's first line is ".first".
+    c.send(format!("..first\r\nSubject: {subject}\r\n\r\nbody\r\n").as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "{r}");
+    let wire = rec.wait_for(&subject);
+    // Stuffed once again on the way out: one extra dot, not two.
+    assert!(wire.contains("\r\n..first\r\n"), "{wire:?}");
+    assert!(!wire.contains("...first"), "{wire:?}");
+}
+
+/// A peer that offers STARTTLS, completes the handshake, then drops the
+/// connection when the client says EHLO over TLS; records what it was sent
+/// before TLS and on any later (plaintext) connection.
+fn tls_then_drop_peer() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let key = rcgen::generate_simple_self_signed(vec!["drop.rec.test".into()]).unwrap();
+    let cert = key.cert.der().clone();
+    let private =
+        rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], private)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (config, keep) = (config.clone(), keep.clone());
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut input = BufReader::new(stream.try_clone().unwrap());
+                let _ = out.write_all(b"220 drop.rec.test ESMTP\r\n");
+                loop {
+                    let mut line = Vec::new();
+                    if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    keep.lock().unwrap().extend_from_slice(&line);
+                    let verb = String::from_utf8_lossy(&line).to_ascii_uppercase();
+                    if verb.starts_with("EHLO") {
+                        let _ = out.write_all(b"250-drop.rec.test\r\n250 STARTTLS\r\n");
+                    } else if verb.starts_with("STARTTLS") {
+                        let _ = out.write_all(b"220 2.0.0 go ahead\r\n");
+                        let mut conn = rustls::ServerConnection::new(config).unwrap();
+                        let mut tcp = stream;
+                        while conn.is_handshaking() {
+                            if conn.complete_io(&mut tcp).is_err() {
+                                return;
+                            }
+                        }
+                        // The handshake is done; the EHLO that follows gets no answer.
+                        let mut tls = rustls::StreamOwned::new(conn, tcp);
+                        let mut buf = [0u8; 512];
+                        let _ = tls.read(&mut buf);
+                        return;
+                    } else if verb.starts_with("QUIT") {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        let _ = out.write_all(b"250 ok\r\n");
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// After a completed TLS handshake, a failure is a failed TLS session: the
+/// host is not tried again in plaintext, and no downgrade is logged.
+#[test]
+fn a_failure_after_the_handshake_is_never_retried_in_plaintext() {
+    let (port, seen) = tls_then_drop_peer();
+    let gw = Gateway::start_with(move |dir, relay, sub| {
+        let policy = policy_dir(dir, &[("drop.toml", &plaintext_exception("drop.rec.test"))]);
+        let routed = base_config(dir, relay, sub).replace(
+            "[[route]]\ndomain = \"*\"",
+            &format!(
+                "[[route]]\ndomain = \"drop.rec.test\"\nnext_hop = \"127.0.0.1:{port}\"\n\n[[route]]\ndomain = \"*\""
+            ),
+        );
+        format!("{routed}{policy}")
+    });
+    let mut c = client(&gw);
+    let reply = c.message(
+        "sender@src.test",
+        &["someone@drop.rec.test"],
+        message(&unique("drop"), "never in clear\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for(T, "the attempt to fail after the handshake", || {
+        gw.log()
+            .contains("TLS session failed after the handshake")
+            .then_some(())
+    });
+    let wire = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(!wire.contains("MAIL FROM"), "retried in plaintext: {wire}");
+    assert!(!gw.log().contains("continuing without TLS"), "{}", gw.log());
+    still_serves(&gw);
+}

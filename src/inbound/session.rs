@@ -780,6 +780,10 @@ impl Session {
                 self.reply(Reply::START_DATA);
                 self.phase = Phase::Data;
                 self.data = DataReceiver::new();
+                // The data begins at a line start (after DATA's CRLF), so a
+                // dot there is stuffed too (RFC 5321 §4.5.2); smtp-proto's
+                // receiver only knows line starts after a CRLF it has seen.
+                self.data.ingest(&mut b"\r\n".iter(), &mut self.message);
                 self.message.clear();
                 Next::Continue
             }

@@ -533,7 +533,7 @@ impl SmtpClient {
 
 /// xtext encoding (RFC 3461 §4): `+XX` for `+`, `=`, controls and non-ASCII.
 /// The DATA of a message as sent: CRLF line ends, dots stuffed, ended by `.`.
-fn data_on_the_wire(body: &[u8]) -> Vec<u8> {
+pub fn data_on_the_wire(body: &[u8]) -> Vec<u8> {
     let mut lines = Vec::with_capacity(body.len() + 8);
     crate::message::crlf_lines(body, &mut lines);
     if !lines.ends_with(b"\r\n") {
