@@ -182,16 +182,19 @@ fn client(gw: &Gateway) -> Client {
     c
 }
 
+/// Sends one message through the gateway's relay port and checks it was
+/// taken (250); returns its queue id.
+fn accepted(gw: &Gateway, from: &str, rcpt: &str, subject: &str, body: &str) -> String {
+    let mut c = client(gw);
+    let reply = c.message(from, &[rcpt], message(subject, body).as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    reply.trim().rsplit(' ').next().unwrap().to_string()
+}
+
 /// The gateway still takes and delivers an ordinary message.
 fn still_serves(gw: &Gateway) {
     let rcpt = format!("{}@dst.test", unique("after"));
-    let mut c = client(gw);
-    let reply = c.message(
-        "sender@src.test",
-        &[&rcpt],
-        message(&unique("m"), "fine\r\n").as_bytes(),
-    );
-    assert!(reply.starts_with("250"), "{reply}");
+    accepted(gw, "sender@src.test", &rcpt, &unique("m"), "fine\r\n");
     dest().wait_mails(&rcpt, 1, T);
 }
 
@@ -340,14 +343,14 @@ fn rfc2920_3_1_no_content_when_every_recipient_was_refused() {
         ..ACCEPTING
     });
     let gw = gateway(&rec);
-    let mut c = client(&gw);
     let marker = unique("secret-content");
-    let reply = c.message(
+    accepted(
+        &gw,
         "sender@src.test",
-        &["nobody@refusing.rec.test"],
-        message(&marker, "confidential words\r\n").as_bytes(),
+        "nobody@refusing.rec.test",
+        &marker,
+        "confidential words\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
     let wire = rec.wait_for("RSET");
     assert!(!wire.contains(&marker), "content was sent: {wire}");
     assert!(!wire.contains("confidential words"), "{wire}");
@@ -359,13 +362,13 @@ fn rfc2920_3_1_no_content_when_every_recipient_was_refused() {
 fn csv_cells_that_look_like_formulas_are_defused() {
     let rec = Recorder::start(ACCEPTING);
     let gw = gateway(&rec);
-    let mut c = client(&gw);
-    let reply = c.message(
+    accepted(
+        &gw,
         "sender@src.test",
-        &["=cmd@allowed.rec.test"],
-        message(&unique("csv"), "x\r\n").as_bytes(),
+        "=cmd@allowed.rec.test",
+        &unique("csv"),
+        "x\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
     rec.wait_for("x\r\n.\r\n");
     let csv = wait_for(T, "the attempt in the CSV export", || {
         let out = gw.cli(&["report", "export", "--format", "csv"]);
@@ -552,14 +555,13 @@ fn deliveries_given_up_at_shutdown_are_logged_and_stay_queued() {
         ..ACCEPTING
     });
     let mut gw = gateway(&rec);
-    let mut c = client(&gw);
-    let reply = c.message(
+    let id = accepted(
+        &gw,
         "sender@src.test",
-        &["stuck@allowed.rec.test"],
-        message(&unique("stuck"), "waiting\r\n").as_bytes(),
+        "stuck@allowed.rec.test",
+        &unique("stuck"),
+        "waiting\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
-    let id = reply.trim().rsplit(' ').next().unwrap().to_string();
     rec.wait_for("waiting\r\n.\r\n");
     gw.signal_term();
     assert!(gw.wait_exit(), "the gateway stops");
@@ -582,13 +584,13 @@ fn deliveries_given_up_at_shutdown_are_logged_and_stay_queued() {
 fn rfc6152_8bit_content_is_declared_downstream_or_not_sent() {
     let rec = Recorder::start(ACCEPTING);
     let gw = gateway(&rec);
-    let mut c = client(&gw);
-    let reply = c.message(
+    accepted(
+        &gw,
         "sender@src.test",
-        &["eight@allowed.rec.test"],
-        message(&unique("8bit"), "Grüße\r\n").as_bytes(),
+        "eight@allowed.rec.test",
+        &unique("8bit"),
+        "Grüße\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
     let wire = rec.wait_for("Gr");
     assert!(
         wire.contains("MAIL FROM:<sender@src.test> BODY=8BITMIME"),
@@ -601,13 +603,13 @@ fn rfc6152_8bit_content_is_declared_downstream_or_not_sent() {
     });
     let gw = gateway(&seven);
     let sender = format!("{}@dst.test", unique("sender8"));
-    let mut c = client(&gw);
-    let reply = c.message(
+    accepted(
+        &gw,
         &sender,
-        &["eight@allowed.rec.test"],
-        message(&unique("8bit"), "Grüße\r\n").as_bytes(),
+        "eight@allowed.rec.test",
+        &unique("8bit"),
+        "Grüße\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
     let bounce = String::from_utf8_lossy(&dest().wait_mails(&sender, 1, T)[0]).into_owned();
     assert!(bounce.contains("Status: 5.6.3"), "{bounce}");
     assert!(!seven.wire().contains("Gr\u{fc}"), "nothing 8-bit was sent");
@@ -624,14 +626,13 @@ fn a_delete_during_an_attempt_waits_and_the_log_ends_with_it() {
         ..ACCEPTING
     });
     let gw = gateway(&rec);
-    let mut c = client(&gw);
-    let reply = c.message(
+    let id = accepted(
+        &gw,
         "sender@src.test",
-        &["slowpeer@allowed.rec.test"],
-        message(&unique("del"), "in flight\r\n").as_bytes(),
+        "slowpeer@allowed.rec.test",
+        &unique("del"),
+        "in flight\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
-    let id = reply.trim().rsplit(' ').next().unwrap().to_string();
     rec.wait_for("in flight\r\n.\r\n");
     let out = gw.cli(&["queue", "delete", &id]);
     assert!(
@@ -759,13 +760,13 @@ fn a_failure_after_the_handshake_is_never_retried_in_plaintext() {
         );
         format!("{routed}{policy}")
     });
-    let mut c = client(&gw);
-    let reply = c.message(
+    accepted(
+        &gw,
         "sender@src.test",
-        &["someone@drop.rec.test"],
-        message(&unique("drop"), "never in clear\r\n").as_bytes(),
+        "someone@drop.rec.test",
+        &unique("drop"),
+        "never in clear\r\n",
     );
-    assert!(reply.starts_with("250"), "{reply}");
     wait_for(T, "the attempt to fail after the handshake", || {
         gw.log()
             .contains("TLS session failed after the handshake")
