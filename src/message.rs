@@ -14,6 +14,12 @@ use crate::policy::RiskClass;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);
 
+impl QueueId {
+    /// A message sent outside the queue (a password by SMTP): nothing in
+    /// the spool to record it against.
+    pub const UNSPOOLED: QueueId = QueueId(0);
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016X}", self.0)
@@ -185,6 +191,8 @@ pub enum AddressError {
     Control,
     #[error("the domain of the address is not a domain name")]
     Domain,
+    #[error("the address literal is not an IPv4 or an IPv6 address (RFC 5321 §4.1.3)")]
+    Literal,
 }
 
 /// Any C0 control character or DEL: never part of an address, a
@@ -208,6 +216,10 @@ pub fn mailbox(raw: &str) -> Result<String, AddressError> {
     if local.is_empty() || domain.is_empty() {
         return Err(AddressError::NoDomain);
     }
+    if domain.starts_with('[') {
+        let ip = literal_ip(domain).ok_or(AddressError::Literal)?;
+        return Ok(format!("{}@{}", quote_local(local), literal(ip)));
+    }
     // Labels of letters, digits, `-` and `_` (or UTF-8, RFC 6531): nothing
     // that could end the path or start a parameter when written again.
     let label = |l: &str| {
@@ -224,6 +236,28 @@ pub fn mailbox(raw: &str) -> Result<String, AddressError> {
         return Err(AddressError::Domain);
     }
     Ok(format!("{}@{domain}", quote_local(local)))
+}
+
+/// The address of an address literal domain, `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3); `None` for anything else,
+/// including the general `[tag:content]` form no one defines.
+pub fn literal_ip(domain: &str) -> Option<std::net::IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..]
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(Into::into),
+        _ => inner.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
+    }
+}
+
+/// The one way an address literal is written (RFC 5321 §4.1.3).
+pub fn literal(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    }
 }
 
 /// A local part as a dot-string when it is one, else as a quoted string
@@ -311,6 +345,21 @@ mod tests {
         assert_eq!(mailbox("@d.test"), Err(AddressError::NoDomain));
         assert_eq!(mailbox("a@d.test>x"), Err(AddressError::Domain));
         assert_eq!(mailbox("a@d..test"), Err(AddressError::Domain));
+    }
+
+    #[test]
+    fn rfc5321_4_1_3_address_literals_are_kept_in_one_form() {
+        assert_eq!(mailbox("u@[192.0.2.1]").unwrap(), "u@[192.0.2.1]");
+        assert_eq!(
+            mailbox("u@[ipv6:2001:DB8:0::1]").unwrap(),
+            "u@[IPv6:2001:db8::1]"
+        );
+        assert_eq!(mailbox("a b@[192.0.2.1]").unwrap(), "\"a b\"@[192.0.2.1]");
+        assert_eq!(mailbox("u@[192.0.2.300]"), Err(AddressError::Literal));
+        assert_eq!(mailbox("u@[2001:db8::1]"), Err(AddressError::Literal));
+        assert_eq!(mailbox("u@[tag:x]"), Err(AddressError::Literal));
+        assert_eq!(mailbox("u@[192.0.2.1]>x"), Err(AddressError::Literal));
+        assert_eq!(mailbox("u@[192.0.2.1"), Err(AddressError::Literal));
     }
 
     proptest::proptest! {

@@ -68,6 +68,10 @@ impl Reply {
         NO_VALID_RECIPIENTS = 554, [5, 5, 1], "No valid recipients";
         TLS_NOT_AVAILABLE = 454, [4, 7, 0], "TLS not available";
         VRFY_REFUSED = 252, [2, 5, 2], "Cannot VRFY user, but will accept message";
+        NO_POSTMASTER = 550, [5, 1, 1], "<Postmaster>: no postmaster mailbox is configured on this gateway";
+        LITERAL_REFUSED = 550, [5, 7, 1], "Address literal destinations are not relayed by this gateway";
+        CHUNK_OK = 250, [2, 0, 0], "Chunk received";
+        MIXED_DATA_BDAT = 503, [5, 5, 1], "DATA and BDAT cannot be mixed in one transaction";
     }
 
     /// A reply with other text than the constant's.

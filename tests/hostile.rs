@@ -27,6 +27,8 @@ struct Behaviour {
     stall_after_data: bool,
     /// Whether EHLO offers 8BITMIME.
     eight_bit: bool,
+    /// Whether EHLO offers CHUNKING (BDAT, RFC 3030).
+    chunking: bool,
     /// How long the reply after the data takes.
     data_reply_after: Duration,
     /// The reply after the data.
@@ -38,6 +40,7 @@ const ACCEPTING: Behaviour = Behaviour {
     data_anyway: false,
     stall_after_data: false,
     eight_bit: true,
+    chunking: false,
     data_reply_after: Duration::ZERO,
     data_reply: "250 2.0.0 queued",
 };
@@ -103,10 +106,31 @@ fn serve(stream: TcpStream, how: Behaviour, mut record: impl FnMut(&[u8])) {
             Ok(_) => record(&line),
         }
         let verb = String::from_utf8_lossy(&line).to_ascii_uppercase();
-        let reply: &[u8] = if verb.starts_with("EHLO") && how.eight_bit {
-            b"250-rec.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-        } else if verb.starts_with("EHLO") {
-            b"250-rec.test\r\n250 PIPELINING\r\n"
+        let reply: &[u8] = if verb.starts_with("EHLO") {
+            let mut ehlo = "250-rec.test\r\n250-PIPELINING\r\n".to_string();
+            if how.chunking {
+                ehlo.push_str("250-CHUNKING\r\n");
+            }
+            if how.eight_bit {
+                ehlo.push_str("250-8BITMIME\r\n");
+            }
+            ehlo.push_str("250 HELP\r\n");
+            let _ = out.write_all(ehlo.as_bytes());
+            continue;
+        } else if verb.starts_with("BDAT") && how.chunking {
+            // The count says how many octets follow the line, as they are.
+            let size: usize = verb
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let mut chunk = vec![0u8; size];
+            if input.read_exact(&mut chunk).is_err() {
+                return;
+            }
+            record(&chunk);
+            let _ = out.write_all(format!("{}\r\n", how.data_reply).as_bytes());
+            continue;
         } else if verb.starts_with("RCPT") {
             if how.rcpt.starts_with('2') {
                 accepted += 1;
@@ -775,5 +799,191 @@ fn a_failure_after_the_handshake_is_never_retried_in_plaintext() {
     let wire = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     assert!(!wire.contains("MAIL FROM"), "retried in plaintext: {wire}");
     assert!(!gw.log().contains("continuing without TLS"), "{}", gw.log());
+    still_serves(&gw);
+}
+
+/// RFC 3030: a BDAT client (Exchange and Microsoft 365 are) is offered
+/// CHUNKING; its chunks are content as they are, whatever lines they hold
+/// and wherever they are cut, and the message arrives byte for byte. A
+/// chunk that cannot be taken is still read, so the session goes on.
+#[test]
+fn rfc3030_bdat_chunks_are_content_as_they_are() {
+    let gw = Gateway::start("[limits]\nmax_message_size = 4000\n");
+    let mut c = Client::connect(gw.relay);
+    let ehlo = c.cmd("EHLO exchange.test");
+    assert!(ehlo.contains("250-CHUNKING"), "{ehlo}");
+    assert!(!ehlo.contains("BINARYMIME"), "{ehlo}");
+    // No transaction: the 12 octets are the chunk, not two NOOPs.
+    c.send(b"BDAT 12\r\nNOOP\r\nNOOP\r\n");
+    assert!(c.reply().starts_with("503"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+
+    let rcpt = format!("{}@dst.test", unique("bdat"));
+    let subject = unique("chunks");
+    // Lines that would end or stuff DATA are plain content in BDAT.
+    let content = message(&subject, "one\r\n.\r\n..two\r\n\r\n.\r\nQUIT\r\nlast\r\n");
+    let bytes = content.as_bytes();
+    let (a, rest) = bytes.split_at(bytes.len() / 3);
+    let (b, last) = rest.split_at(rest.len() / 2 + 1);
+    let mut pipelined = format!("MAIL FROM:<sender@src.test>\r\nRCPT TO:<{rcpt}>\r\n").into_bytes();
+    for (chunk, is_last) in [(a, false), (b, false), (last, true)] {
+        let end = if is_last { " LAST" } else { "" };
+        pipelined.extend_from_slice(format!("BDAT {}{end}\r\n", chunk.len()).as_bytes());
+        pipelined.extend_from_slice(chunk);
+    }
+    c.send(&pipelined);
+    let replies: Vec<String> = (0..5).map(|_| c.reply()).collect();
+    assert!(
+        replies[..4].iter().all(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    assert!(replies[4].contains("queued as"), "{replies:?}");
+    let got = dest().wait_mails(&rcpt, 1, T).remove(0);
+    assert_eq!(
+        String::from_utf8_lossy(&strip_trace(&got)),
+        content.replace('\r', "")
+    );
+
+    // DATA cannot follow BDAT in one transaction.
+    assert!(c.cmd("MAIL FROM:<sender@src.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    c.send(b"BDAT 3\r\nab\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("503"));
+    // Over the size limit: the whole chunk is read and refused, and what
+    // the client pipelined after it finds no transaction.
+    assert!(c.cmd("MAIL FROM:<sender@src.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    let big = vec![b'x'; 5000];
+    c.send(format!("BDAT {}\r\n", big.len()).as_bytes());
+    c.send(&big);
+    c.send(b"BDAT 4 LAST\r\nNOOP");
+    let too_big = c.reply();
+    assert!(too_big.starts_with("552"), "{too_big}");
+    assert!(c.reply().starts_with("503"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert_eq!(
+        dest().mails(&rcpt).len(),
+        1,
+        "nothing but the first message"
+    );
+    still_serves(&gw);
+}
+
+/// RFC 3030: a next hop that offers CHUNKING gets the message with one
+/// BDAT, nothing stuffed, every line end CRLF.
+#[test]
+fn rfc3030_bdat_goes_out_when_the_next_hop_offers_it() {
+    let rec = Recorder::start(Behaviour {
+        chunking: true,
+        ..ACCEPTING
+    });
+    let gw = gateway(&rec);
+    let subject = unique("bdat-out");
+    let content = message(&subject, "one\r\n.\r\n..two\r\nlast\r\n");
+    let mut c = client(&gw);
+    // Dot-stuffed for DATA on the way in (RFC 5321 §4.5.2).
+    let stuffed = content.replace("\r\n.", "\r\n..");
+    let reply = c.message(
+        "sender@src.test",
+        &["chunked@allowed.rec.test"],
+        stuffed.as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let wire = rec.wait_for("last\r\n");
+    let at = wire.find("BDAT ").expect("BDAT on the wire");
+    let (command, sent) = wire[at..].split_once("\r\n").unwrap();
+    assert!(!wire.contains("\r\nDATA\r\n"), "{wire}");
+    // What went is our Received: header and then the content, unchanged.
+    assert_eq!(command, format!("BDAT {} LAST", sent.len()));
+    assert!(sent.ends_with(&content), "{sent:?}");
+    assert!(sent.starts_with("Received: "), "{sent:?}");
+}
+
+/// RFC 5321 §4.1.3 and §4.5.1: an address literal from a client that may
+/// relay is taken and delivered straight to that address (judged like any
+/// host, at best `encrypted`); refused with a reason where the
+/// configuration says so. `<Postmaster>` is taken from anyone and goes to
+/// the configured postmaster; `<>` is still no recipient.
+#[test]
+fn rfc5321_address_literals_and_postmaster_are_accepted() {
+    let rec = Recorder::start(ACCEPTING);
+    let port = rec.port;
+    let postmaster = format!("{}@dst.test", unique("pm"));
+    let pm = postmaster.clone();
+    let gw = Gateway::start_with(move |dir, relay, sub| {
+        // The literal goes to the recorder: on its port, with no route.
+        let policy = policy_dir(
+            dir,
+            &[("literal.toml", &plaintext_exception("[127.0.0.1]"))],
+        );
+        let config = base_config(dir, relay, sub)
+            .replace(
+                "[[route]]\ndomain = \"*\"",
+                "[[route]]\ndomain = \"*.test\"",
+            )
+            .replace(&format!("port = {DEST_PORT}"), &format!("port = {port}"));
+        // Only 127.0.0.1 may relay: 127.0.0.2 is a stranger.
+        format!(
+            "postmaster = \"{pm}\"\n{config}{policy}\n[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.1/32\"]\n"
+        )
+    });
+    let mut c = client(&gw);
+    let subject = unique("literal");
+    let reply = c.message(
+        "sender@[192.0.2.7]",
+        &["user@[127.0.0.1]"],
+        message(&subject, "to an address\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let wire = rec.wait_for(&subject);
+    assert!(wire.contains("MAIL FROM:<sender@[192.0.2.7]>"), "{wire}");
+    assert!(wire.contains("RCPT TO:<user@[127.0.0.1]>"), "{wire}");
+    let bad = c.cmd("MAIL FROM:<s@src.test>");
+    assert!(bad.starts_with("250"), "{bad}");
+    let bad = c.cmd("RCPT TO:<user@[127.0.0.300]>");
+    assert!(bad.starts_with("501") && bad.contains("literal"), "{bad}");
+    let bad = c.cmd("RCPT TO:<user@[IPv6:::1:x]>");
+    assert!(bad.starts_with("501"), "{bad}");
+    assert!(c.cmd("RSET").starts_with("250"));
+
+    // From a client that may not relay, only <Postmaster> is taken.
+    let mut stranger = Client::connect_from("127.0.0.2", gw.relay);
+    assert!(stranger.cmd("EHLO stranger.test").starts_with("250"));
+    assert!(
+        stranger
+            .cmd("MAIL FROM:<reporter@src.test>")
+            .starts_with("250")
+    );
+    let denied = stranger.cmd("RCPT TO:<someone@dst.test>");
+    assert!(denied.starts_with("554 5.7.1"), "{denied}");
+    let subject = unique("to-postmaster");
+    let taken = stranger.cmd("RCPT TO:<Postmaster>");
+    assert!(taken.starts_with("250"), "{taken}");
+    assert!(stranger.cmd("DATA").starts_with("354"));
+    stranger.send(message(&subject, "your gateway\r\n").as_bytes());
+    let reply = stranger.cmd(".");
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = dest().wait_mails(&postmaster, 1, T);
+    assert!(String::from_utf8_lossy(&got[0]).contains(&subject));
+    assert!(c.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
+    let empty = c.cmd("RCPT TO:<>");
+    assert!(empty.starts_with("501"), "{empty}");
+    assert!(c.cmd("RSET").starts_with("250"));
+
+    // Refused by configuration: a reason, not a syntax error.
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub)
+            .replace("[outbound]\n", "[outbound]\naddress_literals = false\n")
+    });
+    let mut c = client(&gw);
+    assert!(c.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
+    let refused = c.cmd("RCPT TO:<user@[127.0.0.1]>");
+    assert!(
+        refused.starts_with("550 5.7.1") && refused.contains("literal"),
+        "{refused}"
+    );
+    let no_pm = c.cmd("RCPT TO:<postmaster>");
+    assert!(no_pm.starts_with("550 5.1.1"), "{no_pm}");
     still_serves(&gw);
 }

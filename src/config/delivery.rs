@@ -52,6 +52,10 @@ pub struct OutboundConfig {
     pub max_messages_per_connection: usize,
     /// Trust anchors for PKIX authentication of peers.
     pub pkix_roots: RootStore,
+    /// Whether recipients at an address literal (`user@[192.0.2.1]`) are
+    /// relayed: straight to that address, with no MX, DANE or MTA-STS, so
+    /// at best `encrypted`.
+    pub address_literals: bool,
 }
 
 impl Default for OutboundConfig {
@@ -65,6 +69,7 @@ impl Default for OutboundConfig {
             idle_timeout: Duration::from_secs(5),
             max_messages_per_connection: 100,
             pkix_roots: RootStore::Mozilla,
+            address_literals: true,
         }
     }
 }
@@ -209,6 +214,14 @@ impl FromStr for DomainPattern {
         let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
         if s == "*" {
             return Ok(DomainPattern::Any);
+        }
+        if s.starts_with('[') {
+            return match crate::message::literal_ip(&s) {
+                Some(ip) => Ok(DomainPattern::Exact(crate::message::literal(ip))),
+                None => Err(format!(
+                    "`{s}` is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"
+                )),
+            };
         }
         let (pattern, name) = match s.strip_prefix("*.") {
             Some(rest) => (DomainPattern::Subdomains(rest.to_string()), rest),

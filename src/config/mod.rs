@@ -53,6 +53,9 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Tenant of authenticated users that no tenant lists.
     pub default_tenant: String,
+    /// Where mail to `<Postmaster>` goes (RFC 5321 §4.5.1: every SMTP
+    /// server takes it, from anyone); unset, such mail is refused.
+    pub postmaster: Option<String>,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
                 retention: TenantRetention::default(),
             }],
             default_tenant: "default".into(),
+            postmaster: None,
         }
     }
 }
@@ -215,6 +219,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.postmaster
+            && crate::message::mailbox(p).is_err()
+        {
+            return Err(format!(
+                "postmaster {p:?} must be an address local@domain: mail to <Postmaster> is relayed there"
+            ));
+        }
         if !self.tenants.iter().any(|t| t.id == self.default_tenant) {
             return Err(format!(
                 "default_tenant `{}` is not one of the [[tenant]] ids",
@@ -228,6 +239,12 @@ impl Config {
     /// and the start-up log.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.postmaster.is_none() {
+            out.push(
+                "postmaster is not set: RCPT TO:<Postmaster>, which RFC 5321 §4.5.1 says every SMTP server accepts, is refused"
+                    .into(),
+            );
+        }
         for t in &self.tenants {
             for n in &t.networks {
                 let wide = match n {
@@ -321,13 +338,19 @@ mod tests {
         assert!(err(shared).contains("m365_tenant_id"), "{}", err(shared));
         let bound = format!("{shared}m365_tenant_id = \"tid\"\n");
         assert!(parse(&bound).is_ok());
-        let open = parse("[[tenant]]\nid = \"default\"\nnetworks = [\"0.0.0.0/0\"]\n").unwrap();
+        let pm = "postmaster = \"hostmaster@gw.test\"\n";
+        let open = parse(&format!(
+            "{pm}[[tenant]]\nid = \"default\"\nnetworks = [\"0.0.0.0/0\"]\n"
+        ))
+        .unwrap();
         assert!(
             open.warnings()[0].contains("0.0.0.0/0"),
             "{:?}",
             open.warnings()
         );
-        assert!(parse("").unwrap().warnings().is_empty());
+        assert!(parse(pm).unwrap().warnings().is_empty());
+        assert!(parse("").unwrap().warnings()[0].contains("Postmaster"));
+        assert!(err("postmaster = \"nobody\"\n").contains("postmaster"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the spool, and to the queue once it is durable.
 
 pub mod auth;
+mod path;
 mod session;
 
 use std::collections::HashMap;

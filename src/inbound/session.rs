@@ -10,10 +10,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::request::receiver::{
+    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
+};
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
-    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_RET_FULL, MAIL_RET_HDRS,
+    MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+    Request,
 };
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -21,10 +24,11 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use super::InboundContext;
-use super::auth;
+use super::{auth, path};
 use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
 use crate::message::{
-    AddressError, Envelope, Notify, Recipient, Ret, TenantId, crlf_lines, has_control, mailbox,
+    AddressError, Envelope, Notify, Recipient, Ret, TenantId, crlf_lines, domain_of, has_control,
+    literal_ip, mailbox,
 };
 use crate::policy::RiskClass;
 use crate::policy::rules::{Facts, strip_subject_tags};
@@ -50,6 +54,8 @@ enum Authorization {
     Network(ipnet::IpNet),
     User(String),
     ClientCertificate(String),
+    /// None: the only recipient is `<Postmaster>`, which anyone may write to.
+    Postmaster,
 }
 
 /// The mail transaction in progress (RFC 5321 §3.3).
@@ -61,6 +67,8 @@ struct Transaction {
     smtputf8: bool,
     body_8bit: bool,
     recipients: Vec<Recipient>,
+    /// The content comes in BDAT chunks (RFC 3030); DATA may not follow.
+    chunked: bool,
 }
 
 /// What the input bytes are, at this point of the session.
@@ -71,6 +79,11 @@ enum Phase {
     Data,
     /// Over the size limit: read to the end of the data and throw it away.
     DiscardData(DummyDataReceiver),
+    /// One BDAT chunk (RFC 3030): exactly so many octets, taken as they are.
+    Chunk(BdatReceiver),
+    /// A BDAT chunk that cannot be taken: its octets are read and thrown
+    /// away (RFC 3030 §2), then the reply is given.
+    DiscardChunk(DummyDataReceiver, Reply),
     AuthPlain,
     AuthLoginUser,
     AuthLoginPassword(String),
@@ -200,7 +213,7 @@ impl Session {
                 stream.flush().await?;
                 self.out.clear();
             }
-            let in_data = matches!(self.phase, Phase::Data | Phase::DiscardData(_));
+            let in_data = self.in_data();
             let deadline = self.deadline(in_data);
             let busy = in_data || self.tx.is_some();
             let read = tokio::select! {
@@ -249,6 +262,16 @@ impl Session {
                 return stream.shutdown().await;
             }
         }
+    }
+
+    /// Whether message content is being read: during DATA, and from the
+    /// first BDAT chunk to the last (so that tiny chunks, each in time,
+    /// cannot keep a transaction open forever).
+    fn in_data(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Data | Phase::DiscardData(_) | Phase::Chunk(_) | Phase::DiscardChunk(..)
+        ) || self.tx.as_ref().is_some_and(|t| t.chunked)
     }
 
     /// Until when the next read may take. A command that has begun must be
@@ -361,8 +384,43 @@ impl Session {
                         }
                         continue;
                     }
-                    let request = match self.requests.ingest(&mut bytes) {
-                        Ok(r) => r.into_owned(),
+                    // The line as received, for what smtp-proto's path
+                    // parser does not take (see `path`).
+                    let mut raw = self.requests.buf().to_vec();
+                    let request = self.requests.ingest(&mut bytes).map(Request::into_owned);
+                    raw.extend_from_slice(&rest[..rest.len() - bytes.as_slice().len()]);
+                    let request = match request {
+                        Ok(Request::Rcpt { mut to })
+                            if to.address.is_empty() && path::is_postmaster(&raw) =>
+                        {
+                            to.address = path::POSTMASTER.into();
+                            Request::Rcpt { to }
+                        }
+                        Ok(r) => r,
+                        Err(
+                            e @ (smtp_proto::Error::InvalidSenderAddress
+                            | smtp_proto::Error::InvalidRecipientAddress),
+                        ) => match path::with_literal(&raw) {
+                            Some(Ok(r)) => r,
+                            Some(Err(why)) => {
+                                let reply = if matches!(e, smtp_proto::Error::InvalidSenderAddress)
+                                {
+                                    Reply::BAD_SENDER.with_text(format!("Sender {why}"))
+                                } else {
+                                    Reply::BAD_RECIPIENT.with_text(format!("Recipient {why}"))
+                                };
+                                if let Next::Close = self.error(reply) {
+                                    return Next::Close;
+                                }
+                                continue;
+                            }
+                            None => {
+                                if let Next::Close = self.error(parse_error_reply(&e)) {
+                                    return Next::Close;
+                                }
+                                continue;
+                            }
+                        },
                         Err(smtp_proto::Error::NeedsMoreData { .. }) => return Next::Continue,
                         Err(smtp_proto::Error::ResponseTooLong) => {
                             self.phase = Phase::DiscardLine;
@@ -421,6 +479,32 @@ impl Session {
                         return Next::Continue;
                     }
                 }
+                Phase::Chunk(receiver) => {
+                    if !receiver.ingest(&mut bytes, &mut self.message) {
+                        return Next::Continue;
+                    }
+                    let last = receiver.is_last;
+                    self.phase = Phase::Command;
+                    if last {
+                        self.finish_data().await;
+                    } else {
+                        self.reply(
+                            Reply::CHUNK_OK
+                                .with_text(format!("{} octets received", self.message.len())),
+                        );
+                    }
+                }
+                Phase::DiscardChunk(receiver, _) => {
+                    if !receiver.ingest(&mut bytes) {
+                        return Next::Continue;
+                    }
+                    if let Phase::DiscardChunk(_, reply) =
+                        std::mem::replace(&mut self.phase, Phase::Command)
+                        && let Next::Close = self.error(reply)
+                    {
+                        return Next::Close;
+                    }
+                }
                 Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
                     let rest = bytes.as_slice();
                     let Some(i) = rest.iter().position(|b| *b == b'\n') else {
@@ -456,8 +540,13 @@ impl Session {
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
             Request::Rset => {
                 self.tx = None;
+                self.message = Vec::new();
                 self.reply(Reply::RESET_OK);
                 Next::Continue
             }
@@ -473,8 +562,7 @@ impl Session {
                 self.reply(Reply::VRFY_REFUSED);
                 Next::Continue
             }
-            Request::Bdat { .. }
-            | Request::Expn { .. }
+            Request::Expn { .. }
             | Request::Help { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -511,6 +599,10 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "DSN".into(),
+            // BDAT (RFC 3030), which Exchange and Microsoft 365 use when
+            // offered. Not BINARYMIME: a relay cannot know at EHLO whether
+            // every next hop takes binary content, and could not convert it.
+            "CHUNKING".into(),
         ];
         if self.starttls_offered() {
             lines.push("STARTTLS".into());
@@ -669,6 +761,11 @@ impl Session {
                     .with_text(format!("Message size exceeds fixed limit of {limit} bytes")),
             );
         }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error(
+                Reply::PARAM_NOT_IMPLEMENTED.with_text("BODY=BINARYMIME is not offered here"),
+            );
+        }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
             return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
@@ -715,6 +812,7 @@ impl Session {
             smtputf8,
             body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
             recipients: Vec::new(),
+            chunked: false,
         });
         self.reply(Reply::SENDER_OK);
         Next::Continue
@@ -726,7 +824,15 @@ impl Session {
         };
         let smtputf8 = tx.smtputf8;
         let count = tx.recipients.len();
-        let address = match mailbox(&to.address) {
+        let postmaster = to.address == path::POSTMASTER;
+        let address = match mailbox(if postmaster {
+            match &self.ctx.config.postmaster {
+                Some(p) => p,
+                None => return self.error(Reply::NO_POSTMASTER),
+            }
+        } else {
+            &to.address
+        }) {
             Ok(a) => a,
             Err(AddressError::NoDomain) => {
                 return self.error(
@@ -741,11 +847,16 @@ impl Session {
         if !smtputf8 && !address.is_ascii() {
             return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
         }
-        if self.relay.is_none() {
-            // We own no mailboxes: every recipient is a relay request.
+        if self.relay.is_none() && !postmaster {
+            // We own no mailboxes: every recipient but <Postmaster> is a
+            // relay request.
             tracing::info!(remote = %self.remote, rcpt = %address, "relay denied");
             return self
                 .error(Reply::RELAY_DENIED.with_text(format!("<{address}>: Relay access denied")));
+        }
+        if literal_ip(domain_of(&address)).is_some() && !self.ctx.config.outbound.address_literals {
+            tracing::info!(remote = %self.remote, rcpt = %address, "address literal refused");
+            return self.error(Reply::LITERAL_REFUSED);
         }
         if count >= self.ctx.config.limits.max_recipients {
             self.reply(Reply::TOO_MANY_RECIPIENTS);
@@ -775,6 +886,11 @@ impl Session {
     fn data(&mut self) -> Next {
         match &self.tx {
             None => self.error(Reply::NEED_MAIL),
+            Some(tx) if tx.chunked => {
+                self.tx = None;
+                self.message.clear();
+                self.error(Reply::MIXED_DATA_BDAT)
+            }
             Some(tx) if tx.recipients.is_empty() => self.error(Reply::NO_VALID_RECIPIENTS),
             Some(_) => {
                 self.reply(Reply::START_DATA);
@@ -790,7 +906,39 @@ impl Session {
         }
     }
 
-    /// The end of DATA: check the content, make it durable, then answer.
+    /// A BDAT command: its chunk is read in any case (RFC 3030 §2), kept
+    /// when the transaction may go on, thrown away with the reply when not.
+    fn bdat(&mut self, size: usize, last: bool) -> Next {
+        let limit = self.ctx.config.limits.max_message_size;
+        let refusal = match &self.tx {
+            None => Some(Reply::NEED_MAIL),
+            Some(tx) if tx.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
+            Some(_) if self.message.len().saturating_add(size) > limit => Some(
+                Reply::MESSAGE_TOO_BIG
+                    .with_text(format!("Message size exceeds fixed limit of {limit} bytes")),
+            ),
+            Some(_) => None,
+        };
+        if let Some(reply) = refusal {
+            // The transaction ends: later chunks the client pipelined find
+            // no transaction and are thrown away too.
+            self.tx = None;
+            self.message = Vec::new();
+            self.phase = Phase::DiscardChunk(DummyDataReceiver::new_bdat(size), reply);
+            return Next::Continue;
+        }
+        if let Some(tx) = &mut self.tx
+            && !tx.chunked
+        {
+            tx.chunked = true;
+            self.message.clear();
+        }
+        self.phase = Phase::Chunk(BdatReceiver::new(size, last));
+        Next::Continue
+    }
+
+    /// The end of the content (DATA's dot or the last BDAT chunk): check
+    /// it, make it durable, then answer.
     async fn finish_data(&mut self) {
         let Some(tx) = self.tx.take() else {
             return;
@@ -832,11 +980,13 @@ impl Session {
                 return;
             }
         }
-        let Some((tenant, authorization)) = self.relay.clone() else {
-            // Cannot happen: RCPT refuses every recipient without relay rights.
-            self.reply(Reply::NO_VALID_RECIPIENTS);
-            return;
-        };
+        // Without relay rights, RCPT took nothing but <Postmaster>.
+        let (tenant, authorization) = self.relay.clone().unwrap_or_else(|| {
+            (
+                TenantId(self.ctx.config.default_tenant.clone()),
+                Authorization::Postmaster,
+            )
+        });
         let spool = &self.ctx.spool;
         let id = spool.next_id();
         let now = chrono::Local::now();
@@ -861,6 +1011,7 @@ impl Session {
                 Authorization::Network(n) => format!("network={n}"),
                 Authorization::User(u) => format!("user={u}"),
                 Authorization::ClientCertificate(fp) => format!("cert-sha256={fp}"),
+                Authorization::Postmaster => "postmaster-only".into(),
             }
         );
         let events = vec![
@@ -937,7 +1088,10 @@ impl Session {
     ) -> (Vec<Recipient>, Vec<event::ClassifiedRecipient>) {
         let policy = self.ctx.policies.current().for_tenant(&tenant.0);
         let facts = Facts::parse(body, policy.reads());
-        let authenticated = !matches!(authorization, Authorization::Network(_));
+        let authenticated = !matches!(
+            authorization,
+            Authorization::Network(_) | Authorization::Postmaster
+        );
         let trusted = policy.trusts_class_header(self.remote.ip(), authenticated);
         let mut tags = Vec::new();
         let mut recipients = Vec::with_capacity(tx.recipients.len());

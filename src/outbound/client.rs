@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
+    EhloResponse,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
@@ -66,6 +67,8 @@ pub struct Capabilities {
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub dsn: bool,
+    /// BDAT (RFC 3030): the content goes as it is, with no dot-stuffing.
+    pub chunking: bool,
     /// SIZE limit, 0 when none was given.
     pub size: Option<usize>,
 }
@@ -181,6 +184,7 @@ impl SmtpClient {
                 eight_bit: ehlo.has_capability(EXT_8BIT_MIME),
                 smtputf8: ehlo.has_capability(EXT_SMTP_UTF8),
                 dsn: ehlo.has_capability(EXT_DSN),
+                chunking: ehlo.has_capability(EXT_CHUNKING),
                 size: ehlo
                     .has_capability(EXT_SIZE)
                     .then_some(ehlo.size)
@@ -277,6 +281,8 @@ impl SmtpClient {
     }
 
     /// Sends one message to the given recipients and collects a reply for each.
+    /// The content goes only when a recipient was accepted (RFC 2920 §3.1):
+    /// with BDAT when the peer offers CHUNKING, else with DATA.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
@@ -284,17 +290,20 @@ impl SmtpClient {
         body: &[u8],
     ) -> Result<TransactionReplies, ClientError> {
         self.transactions += 1;
+        let chunked = self.caps.chunking;
         let mail = self.mail_from(envelope, body.len());
         let rcpts: Vec<String> = recipients.iter().map(|r| self.rcpt_to(r)).collect();
         let mut replies = Vec::with_capacity(rcpts.len());
         let mail_reply;
-        let data_reply;
+        let mut data_reply = None;
         if self.caps.pipelining {
             let mut batch = mail.into_bytes();
             for r in &rcpts {
                 batch.extend_from_slice(r.as_bytes());
             }
-            batch.extend_from_slice(b"DATA\r\n");
+            if !chunked {
+                batch.extend_from_slice(b"DATA\r\n");
+            }
             self.write(&batch).await?;
             mail_reply = self
                 .read_reply(self.timeouts.command, "MAIL reply")
@@ -307,10 +316,13 @@ impl SmtpClient {
                         .0,
                 );
             }
-            data_reply = self
-                .read_reply(self.timeouts.command, "DATA reply")
-                .await?
-                .0;
+            if !chunked {
+                data_reply = Some(
+                    self.read_reply(self.timeouts.command, "DATA reply")
+                        .await?
+                        .0,
+                );
+            }
         } else {
             self.write(mail.as_bytes()).await?;
             mail_reply = self
@@ -331,40 +343,55 @@ impl SmtpClient {
             if !replies.iter().any(Reply::is_positive) {
                 return self.abort(replies).await;
             }
-            self.write(b"DATA\r\n").await?;
-            data_reply = self
-                .read_reply(self.timeouts.command, "DATA reply")
-                .await?
-                .0;
+            if !chunked {
+                self.write(b"DATA\r\n").await?;
+                data_reply = Some(
+                    self.read_reply(self.timeouts.command, "DATA reply")
+                        .await?
+                        .0,
+                );
+            }
         }
         if !mail_reply.is_positive() {
             return self.abort(vec![mail_reply; recipients.len()]).await;
         }
-        if data_reply.code == 354 && !replies.iter().any(Reply::is_positive) {
-            // RFC 2920 §3.1: a peer that takes the pipelined DATA although it
-            // refused every recipient gets no content: the data ends at once.
-            self.write(b".\r\n").await?;
-            self.read_reply(self.timeouts.data, "reply after empty DATA")
-                .await?;
-            return self.abort(replies).await;
+        let accepted = replies.iter().any(Reply::is_positive);
+        match data_reply {
+            None if !accepted => return self.abort(replies).await,
+            None => self.write_chunk(body).await?,
+            Some(data_reply) if data_reply.code == 354 && !accepted => {
+                // RFC 2920 §3.1: a peer that takes the pipelined DATA although
+                // it refused every recipient gets no content: the data ends at once.
+                self.write(b".\r\n").await?;
+                self.read_reply(self.timeouts.data, "reply after empty DATA")
+                    .await?;
+                return self.abort(replies).await;
+            }
+            Some(data_reply) if data_reply.code != 354 => {
+                // No recipient accepted (the pipelined DATA then fails), or DATA itself refused.
+                let replies = replies
+                    .into_iter()
+                    .map(|r| {
+                        if r.is_positive() {
+                            data_reply.clone()
+                        } else {
+                            r
+                        }
+                    })
+                    .collect();
+                return self.abort(replies).await;
+            }
+            Some(_) => self.write_data(body).await?,
         }
-        if data_reply.code != 354 {
-            // No recipient accepted (the pipelined DATA then fails), or DATA itself refused.
-            let replies = replies
-                .into_iter()
-                .map(|r| {
-                    if r.is_positive() {
-                        data_reply.clone()
-                    } else {
-                        r
-                    }
-                })
-                .collect();
-            return self.abort(replies).await;
-        }
-        self.write_data(body).await?;
         let final_reply = self
-            .read_reply(self.timeouts.data, "reply after DATA")
+            .read_reply(
+                self.timeouts.data,
+                if chunked {
+                    "reply after BDAT"
+                } else {
+                    "reply after DATA"
+                },
+            )
             .await?
             .0;
         let per_recipient = replies
@@ -451,6 +478,31 @@ impl SmtpClient {
             .map_err(|_| ClientError::Timeout(self.timeouts.data, "sending message data"))?
     }
 
+    /// Sends the body as one last BDAT chunk (RFC 3030): every line end
+    /// CRLF as with DATA, but nothing stuffed and no end marker; the count
+    /// says where it ends.
+    async fn write_chunk(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        let normalized;
+        let body = if bare_line_end(body) {
+            let mut out = Vec::with_capacity(body.len() + body.len() / 64);
+            crate::message::crlf_lines(body, &mut out);
+            normalized = out;
+            &normalized[..]
+        } else {
+            body
+        };
+        let command = format!("BDAT {} LAST\r\n", body.len());
+        let stream = self.stream.get_mut();
+        timeout(self.timeouts.data, async {
+            stream.write_all(command.as_bytes()).await?;
+            stream.write_all(body).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(self.timeouts.data, "sending message data"))??;
+        Ok(())
+    }
+
     pub fn replies_read(&self) -> usize {
         self.replies
     }
@@ -531,7 +583,15 @@ impl SmtpClient {
     }
 }
 
-/// xtext encoding (RFC 3461 §4): `+XX` for `+`, `=`, controls and non-ASCII.
+/// Whether a CR or LF in the body is not part of a CRLF.
+fn bare_line_end(body: &[u8]) -> bool {
+    body.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || body[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
 /// The DATA of a message as sent: CRLF line ends, dots stuffed, ended by `.`.
 pub fn data_on_the_wire(body: &[u8]) -> Vec<u8> {
     let mut lines = Vec::with_capacity(body.len() + 8);
@@ -562,5 +622,15 @@ mod tests {
         // A bare CR or LF before a dot: a line end to some MTAs, so CRLF and stuffed.
         assert_eq!(data_on_the_wire(b"x\r.\ry"), b"x\r\n..\r\ny\r\n.\r\n");
         assert_eq!(data_on_the_wire(b"x\n.\n"), b"x\r\n..\r\n.\r\n");
+    }
+
+    #[test]
+    fn bare_line_ends_are_found_wherever_they_are() {
+        assert!(!bare_line_end(b"a\r\nb\r\n"));
+        assert!(!bare_line_end(b"no line end"));
+        assert!(bare_line_end(b"\na"));
+        assert!(bare_line_end(b"a\r"));
+        assert!(bare_line_end(b"a\rb\r\n"));
+        assert!(bare_line_end(b"a\r\nb\n"));
     }
 }

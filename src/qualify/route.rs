@@ -189,6 +189,33 @@ pub fn not_in_policy(target: Target, dnssec: Check, dane: Check, p: &Policy) -> 
     }
 }
 
+/// An address literal (RFC 5321 §4.1.3) is its own one host: no DNS is
+/// asked, so neither DANE nor MTA-STS can apply, and the certificate is
+/// checked against the address itself (an IP SAN).
+fn literal_route(domain: &str, ip: IpAddr, port: u16) -> Route {
+    let why = "address literal: no DNS lookup";
+    Route {
+        hosts: vec![HostPlan::Use(Box::new(Candidate {
+            target: Target {
+                host: domain.to_string(),
+                preference: 0,
+                port,
+            },
+            addresses: vec![ip],
+            names: vec![ip.to_string()],
+            tlsa: Vec::new(),
+            require_tls: None,
+            dnssec: Check::new(CheckName::Dnssec, Status::NotApplicable, why),
+            dane: Check::new(CheckName::Dane, Status::NotApplicable, why),
+            sts: None,
+            sts_detail: why.into(),
+            // No DNS answer can change it: an hour, like a long TTL.
+            ttl: 3600,
+        }))],
+        checks: vec![Check::new(CheckName::MtaSts, Status::NotApplicable, why)],
+    }
+}
+
 impl Qualifier {
     /// The hosts to try for a domain, in MX order, with their requirements.
     pub async fn route(&self, domain: &str) -> Result<Route, RouteFailure> {
@@ -227,6 +254,9 @@ impl Qualifier {
             });
         }
         let port = self.config.outbound.port;
+        if let Some(ip) = crate::message::literal_ip(domain) {
+            return Ok(literal_route(domain, ip, port));
+        }
         let mx = match self.dns.mx(domain).await {
             Ok(mx) => mx,
             Err(e) => {
