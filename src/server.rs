@@ -20,6 +20,7 @@ use crate::policy::memory::DomainMemory;
 use crate::queue::Queue;
 use crate::report::heads;
 use crate::report::tlsrpt::Reporter;
+use crate::spool::journal::Journal;
 use crate::spool::{Spool, SqliteSpool};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -51,18 +52,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         DomainMemory::open(Some(&config.database_path()), config.policy.downgrade_hold)
             .context("cannot open the domain memory")?,
     );
+    let (journal, accepted_before) = Journal::open(&config.data_dir)?;
     let outbound = Arc::new(Outbound::new(
         config.clone(),
         dns,
         Some(config.database_path()),
         policies.clone(),
         memory.clone(),
+        Some(journal.clone()),
     )?);
     let reporter = Arc::new(
         Reporter::new(&config, outbound.clone())
             .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
     );
-    let queue = Queue::new(config.clone(), spool.clone(), outbound);
+    let queue = Queue::new(config.clone(), spool.clone(), outbound, journal);
+    // Before the queue is read: what peers took just before a crash is
+    // recorded as delivered, not sent again.
+    queue.record_journal(accepted_before).await;
     let handle = queue.handle();
     let listeners = inbound::bind(&config).await?;
 

@@ -149,8 +149,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
                 // A check is not a delivery: it leaves the gateway's memory alone.
                 let memory = Arc::new(DomainMemory::open(None, config.policy.downgrade_hold)?);
-                let outbound =
-                    crate::outbound::Outbound::new(Arc::new(config), dns, None, policies, memory)?;
+                let outbound = crate::outbound::Outbound::new(
+                    Arc::new(config),
+                    dns,
+                    None,
+                    policies,
+                    memory,
+                    None,
+                )?;
                 anyhow::Ok(outbound.check(&domain).await)
             })?;
             if json {

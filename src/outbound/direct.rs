@@ -78,7 +78,7 @@ impl Outbound {
                     attempts: 0,
                 };
                 let job = LoadedJob {
-                    id: crate::message::QueueId(0),
+                    id: crate::message::QueueId::UNSPOOLED,
                     envelope: Envelope {
                         tenant: tenant.clone(),
                         sender: String::new(),

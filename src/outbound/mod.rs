@@ -34,6 +34,7 @@ use crate::qualify::report::HostReport;
 use crate::qualify::route::HostPlan;
 use crate::qualify::{Level, Qualifier, Verdict};
 use crate::seal::channel::{Contacts, PasswordStore};
+use crate::spool::journal::Journal;
 use client::Timeouts;
 use pool::{Idle, Pool, keep_better};
 use transact::deferred_by;
@@ -49,6 +50,9 @@ pub struct Outbound {
     /// For the password webhook.
     http: reqwest::Client,
     pool: Pool,
+    /// Where accepted recipients are noted the moment the peer says 250
+    /// (none for `sealgate check`, which delivers nothing).
+    journal: Option<Arc<Journal>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,7 @@ impl Outbound {
         db: Option<std::path::PathBuf>,
         policies: Arc<Policies>,
         memory: Arc<DomainMemory>,
+        journal: Option<Arc<Journal>>,
     ) -> Result<Outbound, OutboundError> {
         let qualifier = Qualifier::new(config.clone(), dns, db.clone())?;
         // A broken contacts file is found at start (and named by line), not
@@ -110,6 +115,7 @@ impl Outbound {
             passwords,
             http,
             pool: Pool::default(),
+            journal,
         })
     }
 

@@ -3,7 +3,8 @@
 
 use super::client::{ClientError, SmtpClient};
 use super::{Detail, Outbound, Outcome};
-use crate::message::{LoadedJob, PendingRecipient};
+use crate::message::{LoadedJob, PendingRecipient, QueueId};
+use crate::spool::journal::Entry;
 
 impl Outbound {
     /// Runs the transaction. On error, the flag says whether the peer may
@@ -56,6 +57,7 @@ impl Outbound {
             }
         };
         let remote = format!("{}[{}]", client.host, client.peer.ip());
+        self.note_accepted(job, pending, &replies.per_recipient, &remote);
         Ok(pending
             .iter()
             .zip(replies.per_recipient)
@@ -71,6 +73,39 @@ impl Outbound {
                 (p.index, outcome)
             })
             .collect())
+    }
+}
+
+impl Outbound {
+    /// Writes down at once which recipients the peer took, so that a
+    /// crash before the attempt is recorded does not send them again.
+    fn note_accepted(
+        &self,
+        job: &LoadedJob,
+        pending: &[&PendingRecipient],
+        replies: &[crate::reply::Reply],
+        remote: &str,
+    ) {
+        let (Some(journal), Some(first)) = (&self.journal, pending.first()) else {
+            return;
+        };
+        if job.id == QueueId::UNSPOOLED {
+            return;
+        }
+        let recipients: Vec<u32> = pending
+            .iter()
+            .zip(replies)
+            .filter(|(_, r)| r.is_positive())
+            .map(|(p, _)| p.index)
+            .collect();
+        if !recipients.is_empty() {
+            journal.note(&Entry {
+                id: job.id,
+                domain: first.recipient.domain.clone(),
+                remote: remote.to_string(),
+                recipients,
+            });
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use crate::message::QueueId;
 use crate::outbound::{Detail, Outbound, Outcome};
 use crate::report::EventData;
 use crate::report::event::{self, AttemptRecipient, RecipientResult};
-use crate::spool::{AttemptRecord, DueJob, RecipientOutcome, Spool};
+use crate::spool::journal::{Entry, Journal};
+use crate::spool::{AttemptRecord, DueJob, PendingRecipient, RecipientOutcome, Spool};
 
 use crate::util::now;
 
@@ -193,17 +194,24 @@ pub struct Queue {
     config: Arc<Config>,
     spool: Arc<dyn Spool>,
     outbound: Arc<Outbound>,
+    journal: Arc<Journal>,
     events: mpsc::UnboundedReceiver<Event>,
     handle: QueueHandle,
 }
 
 impl Queue {
-    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>, outbound: Arc<Outbound>) -> Queue {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<dyn Spool>,
+        outbound: Arc<Outbound>,
+        journal: Arc<Journal>,
+    ) -> Queue {
         let (tx, events) = mpsc::unbounded_channel();
         Queue {
             config,
             spool,
             outbound,
+            journal,
             events,
             handle: QueueHandle { tx },
         }
@@ -211,6 +219,103 @@ impl Queue {
 
     pub fn handle(&self) -> QueueHandle {
         self.handle.clone()
+    }
+
+    /// Records as delivered what the delivered journal says peers took
+    /// before the last stop, then empties the journal. A recipient that
+    /// was recorded meanwhile is left as it is.
+    pub async fn record_journal(&self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut recorded = 0;
+        let mut complete = true;
+        for entry in entries {
+            let job = match self.spool.load(entry.id, &entry.domain) {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(id = %entry.id, "cannot load a journalled job: {e}");
+                    complete = false;
+                    continue;
+                }
+            };
+            let taken: Vec<&PendingRecipient> = job
+                .recipients
+                .iter()
+                .filter(|r| entry.recipients.contains(&r.index))
+                .collect();
+            if taken.is_empty() {
+                continue;
+            }
+            let now = now();
+            let text = format!(
+                "{} accepted it (250) just before sealgate stopped; recorded at the next start from the delivered journal",
+                entry.remote
+            );
+            let record = AttemptRecord {
+                id: job.id,
+                outcomes: taken
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.index,
+                            RecipientOutcome::Delivered {
+                                reply: text.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+                dsn: None,
+                now,
+                purge_at: now + self.config.hold_delivered(&job.envelope.tenant.0).as_secs() as i64,
+                tenant: job.envelope.tenant.clone(),
+                events: vec![crate::report::Event {
+                    queue_id: job.id,
+                    at: now,
+                    data: EventData::Attempt(Box::new(event::Attempt {
+                        v: event::VERSION,
+                        domain: entry.domain.clone(),
+                        verdict: None,
+                        checks: Vec::new(),
+                        hosts: Vec::new(),
+                        recipients: taken
+                            .iter()
+                            .map(|r| AttemptRecipient {
+                                address: r.recipient.address.clone(),
+                                class: Some(r.recipient.class),
+                                required: None,
+                                action: None,
+                                reason_code: None,
+                                reason: None,
+                                outcome: RecipientResult::Delivered,
+                                status: "2.0.0".into(),
+                                remote: Some(entry.remote.clone()),
+                                detail: text.clone(),
+                            })
+                            .collect(),
+                        bounce: None,
+                    })),
+                }],
+            };
+            match self.spool.record(record).await {
+                Ok(_) => recorded += taken.len(),
+                Err(e) => {
+                    tracing::error!(id = %job.id, "cannot record a journalled delivery: {e}");
+                    complete = false;
+                }
+            }
+        }
+        if recorded > 0 {
+            tracing::info!(
+                recipients = recorded,
+                "delivered journal: recorded deliveries that peers accepted just before the last stop"
+            );
+        }
+        // Kept when something could not be recorded: the next start tries again.
+        if complete && let Err(e) = self.journal.clear() {
+            tracing::error!("{e}");
+        }
     }
 
     /// Runs until shutdown, then waits (bounded) for deliveries in flight.
@@ -320,8 +425,11 @@ impl Queue {
         let spool = self.spool.clone();
         let outbound = self.outbound.clone();
         let tx = self.handle.tx.clone();
+        // Held until the attempt is recorded: the journal keeps its notes.
+        let ticket = self.journal.begin();
         tokio::spawn(async move {
             let (next, dsn) = attempt(&config, spool.as_ref(), &outbound, id, &domain).await;
+            drop(ticket);
             if let Some(dsn) = dsn {
                 let _ = tx.send(Event::Due(dsn));
             }

@@ -7,6 +7,7 @@
 //! whole queue. Storage sits behind the narrow [`Spool`] trait so that a
 //! shared PostgreSQL can replace the embedded SQLite for multi-node setups.
 
+pub mod journal;
 mod sqlite;
 
 use std::future::Future;
