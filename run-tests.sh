@@ -19,6 +19,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Exim, OpenSMTPD and aiosmtpd for the interoperability tests: unpacked
+# beside the tree, since Debian installs one MTA package (Postfix is ours).
+bash tests/peers/mtas.sh install target/tmp/peers/mtas-root 2>/dev/null || {
+  apt-get update -qq
+  bash tests/peers/mtas.sh install target/tmp/peers/mtas-root
+}
+
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt --all -- --check)
 cargo clippy --all-targets -- -D warnings
@@ -32,6 +39,8 @@ bash tests/peers/postfix.sh stop "$world/mx"
 bash tests/peers/knot.sh stop "$world/knot"
 bash tests/peers/pki.sh stop "$world/pki"
 for pid in "$world"/www/*/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
+for dir in target/tmp/peers/interop/*/; do bash tests/peers/mtas.sh stop "$dir"; done
+bash tests/peers/postfix.sh stop target/tmp/peers/interop/postfix-relay
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer), short and bounded: each
 # target FUZZ_SECONDS (default 30) from the committed seeds in fuzz/corpus

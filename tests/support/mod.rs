@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const DEST_PORT: u16 = 24025;
 pub const PASSWORD: &str = "correct horse battery staple";
 
-fn peers_dir() -> PathBuf {
+pub fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers")
 }
 
