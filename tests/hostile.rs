@@ -987,3 +987,77 @@ fn rfc5321_address_literals_and_postmaster_are_accepted() {
     assert!(no_pm.starts_with("550 5.1.1"), "{no_pm}");
     still_serves(&gw);
 }
+
+/// A client whose TLS 1.3 Finished and first command after STARTTLS
+/// arrive in one segment (one write, as some MTAs send them) gets its
+/// EHLO answered: what was read beyond the handshake is not lost.
+#[test]
+fn tls_finished_and_ehlo_in_one_segment_are_both_read() {
+    use rustls::pki_types::ServerName;
+    use sealgate::config::RootStore;
+    use sealgate::qualify::pkix::Roots;
+    use sealgate::qualify::verifier::DeliveryVerifier;
+    use std::sync::Arc as StdArc;
+
+    let gw = Gateway::start("");
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.relay)).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let mut plain = BufReader::new(tcp.try_clone().unwrap());
+    let mut line = String::new();
+    let mut read_reply = |r: &mut BufReader<TcpStream>| -> String {
+        let mut all = String::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    read_reply(&mut plain);
+    tcp.write_all(b"EHLO oneseg.test\r\n").unwrap();
+    read_reply(&mut plain);
+    tcp.write_all(b"STARTTLS\r\n").unwrap();
+    assert!(read_reply(&mut plain).starts_with("220"));
+
+    // Accepts the gateway's self-signed certificate (recorded, not judged).
+    let roots = Roots::load(&RootStore::Mozilla).unwrap();
+    let (verifier, _) = DeliveryVerifier::new(roots, vec!["gw.test".into()], Vec::new());
+    let config = rustls::ClientConfig::builder_with_provider(sealgate::qualify::bsi::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = ServerName::try_from("gw.test").unwrap();
+    let mut tls = rustls::ClientConnection::new(StdArc::new(config), name).unwrap();
+    while tls.is_handshaking() {
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        }
+        if tls.is_handshaking() {
+            tls.read_tls(&mut tcp).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+    }
+    // The handshake is done here, but our Finished is still queued: the
+    // EHLO joins it, and both leave in one write.
+    tls.writer().write_all(b"EHLO oneseg.test\r\n").unwrap();
+    let mut segment = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut segment).unwrap();
+    }
+    tcp.write_all(&segment).unwrap();
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + T;
+    while !answer.ends_with(b"\r\n") || !String::from_utf8_lossy(&answer).contains("250 ") {
+        assert!(Instant::now() < deadline, "no EHLO reply over TLS");
+        tls.read_tls(&mut tcp).unwrap();
+        tls.process_new_packets().unwrap();
+        let _ = tls.reader().read_to_end(&mut answer);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("250-"), "{answer}");
+    assert!(!answer.contains("STARTTLS"), "{answer}");
+}
