@@ -7,7 +7,7 @@
 //! the spool, and to the queue once it is durable.
 
 pub mod auth;
-mod path;
+pub mod path;
 mod session;
 
 use std::collections::HashMap;
