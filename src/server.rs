@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control;
-use crate::dns::Dns;
+use crate::dns::{Dns, ResolverHealth};
 use crate::inbound::{self, InboundContext, Users};
 use crate::outbound::Outbound;
 use crate::policy::Policies;
@@ -41,6 +41,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => Users::default(),
     };
     let dns = Dns::new(&config.dns)?;
+    tokio::spawn(report_resolver(dns.clone(), config.dns.servers.clone()));
     let signer = match &config.report.signing_key {
         Some(path) => Some(heads::Signer::load(path).context("report.signing_key")?),
         None => None,
@@ -169,4 +170,32 @@ fn describe(files: &[std::path::PathBuf]) -> String {
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Says once, at start, in a mail admin's words, when the resolver keeps
+/// DNSSEC from working: otherwise the first sign would be every domain
+/// reported DNSSEC-bogus or unsigned and qualified mail waiting.
+async fn report_resolver(dns: Dns, servers: Vec<std::net::SocketAddr>) {
+    let which = if servers.is_empty() {
+        "the resolvers in /etc/resolv.conf".to_string()
+    } else {
+        servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match dns.health().await {
+        ResolverHealth::Validating => {
+            tracing::info!(
+                "DNS: {which} answer with DNSSEC signatures that validate to the trust anchor"
+            )
+        }
+        ResolverHealth::Unreachable(why) => tracing::warn!(
+            "DNS: no answer from {which} ({why}): no domain can be routed until one answers; set [dns] servers to a resolver this host can reach"
+        ),
+        ResolverHealth::NotValidating(why) => tracing::warn!(
+            "DNS: {which} answer, but without DNSSEC signatures that validate ({why}): every domain will look unsigned or bogus, so DANE cannot be used and mail that must be qualified will wait. Point [dns] servers at a resolver that passes DNSSEC records through (unbound or Knot Resolver on this host, for example)"
+        ),
+    }
 }

@@ -386,3 +386,30 @@ fn rfc7766_a_truncated_answer_is_asked_again_over_tcp() {
     send(&gw, &rcpt);
     delivered(&rcpt);
 }
+
+/// At start the gateway says whether DNSSEC can work through its resolver:
+/// quietly fine with one that passes signatures (Knot here), and in words
+/// with one that does not answer, instead of every domain looking bogus.
+#[test]
+fn the_resolver_is_checked_at_start() {
+    let gw = gateway();
+    wait_for(T, "the resolver check", || {
+        gw.log()
+            .contains("answer with DNSSEC signatures that validate")
+            .then_some(())
+    });
+    let w = world();
+    let silent = Gateway::start_with(|dir, relay, sub| {
+        // Nothing listens on the discard port: no answer at all.
+        w.config(dir, relay, sub).replace(
+            &format!("127.0.0.1:{}\"]", world::KNOT_PORT),
+            "127.0.0.1:9\"]",
+        )
+    });
+    let said = wait_for(T, "the warning about the resolver", || {
+        let log = silent.log();
+        log.contains("DNS: no answer from 127.0.0.1:9")
+            .then_some(log)
+    });
+    assert!(said.contains("WARN"), "{said}");
+}

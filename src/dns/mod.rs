@@ -152,6 +152,17 @@ pub struct AnchorError {
     message: String,
 }
 
+/// What the start-up check found about the resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolverHealth {
+    /// Answers arrive with signatures that validate up to the trust anchor.
+    Validating,
+    /// No answer at all (timeout, refused, SERVFAIL).
+    Unreachable(String),
+    /// Answers arrive, but without signatures that validate.
+    NotValidating(String),
+}
+
 /// A shared, caching, validating resolver.
 #[derive(Clone)]
 pub struct Dns {
@@ -183,6 +194,20 @@ impl Dns {
         Ok(Dns {
             resolver: Arc::new(resolver),
         })
+    }
+
+    /// Whether DNSSEC validation can work through the configured resolver,
+    /// tried on the root zone's NS records (signed, and always there).
+    pub async fn health(&self) -> ResolverHealth {
+        match self.lookup(".", RecordType::NS).await {
+            Ok(a) if a.security == Security::Secure => ResolverHealth::Validating,
+            Ok(a) => ResolverHealth::NotValidating(format!(
+                "the root zone's NS answer came back {}",
+                a.security.name()
+            )),
+            Err(e @ DnsError::Bogus { .. }) => ResolverHealth::NotValidating(e.to_string()),
+            Err(e) => ResolverHealth::Unreachable(e.to_string()),
+        }
     }
 
     pub async fn mx(&self, domain: &str) -> Result<Answer<MxAnswer>, DnsError> {
