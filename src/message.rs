@@ -8,7 +8,49 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::RiskClass;
+/// How much harm a message would do in the wrong hands; ordered.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskClass {
+    #[default]
+    Normal,
+    High,
+    Confidential,
+}
+
+impl RiskClass {
+    pub const ALL: [RiskClass; 3] = [RiskClass::Normal, RiskClass::High, RiskClass::Confidential];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RiskClass::Normal => "normal",
+            RiskClass::High => "high",
+            RiskClass::Confidential => "confidential",
+        }
+    }
+}
+
+impl fmt::Display for RiskClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RiskClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RiskClass, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(RiskClass::Normal),
+            "high" => Ok(RiskClass::High),
+            "confidential" => Ok(RiskClass::Confidential),
+            _ => Err(format!(
+                "`{s}` is not a risk class (normal, high, confidential)"
+            )),
+        }
+    }
+}
 
 /// Identifies a queued message; shown as 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
