@@ -177,7 +177,7 @@ fn independent_mtas_exchange_mail_byte_for_byte() {
     let postfix_port = free_port();
     let postfix_dir = peers_dir().join("interop/postfix-relay");
     let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postfix.sh"))
+        .arg(script())
         .args([
             "relay",
             postfix_dir.to_str().unwrap(),
@@ -194,9 +194,8 @@ fn independent_mtas_exchange_mail_byte_for_byte() {
     struct StopPostfix(PathBuf);
     impl Drop for StopPostfix {
         fn drop(&mut self) {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postfix.sh");
             let _ = Command::new("bash")
-                .arg(script)
+                .arg(script())
                 .args(["stop", self.0.to_str().unwrap()])
                 .status();
         }

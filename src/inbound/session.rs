@@ -384,14 +384,17 @@ impl Session {
                         }
                         continue;
                     }
-                    // The line as received, for what smtp-proto's path
-                    // parser does not take (see `path`).
-                    let mut raw = self.requests.buf().to_vec();
+                    // The line as received, put together only for what
+                    // smtp-proto's path parser does not take (see `path`).
+                    // `buffered` is empty, and allocates nothing, unless the
+                    // line spanned reads.
+                    let buffered = self.requests.buf().to_vec();
                     let request = self.requests.ingest(&mut bytes).map(Request::into_owned);
-                    raw.extend_from_slice(&rest[..rest.len() - bytes.as_slice().len()]);
+                    let consumed = &rest[..rest.len() - bytes.as_slice().len()];
+                    let raw = || [buffered.as_slice(), consumed].concat();
                     let request = match request {
                         Ok(Request::Rcpt { mut to })
-                            if to.address.is_empty() && path::is_postmaster(&raw) =>
+                            if to.address.is_empty() && path::is_postmaster(&raw()) =>
                         {
                             to.address = path::POSTMASTER.into();
                             Request::Rcpt { to }
@@ -400,7 +403,7 @@ impl Session {
                         Err(
                             e @ (smtp_proto::Error::InvalidSenderAddress
                             | smtp_proto::Error::InvalidRecipientAddress),
-                        ) => match path::with_literal(&raw) {
+                        ) => match path::with_literal(&raw()) {
                             Some(Ok(r)) => r,
                             Some(Err(why)) => {
                                 let reply = if matches!(e, smtp_proto::Error::InvalidSenderAddress)

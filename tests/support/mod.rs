@@ -20,7 +20,8 @@ pub fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers")
 }
 
-fn script() -> PathBuf {
+/// tests/peers/postfix.sh, which starts and stops private Postfix instances.
+pub fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postfix.sh")
 }
 
