@@ -23,5 +23,6 @@ pub mod report;
 pub mod seal;
 pub mod server;
 pub mod spool;
+pub mod systemd;
 pub mod tls;
 pub mod util;

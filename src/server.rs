@@ -2,9 +2,10 @@
 //! and shuts them down in order on SIGTERM or SIGINT: listeners stop,
 //! sessions finish their transactions, deliveries in flight are recorded,
 //! and everything accepted stays in the spool for the next start. SIGHUP
-//! reloads the policy directory (an invalid one leaves the old policy in
-//! force, and the log says why).
+//! reloads the policy directory and the settings of accepting mail (an
+//! invalid file leaves the old state in force, and the log says why).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::control;
 use crate::dns::{Dns, ResolverHealth};
-use crate::inbound::{self, InboundContext, Users};
+use crate::inbound::{self, InboundContext, LiveContext, Users};
 use crate::outbound::Outbound;
 use crate::policy::Policies;
 use crate::policy::memory::DomainMemory;
@@ -23,7 +24,9 @@ use crate::report::tlsrpt::Reporter;
 use crate::spool::journal::Journal;
 use crate::spool::{Spool, SqliteSpool};
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the gateway with `config`, read from `path` (None: the embedded
+/// defaults); SIGHUP reads `path` again.
+pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     for w in config.warnings() {
         tracing::warn!("configuration: {w}");
@@ -77,10 +80,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections; finishing transactions in progress");
+        crate::systemd::stopping("finishing transactions in progress");
         let _ = stop.send(true);
     });
 
-    tokio::spawn(reload_on_hangup(policies.clone(), shutdown.clone()));
     let control = control::Server::bind(
         &config.control_socket(),
         spool.clone(),
@@ -104,22 +107,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let control_task = tokio::spawn(control.run(shutdown.clone()));
     let queue_task = tokio::spawn(queue.run(shutdown.clone()));
-    let ctx = Arc::new(InboundContext {
+    tokio::spawn(crate::systemd::watchdog(handle.clone(), shutdown.clone()));
+    let live = Arc::new(LiveContext::new(InboundContext {
         config: config.clone(),
         tls,
         users: Arc::new(users),
         auth_guard: Default::default(),
         spool,
         queue: handle,
+        policies: policies.clone(),
+        shutdown: shutdown.clone(),
+    }));
+    let reload = Reload {
+        path,
         policies,
-        shutdown,
-    });
+        live: live.clone(),
+    };
+    tokio::spawn(reload.on_hangup(shutdown));
     let addresses: Vec<String> = listeners
         .iter()
         .map(|(l, _)| format!("{} ({:?})", l.address, l.mode))
         .collect();
     tracing::info!(data_dir = %config.data_dir.display(), "sealgate ready on {}", addresses.join(", "));
-    inbound::serve(ctx, listeners).await;
+    crate::systemd::ready(&format!("listening on {}", addresses.join(", ")));
+    inbound::serve(live, listeners).await;
     let _ = queue_task.await;
     let _ = heads_stop.send(true);
     if let Some(task) = heads_task {
@@ -146,21 +157,86 @@ async fn wait_for_signal() {
     }
 }
 
-/// SIGHUP: read the policy directory again; keep the old policy on error.
-async fn reload_on_hangup(policies: Arc<Policies>, mut shutdown: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: policy reload unavailable");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match policies.reload() {
-                Ok(set) => tracing::info!("policy reloaded from {}", describe(&set.files)),
-                Err(e) => tracing::error!("policy reload failed, the previous policy stays in force: {e}"),
-            },
-            _ = shutdown.changed() => return,
+/// What SIGHUP reloads: the policy directory, and from the configuration
+/// file what accepting mail reads per connection (tenants' relay rights,
+/// limits, the inbound certificate and key, the users file). Whatever
+/// fails to load leaves the previous state in force, and the log says why.
+struct Reload {
+    path: Option<PathBuf>,
+    policies: Arc<Policies>,
+    live: Arc<LiveContext>,
+}
+
+impl Reload {
+    async fn on_hangup(self, mut shutdown: watch::Receiver<bool>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload unavailable");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    crate::systemd::reloading();
+                    self.once();
+                    crate::systemd::ready("reloaded");
+                }
+                _ = shutdown.changed() => return,
+            }
         }
+    }
+
+    fn once(&self) {
+        match self.policies.reload() {
+            Ok(set) => tracing::info!("policy reloaded from {}", describe(&set.files)),
+            Err(e) => {
+                tracing::error!("policy reload failed, the previous policy stays in force: {e}")
+            }
+        }
+        match self.inbound() {
+            Ok(restart) if restart.is_empty() => tracing::info!(
+                "configuration reloaded: tenants, limits, inbound certificate and users"
+            ),
+            Ok(restart) => tracing::warn!(
+                "configuration reloaded: tenants, limits, inbound certificate and users; \
+                 changed but in force only after a restart: {}",
+                restart.join(", ")
+            ),
+            Err(e) => tracing::error!(
+                "configuration reload failed, the previous configuration stays in force: {e:#}"
+            ),
+        }
+    }
+
+    fn inbound(&self) -> anyhow::Result<Vec<&'static str>> {
+        let old = self.live.current();
+        let (config, restart) = match &self.path {
+            Some(path) => {
+                let new = Config::load(path)?;
+                for w in new.warnings() {
+                    tracing::warn!("configuration: {w}");
+                }
+                old.config.reloaded(new)
+            }
+            // The embedded defaults do not change; the files they name may.
+            None => ((*old.config).clone(), Vec::new()),
+        };
+        let tls = crate::tls::server_config(&config)?;
+        let users = match &config.auth.users_file {
+            Some(path) => Users::load(path)?,
+            None => Users::default(),
+        };
+        self.live.replace(InboundContext {
+            config: Arc::new(config),
+            tls,
+            users: Arc::new(users),
+            auth_guard: old.auth_guard.clone(),
+            spool: old.spool.clone(),
+            queue: old.queue.clone(),
+            policies: old.policies.clone(),
+            shutdown: old.shutdown.clone(),
+        });
+        Ok(restart)
     }
 }
 

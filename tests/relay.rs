@@ -65,7 +65,12 @@ fn swaks_plain_and_starttls_arrive_byte_exact() {
         );
     }
     // The outbound side used STARTTLS towards Postfix (opportunistic).
-    assert!(gw.log().contains("Encrypted"), "{}", gw.log());
+    let lines = delivery_lines(&gw.log());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["reached"] == "encrypted"),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -280,6 +285,20 @@ fn transient_failure_is_retried_then_delivered() {
         "{shown}"
     );
     assert!(dest().mails(&rcpt).is_empty());
+    let line = wait_delivery_line(&gw, &rcpt, "deferred");
+    assert_eq!(
+        (
+            line["id"].as_str(),
+            line["tenant"].as_str(),
+            line["from"].as_str()
+        ),
+        (id.as_str(), "default", "sender@src.test"),
+        "{line:?}"
+    );
+    assert_eq!(line["code"], "4.3.0", "{line:?}");
+    assert!(line["reply"].contains("Try again later"), "{line:?}");
+    assert!(line["relay"].contains("[127.0.0.1]"), "{line:?}");
+    assert!(line["delay"].parse::<u64>().is_ok(), "{line:?}");
 
     dest().remove_rule(&rule);
     // `queue retry` reaches the running gateway through its control socket.
@@ -291,6 +310,14 @@ fn transient_failure_is_retried_then_delivered() {
     );
     dest().wait_mails(&rcpt, 1, T);
     gw.wait_queue_empty(T);
+    let line = wait_delivery_line(&gw, &rcpt, "sent");
+    assert_eq!(line["code"].chars().next(), Some('2'), "{line:?}");
+    // A test peer without TLS, let through by the test policy's exception.
+    assert_eq!(
+        (line["action"].as_str(), line["class"].as_str()),
+        ("deliver", "normal"),
+        "{line:?}"
+    );
 }
 
 #[test]
@@ -335,6 +362,11 @@ fn permanent_failure_bounces_with_a_dsn() {
     );
     assert!(!dsn.contains("secret body"), "RET=HDRS returns no body");
     gw.wait_queue_empty(T);
+    let line = wait_delivery_line(&gw, &rcpt, "bounced");
+    assert_eq!(line["code"], "5.1.1", "{line:?}");
+    assert_eq!(line["from"], sender, "{line:?}");
+    let warned = format!("WARN delivery: id=\"{}\"", line["id"]);
+    assert!(gw.log().contains(&warned), "a bounce is a warning");
 }
 
 #[test]
@@ -362,6 +394,9 @@ fn unreachable_past_lifetime_bounces() {
     assert!(dsn.contains("gave up after"), "{dsn}");
     assert!(dsn.contains("Status: 4.4."), "{dsn}");
     gw.wait_queue_empty(T);
+    let line = wait_delivery_line(&gw, "nobody@unreachable.test", "expired");
+    assert!(line["reply"].starts_with("gave up after"), "{line:?}");
+    assert_eq!(line["relay"], "none", "nobody answered: {line:?}");
 }
 
 /// Five rounds of load, each ended by `kill -9` at a random moment (the

@@ -41,8 +41,18 @@ struct Cli {
     /// Configuration file; without it the embedded defaults apply.
     #[arg(long, short, global = true, env = "SEALGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// How `serve` writes its log to standard error: `text` for people
+    /// and grep, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SEALGATE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -135,10 +145,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let config = load_config(&cli.config)?;
-            init_logging();
+            init_logging(cli.log_format);
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(crate::server::serve(config))
+            runtime.block_on(crate::server::serve(config, cli.config))
         }
         Command::Check { domain, json } => {
             let config = load_config(&cli.config)?;
@@ -252,12 +262,18 @@ fn time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // systemd sets JOURNAL_STREAM when standard error goes to the journal,
+    // which stamps every line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, journal) {
+        (LogFormat::Json, _) => builder.json().flatten_event(true).init(),
+        (LogFormat::Text, true) => builder.with_ansi(false).without_time().init(),
+        (LogFormat::Text, false) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 mod delivery;
 mod listen;
 mod read;
+mod reload;
 mod tenant;
 
 pub use delivery::*;

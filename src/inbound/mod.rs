@@ -31,14 +31,34 @@ pub struct InboundContext {
     pub config: Arc<Config>,
     pub tls: crate::tls::ServerTls,
     pub users: Arc<Users>,
-    /// Password guessing across sessions, and the checks running at once.
-    pub auth_guard: auth::Guard,
+    /// Password guessing across sessions, and the checks running at once;
+    /// kept across reloads.
+    pub auth_guard: Arc<auth::Guard>,
     pub spool: Arc<dyn Spool>,
     pub queue: QueueHandle,
     /// Classifies each message as it is received.
     pub policies: Arc<crate::policy::Policies>,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// The inbound context in force. A reload (SIGHUP) replaces it as a whole;
+/// each connection keeps the one that was current when it was accepted, so
+/// an open session is never switched to a half-new configuration.
+pub struct LiveContext(std::sync::RwLock<Arc<InboundContext>>);
+
+impl LiveContext {
+    pub fn new(ctx: InboundContext) -> LiveContext {
+        LiveContext(std::sync::RwLock::new(Arc::new(ctx)))
+    }
+
+    pub fn current(&self) -> Arc<InboundContext> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, ctx: InboundContext) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+    }
 }
 
 /// Counts connections per client address, for `max_connections_per_client`.
@@ -94,18 +114,19 @@ pub async fn bind(config: &Config) -> std::io::Result<Vec<(ListenerConfig, TcpLi
 }
 
 /// Accepts connections until shutdown, then waits for the sessions to end.
-pub async fn serve(ctx: Arc<InboundContext>, listeners: Vec<(ListenerConfig, TcpListener)>) {
+pub async fn serve(live: Arc<LiveContext>, listeners: Vec<(ListenerConfig, TcpListener)>) {
     let tracker = TaskTracker::new();
-    let global = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+    // Sized once: a new `max_connections` takes a restart.
+    let global = Arc::new(Semaphore::new(live.current().config.limits.max_connections));
     let per_client = Arc::new(PerClient::default());
     let mut accept_tasks = Vec::new();
     for (lc, listener) in listeners {
-        let ctx = ctx.clone();
+        let live = live.clone();
         let tracker = tracker.clone();
         let global = global.clone();
         let per_client = per_client.clone();
         accept_tasks.push(tokio::spawn(async move {
-            let mut shutdown = ctx.shutdown.clone();
+            let mut shutdown = live.current().shutdown.clone();
             loop {
                 let (stream, remote) = tokio::select! {
                     r = listener.accept() => match r {
@@ -120,6 +141,7 @@ pub async fn serve(ctx: Arc<InboundContext>, listeners: Vec<(ListenerConfig, Tcp
                     _ = shutdown.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
+                let ctx = live.current();
                 let permit = global.clone().try_acquire_owned().ok();
                 let slot =
                     per_client.acquire(remote.ip(), ctx.config.limits.max_connections_per_client);
@@ -127,7 +149,6 @@ pub async fn serve(ctx: Arc<InboundContext>, listeners: Vec<(ListenerConfig, Tcp
                     tracker.spawn(refuse(stream, remote));
                     continue;
                 };
-                let ctx = ctx.clone();
                 let lc = lc.clone();
                 tracker.spawn(async move {
                     session::run(ctx, lc, stream, remote).await;

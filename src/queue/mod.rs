@@ -10,6 +10,7 @@
 //! transaction before the job is forgotten here.
 
 pub mod dsn;
+mod line;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -21,10 +22,12 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::message::QueueId;
 use crate::outbound::{Detail, Outbound, Outcome};
+use crate::policy::Action;
 use crate::report::EventData;
 use crate::report::event::{self, AttemptRecipient, RecipientResult};
 use crate::spool::journal::{Entry, Journal};
 use crate::spool::{AttemptRecord, DueJob, PendingRecipient, RecipientOutcome, Spool};
+use line::Status;
 
 use crate::util::now;
 
@@ -40,6 +43,8 @@ enum Event {
         id: QueueId,
         done: tokio::sync::oneshot::Sender<Result<bool, String>>,
     },
+    /// The watchdog asks whether the scheduler still turns.
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 /// How the rest of the gateway tells the queue about work.
@@ -65,6 +70,13 @@ impl QueueHandle {
             .send(Event::Delete { id, done })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Answers once the scheduler loop has come round to it: it is not
+    /// stuck (the service manager's watchdog asks).
+    pub async fn alive(&self) -> bool {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Event::Ping(done)).is_ok() && answer.await.is_ok()
     }
 
     /// Jobs whose due time changed (recovery, `queue retry`).
@@ -369,6 +381,9 @@ impl Queue {
                             self.spawn_delete(id, vec![done]);
                         }
                     }
+                    Some(Event::Ping(done)) => {
+                        let _ = done.send(());
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => {}
@@ -389,7 +404,7 @@ impl Queue {
         while schedule.total_active > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Finished { id, domain, .. })) => schedule.finished(&(id, domain)),
-                Ok(Some(Event::Due(_) | Event::Delete { .. })) => {}
+                Ok(Some(Event::Due(_) | Event::Delete { .. } | Event::Ping(_))) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -497,24 +512,29 @@ async fn attempt(
             remote: detail.remote.clone(),
             detail: detail.text.clone(),
         });
-        if let Some((_, d)) = decision {
-            tracing::info!(
-                %id,
-                to = rcpt,
-                class = %d.class,
-                required = %d.required,
-                action = d.action.name(),
-                "policy: {}",
-                d.action.reason_text()
-            );
-        }
+        let id_text = id.to_string();
+        let line = |status, detail: &Detail| {
+            line::AttemptLine {
+                id: &id_text,
+                tenant: &job.envelope.tenant,
+                sender: &job.envelope.sender,
+                recipient: pending,
+                level,
+                decision: decision.map(|(_, d)| d),
+                delay: now - job.received_at,
+                status,
+                detail,
+            }
+            .emit()
+        };
         match outcome {
             Outcome::Delivered(d) => {
-                tracing::info!(%id, to = rcpt, ?level, status = "sent", "{}", d.text);
+                let sealed = decision.is_some_and(|(_, d)| matches!(d.action, Action::Seal { .. }));
+                line(if sealed { Status::Sealed } else { Status::Sent }, &d);
                 outcomes.push((index, RecipientOutcome::Delivered { reply: d.text }));
             }
             Outcome::Failed(d) => {
-                tracing::info!(%id, to = rcpt, ?level, status = "bounced", "{}", d.text);
+                line(Status::Bounced, &d);
                 outcomes.push((
                     index,
                     RecipientOutcome::Failed {
@@ -531,19 +551,20 @@ async fn attempt(
                     )),
                     d.text
                 );
-                tracing::info!(%id, to = rcpt, status = "expired", "{text}");
+                let d = Detail { text, ..d };
+                line(Status::Expired, &d);
                 outcomes.push((
                     index,
                     RecipientOutcome::Failed {
-                        reply: text.clone(),
+                        reply: d.text.clone(),
                     },
                 ));
-                failed.push((index, Detail { text, ..d }));
+                failed.push((index, d));
             }
             Outcome::Deferred(d) => {
                 // The last try happens at expiry, not a full backoff after it.
                 let next = (now + wait).min(job.expires_at);
-                tracing::info!(%id, to = rcpt, status = "deferred", "{}", d.text);
+                line(Status::Deferred, &d);
                 outcomes.push((
                     index,
                     RecipientOutcome::Deferred {

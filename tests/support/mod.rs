@@ -189,6 +189,8 @@ pub struct Gateway {
     pub submission: u16,
     pub config: PathBuf,
     child: Option<Child>,
+    /// Environment of the sealgate process, beyond the log filter.
+    env: Vec<(String, String)>,
 }
 
 pub fn bin() -> &'static str {
@@ -263,6 +265,14 @@ impl Gateway {
     }
 
     pub fn start_with(make: impl FnOnce(&Path, u16, u16) -> String) -> Gateway {
+        Self::start_with_env(&[], make)
+    }
+
+    /// As [`Gateway::start_with`], with these environment variables set.
+    pub fn start_with_env(
+        env: &[(&str, &str)],
+        make: impl FnOnce(&Path, u16, u16) -> String,
+    ) -> Gateway {
         dest();
         let dir = tempfile::tempdir().unwrap();
         let (relay, submission) = (free_port(), free_port());
@@ -283,6 +293,10 @@ impl Gateway {
             submission,
             config,
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         gw.spawn();
         gw
@@ -297,6 +311,7 @@ impl Gateway {
         let child = Command::new(bin())
             .args(["--config", self.config.to_str().unwrap(), "serve"])
             .env("SEALGATE_LOG", "info,sealgate=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -730,4 +745,76 @@ pub fn assert_log_agrees(gw: &Gateway, id: &str, host: &serde_json::Value) {
     }
     assert_eq!(refusals(h), refusals(host), "refusals of {name}");
     assert_eq!(failing(h), failing(host), "failing checks of {name}");
+}
+
+/// The gateway's per-attempt log lines (target `delivery`), each parsed
+/// into its fields: `key=value` with a bare number or a quoted string in
+/// Rust's escaping. A line that does not parse fails the test.
+pub fn delivery_lines(log: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l
+                .split_once(" INFO delivery: ")
+                .or_else(|| l.split_once(" WARN delivery: "))?;
+            Some(rest)
+        })
+        .map(|rest| parse_fields(rest).unwrap_or_else(|| panic!("unparsable line: {rest}")))
+        .collect()
+}
+
+/// Waits for the delivery line of `rcpt` with `status`.
+pub fn wait_delivery_line(
+    gw: &Gateway,
+    rcpt: &str,
+    status: &str,
+) -> std::collections::BTreeMap<String, String> {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("a delivery line {rcpt} {status}"),
+        || {
+            delivery_lines(&gw.log())
+                .into_iter()
+                .find(|f| f["to"] == rcpt && f["status"] == status)
+        },
+    )
+}
+
+fn parse_fields(mut rest: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut fields = std::collections::BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        '0' => value.push('\0'),
+                        'u' => {
+                            let hex: String = chars
+                                .by_ref()
+                                .map(|(_, c)| c)
+                                .skip(1)
+                                .take_while(|c| *c != '}')
+                                .collect();
+                            value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        }
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            (value, &quoted[end + 1..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        fields.insert(key.to_string(), value);
+        rest = tail.strip_prefix(' ').unwrap_or(tail);
+    }
+    Some(fields)
 }

@@ -1,0 +1,120 @@
+//! What a reload (SIGHUP) may change while the gateway runs.
+//!
+//! Accepting mail reads its settings per connection, so who may relay,
+//! limits, the inbound certificate and the users file change at once.
+//! Delivery, the queue, storage and the listeners were built from the
+//! configuration at start; a change there is named so that the operator
+//! knows to restart, and the running values stay.
+
+use super::{Config, Limits};
+
+impl Config {
+    /// The configuration a reload puts in force: from `new`, what can
+    /// change while running; from `self`, everything else. The second value
+    /// names the settings that changed but wait for a restart.
+    pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
+        // Config has no PartialEq (it holds parsed certificate rules and
+        // the like); the debug form compares every field.
+        fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+            format!("{a:?}") != format!("{b:?}")
+        }
+        let mut restart = Vec::new();
+        let mut pending = |changed: bool, name: &'static str| {
+            if changed {
+                restart.push(name);
+            }
+        };
+        pending(differs(&self.listeners, &new.listeners), "listener");
+        pending(self.data_dir != new.data_dir, "data_dir");
+        pending(self.hostname != new.hostname, "hostname");
+        pending(differs(&self.queue, &new.queue), "queue");
+        pending(differs(&self.outbound, &new.outbound), "outbound");
+        pending(differs(&self.dns, &new.dns), "dns");
+        pending(differs(&self.mta_sts, &new.mta_sts), "mta_sts");
+        pending(differs(&self.revocation, &new.revocation), "revocation");
+        pending(differs(&self.seal, &new.seal), "seal");
+        pending(differs(&self.spool, &new.spool), "spool");
+        pending(differs(&self.policy, &new.policy), "policy.dir");
+        pending(differs(&self.report, &new.report), "report");
+        pending(differs(&self.routes, &new.routes), "route");
+        pending(self.default_tenant != new.default_tenant, "default_tenant");
+        pending(
+            self.limits.max_connections != new.limits.max_connections,
+            "limits.max_connections",
+        );
+
+        let mut merged = self.clone();
+        merged.tls = new.tls;
+        merged.auth = new.auth;
+        merged.limits = Limits {
+            max_connections: self.limits.max_connections,
+            ..new.limits
+        };
+        merged.postmaster = new.postmaster;
+        // Delivery knows each tenant by id (its seal settings, retention,
+        // password store): who may relay as a tenant changes now, the rest
+        // of a tenant and the set of tenants at the next start.
+        let same_ids = self.tenants.len() == new.tenants.len()
+            && self
+                .tenants
+                .iter()
+                .zip(&new.tenants)
+                .all(|(a, b)| a.id == b.id);
+        if !same_ids {
+            restart.push("tenant (added, removed or reordered)");
+        } else {
+            let mut delivery_changed = false;
+            for (kept, next) in merged.tenants.iter_mut().zip(new.tenants) {
+                delivery_changed |=
+                    differs(&kept.seal, &next.seal) || differs(&kept.retention, &next.retention);
+                kept.networks = next.networks;
+                kept.users = next.users;
+                kept.client_certificates = next.client_certificates;
+                kept.m365_tenant_id = next.m365_tenant_id;
+                kept.sender_domains = next.sender_domains;
+            }
+            if delivery_changed {
+                restart.push("tenant.seal or tenant.retention");
+            }
+        }
+        (merged, restart)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        let text = format!("default_tenant = \"a\"\n{text}");
+        Config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn inbound_settings_change_and_the_rest_is_named() {
+        let old = parse(
+            "[limits]\nmax_recipients = 10\n[[tenant]]\nid = \"a\"\nnetworks = [\"10.0.0.0/8\"]\n",
+        );
+        let new = parse(
+            "hostname = \"other.test\"\n[limits]\nmax_recipients = 5\nmax_connections = 7\n\
+             [[tenant]]\nid = \"a\"\nnetworks = [\"192.0.2.0/24\"]\n\
+             [[route]]\ndomain = \"x.test\"\nnext_hop = \"127.0.0.1:25\"\n",
+        );
+        let (merged, restart) = old.reloaded(new);
+        assert_eq!(merged.limits.max_recipients, 5);
+        assert_eq!(merged.limits.max_connections, old.limits.max_connections);
+        assert_eq!(merged.tenants[0].networks[0].to_string(), "192.0.2.0/24");
+        assert_eq!(merged.hostname, old.hostname);
+        assert!(merged.routes.is_empty());
+        assert_eq!(restart, ["hostname", "route", "limits.max_connections"]);
+    }
+
+    #[test]
+    fn a_new_tenant_waits_for_a_restart() {
+        let old = parse("[[tenant]]\nid = \"a\"\n");
+        let new = parse("[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"b\"\n");
+        let (merged, restart) = old.reloaded(new);
+        assert_eq!(merged.tenants.len(), 1);
+        assert_eq!(restart, ["tenant (added, removed or reordered)"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! Running sealgate as a service: what systemd hears from it, the log in
+//! JSON for shippers, and SIGHUP reloading the inbound certificate and
+//! configuration without dropping a session.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Reads notifications until one holds `line`; returns everything read.
+fn wait_notify(socket: &UnixDatagram, line: &str) -> String {
+    let deadline = Instant::now() + T;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push_str(&message);
+            seen.push_str("--\n");
+            if message.lines().any(|l| l == line) {
+                return seen;
+            }
+        }
+    }
+    panic!("no {line} from sealgate; heard:\n{seen}");
+}
+
+#[test]
+fn systemd_hears_ready_alive_reloading_and_stopping_and_the_log_is_json() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let path = notify_dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut gw = Gateway::start_with_env(
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+            ("SEALGATE_LOG_FORMAT", "json"),
+        ],
+        base_config,
+    );
+    let ready = wait_notify(&socket, "READY=1");
+    assert!(
+        ready.contains(&format!("STATUS=listening on 127.0.0.1:{}", gw.relay)),
+        "{ready}"
+    );
+    // At half the interval, and only while the scheduler answers.
+    wait_notify(&socket, "WATCHDOG=1");
+    wait_notify(&socket, "WATCHDOG=1");
+
+    let rcpt = format!("{}@json.test", unique("j"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message(
+        "sender@src.test",
+        &[&rcpt],
+        message("json", "x\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    dest().wait_mails(&rcpt, 1, T);
+    let line = wait_for(T, "the delivery line in JSON", || {
+        gw.log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .find(|v| v["target"] == "delivery" && v["to"] == rcpt.as_str())
+    });
+    assert_eq!(line["status"], "sent", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    // A peer without a trusted certificate: encrypted, the normal class's need.
+    assert_eq!(
+        (&line["reached"], &line["required"]),
+        (
+            &serde_json::json!("encrypted"),
+            &serde_json::json!("encrypted")
+        ),
+        "{line}"
+    );
+    assert_eq!(line["from"], "sender@src.test", "{line}");
+    assert!(line["delay"].is_u64(), "a number: {line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+
+    gw.signal_hup();
+    let reload = wait_notify(&socket, "RELOADING=1");
+    assert!(reload.contains("MONOTONIC_USEC="), "{reload}");
+    wait_notify(&socket, "READY=1");
+    gw.signal_term();
+    wait_notify(&socket, "STOPPING=1");
+    assert!(gw.wait_exit());
+}
+
+/// The subject of the certificate a new STARTTLS session is shown.
+fn served_subject(port: u16) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -starttls smtp -connect 127.0.0.1:{port} </dev/null 2>/dev/null \
+             | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A STARTTLS session held open by `openssl s_client`.
+struct TlsSession {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl TlsSession {
+    fn open(port: u16) -> TlsSession {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-starttls", "smtp", "-crlf"])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut s = TlsSession { child, out };
+        assert!(s.cmd("EHLO held.test").starts_with("250"));
+        s
+    }
+
+    /// Sends a command, returns the last line of the reply.
+    fn cmd(&mut self, line: &str) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        loop {
+            let mut l = String::new();
+            assert!(self.out.read_line(&mut l).unwrap() > 0, "session closed");
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return l.trim_end().to_string();
+            }
+        }
+    }
+}
+
+impl Drop for TlsSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_config() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    self_signed("before.gw.test", &cert, &key);
+    let tls = format!(
+        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let gw =
+        Gateway::start_with(|dir, relay, sub| format!("{}{tls}", base_config(dir, relay, sub)));
+    assert_eq!(served_subject(gw.relay), "subject=CN = before.gw.test");
+    let mut held = TlsSession::open(gw.relay);
+
+    // A renewed certificate at the same path, and a lower recipient limit.
+    self_signed("after.gw.test", &cert, &key);
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    let lowered = format!("{text}\n[limits]\nmax_recipients = 1\n");
+    std::fs::write(&gw.config, &lowered).unwrap();
+    gw.signal_hup();
+    wait_for(T, "the reload", || {
+        gw.log().contains("configuration reloaded").then_some(())
+    });
+    assert_eq!(served_subject(gw.relay), "subject=CN = after.gw.test");
+
+    // The session opened before goes on, with the settings it began with.
+    let rcpt = |n: u32| format!("held{n}-{}@held.test", std::process::id());
+    assert!(held.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
+    assert!(
+        held.cmd(&format!("RCPT TO:<{}>", rcpt(1)))
+            .starts_with("250")
+    );
+    assert!(
+        held.cmd(&format!("RCPT TO:<{}>", rcpt(2)))
+            .starts_with("250")
+    );
+    assert!(held.cmd("DATA").starts_with("354"));
+    // s_client -crlf turns each LF into CR LF.
+    let sent = held.cmd("Subject: held\n\nbody\n.");
+    assert!(sent.starts_with("250"), "{sent}");
+    dest().wait_mails(&rcpt(2), 1, T);
+
+    // A new session has the new limit.
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{}>", rcpt(3))).starts_with("250"));
+    let refused = c.cmd(&format!("RCPT TO:<{}>", rcpt(4)));
+    assert!(refused.starts_with("452"), "{refused}");
+
+    // A broken file: named with its line, the running state stays.
+    std::fs::write(&gw.config, format!("{lowered}\nhostname = [\n")).unwrap();
+    gw.signal_hup();
+    let said = wait_for(T, "the refused reload", || {
+        gw.log()
+            .lines()
+            .find(|l| l.contains("configuration reload failed"))
+            .map(str::to_string)
+    });
+    assert!(
+        said.contains(&format!("{}:", gw.config.display())) && said.contains("the previous"),
+        "{said}"
+    );
+    assert_eq!(served_subject(gw.relay), "subject=CN = after.gw.test");
+
+    // A change that only a restart applies is named.
+    std::fs::write(
+        &gw.config,
+        lowered.replace("hostname = \"gw.test\"", "hostname = \"renamed.test\""),
+    )
+    .unwrap();
+    gw.signal_hup();
+    wait_for(T, "the restart notice", || {
+        gw.log()
+            .contains("in force only after a restart: hostname")
+            .then_some(())
+    });
+    let stream = std::net::TcpStream::connect(("127.0.0.1", gw.relay)).unwrap();
+    let greeting = Client::from_stream(stream).reply();
+    assert!(
+        greeting.contains("gw.test") && !greeting.contains("renamed"),
+        "{greeting}"
+    );
+}
