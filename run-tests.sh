@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3 chromium chromium-driver)
+peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3 chromium chromium-driver
+       lintian systemd man-db groff-base adduser binutils util-linux procps)
 missing=()
 for p in "${peers[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -29,6 +30,14 @@ bash tests/peers/mtas.sh install target/tmp/peers/mtas-root 2>/dev/null || {
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt --all -- --check)
 cargo clippy --all-targets -- -D warnings
+
+# The Debian package, as packaging/build-deb.sh builds it (a release build
+# with symbols split off); tests/package.rs checks, installs and purges it.
+rm -f target/debian/sealgate_*.deb
+bash packaging/build-deb.sh >/dev/null
+SEALGATE_DEB=$(ls target/debian/sealgate_*.deb)
+export SEALGATE_DEB
+
 status=0
 cargo test --all-targets --no-fail-fast || status=$?
 

@@ -20,6 +20,7 @@ use crate::util::rfc3339;
 mod check;
 mod domains;
 mod envelope;
+mod manual;
 mod passwords;
 mod queue;
 mod report;
@@ -106,6 +107,9 @@ enum Command {
         #[command(subcommand)]
         command: EnvelopeCommand,
     },
+    /// Write the manual pages and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +229,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
         Command::Report { command } => report_command(load_config(&cli.config)?, command),
+        Command::Generate { dir } => {
+            for file in manual::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -264,7 +274,14 @@ fn time(unix: i64) -> String {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // hickory's own warnings dump whole DNS messages; what they mean
+        // for mail, sealgate says itself in words (DNS: … at start, the
+        // reason of each deferral).
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,hickory_net=error,hickory_proto=error,hickory_resolver=error",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

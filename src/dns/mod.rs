@@ -205,7 +205,9 @@ impl Dns {
                 "the root zone's NS answer came back {}",
                 a.security.name()
             )),
-            Err(e @ DnsError::Bogus { .. }) => ResolverHealth::NotValidating(e.to_string()),
+            Err(DnsError::Bogus { why, .. }) => ResolverHealth::NotValidating(format!(
+                "the root zone's NS answer failed validation: {why}"
+            )),
             Err(e) => ResolverHealth::Unreachable(e.to_string()),
         }
     }
