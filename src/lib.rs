@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod dkim;
 pub mod dns;
 pub mod inbound;
 pub mod message;

@@ -57,14 +57,18 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             .context("cannot open the domain memory")?,
     );
     let (journal, accepted_before) = Journal::open(&config.data_dir)?;
-    let outbound = Arc::new(Outbound::new(
-        config.clone(),
-        dns,
-        Some(config.database_path()),
-        policies.clone(),
-        memory.clone(),
-        Some(journal.clone()),
-    )?);
+    let dkim = Arc::new(crate::dkim::Keys::new(crate::dkim::Signers::load(&config)?));
+    let outbound = Arc::new(
+        Outbound::new(
+            config.clone(),
+            dns,
+            Some(config.database_path()),
+            policies.clone(),
+            memory.clone(),
+            Some(journal.clone()),
+        )?
+        .with_dkim(dkim.clone()),
+    );
     let reporter = Arc::new(
         Reporter::new(&config, outbound.clone())
             .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
@@ -116,6 +120,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         spool,
         queue: handle,
         policies: policies.clone(),
+        dkim: dkim.clone(),
         shutdown: shutdown.clone(),
     }));
     let reload = Reload {
@@ -195,10 +200,10 @@ impl Reload {
         }
         match self.inbound() {
             Ok(restart) if restart.is_empty() => tracing::info!(
-                "configuration reloaded: tenants, limits, inbound certificate and users"
+                "configuration reloaded: tenants, limits, inbound certificate, users and DKIM keys"
             ),
             Ok(restart) => tracing::warn!(
-                "configuration reloaded: tenants, limits, inbound certificate and users; \
+                "configuration reloaded: tenants, limits, inbound certificate, users and DKIM keys; \
                  changed but in force only after a restart: {}",
                 restart.join(", ")
             ),
@@ -226,6 +231,8 @@ impl Reload {
             Some(path) => Users::load(path)?,
             None => Users::default(),
         };
+        let dkim = crate::dkim::Signers::load(&config)?;
+        old.dkim.replace(dkim);
         self.live.replace(InboundContext {
             config: Arc::new(config),
             tls,
@@ -234,6 +241,7 @@ impl Reload {
             spool: old.spool.clone(),
             queue: old.queue.clone(),
             policies: old.policies.clone(),
+            dkim: old.dkim.clone(),
             shutdown: old.shutdown.clone(),
         });
         Ok(restart)

@@ -300,3 +300,119 @@ fn independent_mtas_exchange_mail_byte_for_byte() {
     let received = gw.log();
     assert!(!received.contains("ERROR"), "{received}");
 }
+
+/// Runs dkimpy on `message` with `records` as the DNS it sees; its lines.
+fn dkimpy(dir: &Path, message: &[u8], records: &[String]) -> (bool, String) {
+    let (file, dns) = (dir.join(unique("msg")), dir.join(unique("dns")));
+    std::fs::write(&file, message).unwrap();
+    std::fs::write(&dns, records.join("\n")).unwrap();
+    let out = Command::new(mtas_root().join("venv/bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dkim_verify.py"))
+        .args([&file, &dns])
+        .output()
+        .expect("dkimpy (run the README test command)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `sealgate dkim keygen`: the key file and the TXT record as
+/// `NAME VALUE` for dkim_verify.py.
+fn keygen(dir: &Path, domain: &str, algorithm: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{domain}.pem"));
+    let out = Command::new(bin())
+        .args([
+            "dkim",
+            "keygen",
+            domain,
+            "--selector",
+            "s1",
+            "--algorithm",
+            algorithm,
+        ])
+        .arg("--out")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let line = printed
+        .lines()
+        .find(|l| l.contains("._domainkey."))
+        .expect("the TXT record");
+    let (name, rest) = line.split_once(" IN TXT ").unwrap();
+    // ( "part" "part" ) → the concatenated value, as a resolver gives it.
+    let value: String = rest
+        .trim_matches(|c| c == '(' || c == ')' || c == ' ')
+        .split("\" \"")
+        .map(|p| p.trim_matches('"'))
+        .collect();
+    (key, format!("{name} {value}"))
+}
+
+#[test]
+fn dkim_signatures_made_at_the_gateway_verify_with_dkimpy() {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_txt) = keygen(keys.path(), "rsa.dkim.test", "rsa");
+    let (ed_key, ed_txt) = keygen(keys.path(), "ed.dkim.test", "ed25519");
+    let (other_key, other_txt) = keygen(keys.path(), "other.dkim.test", "ed25519");
+    let tenants = format!(
+        "[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\nusers = [\"alice\"]\n\
+         [[tenant.dkim]]\ndomain = \"rsa.dkim.test\"\nselector = \"s1\"\nkey = \"{}\"\n\
+         [[tenant.dkim]]\ndomain = \"ed.dkim.test\"\nselector = \"s1\"\nkey = \"{}\"\n\
+         [[tenant]]\nid = \"other\"\nusers = [\"bob\"]\n\
+         [[tenant.dkim]]\ndomain = \"other.dkim.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        rsa_key.display(),
+        ed_key.display(),
+        other_key.display()
+    );
+    // A subject tag: the gateway changes the message, then signs it.
+    let policy = "[[rule]]\nname = \"tagged\"\nsubject_tag = \"[dkim]\"\nclass = \"normal\"\n";
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        let policies = policy_dir(dir, &[("tag.toml", policy)]);
+        format!("{}{policies}\n{tenants}", base_config(dir, relay, sub))
+    });
+    let records = [rsa_txt, ed_txt, other_txt];
+    for (from, signed_by) in [
+        ("a@rsa.dkim.test", Some("d=rsa.dkim.test s=s1 a=rsa-sha256")),
+        (
+            "b@ed.dkim.test",
+            Some("d=ed.dkim.test s=s1 a=ed25519-sha256"),
+        ),
+        // Another tenant's domain, and a domain without a key: unsigned.
+        ("c@other.dkim.test", None),
+        ("d@plain.dkim.test", None),
+    ] {
+        let rcpt = format!("{}@dkim-sink.test", unique("k"));
+        let mail = format!(
+            "From: Sender <{from}>\r\nTo: <{rcpt}>\r\nSubject: [dkim] Quarterly figures\r\n\
+             Date: Mon, 30 Nov 2026 09:00:00 +0100\r\nMessage-ID: <{}@dkim.test>\r\n\r\n\
+             Figures attached.\r\n.. a dotted line\r\n",
+            unique("m")
+        );
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message(from, &[&rcpt], mail.as_bytes());
+        assert!(reply.starts_with("250"), "{reply}");
+        let got = dest().wait_mails(&rcpt, 1, T).remove(0);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("Subject: Quarterly figures"),
+            "tag removed: {text}"
+        );
+        let (ok, said) = dkimpy(keys.path(), &got, &records);
+        match signed_by {
+            Some(expected) => {
+                assert!(ok, "{from}: dkimpy says\n{said}\n{text}");
+                assert!(said.contains(&format!("pass {expected}")), "{said}");
+            }
+            None => assert!(
+                !text.contains("DKIM-Signature:") && !ok,
+                "{from} must not be signed:\n{text}"
+            ),
+        }
+    }
+}

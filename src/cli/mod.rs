@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: EnvelopeCommand,
     },
+    /// DKIM keys for signing a tenant's mail at the gateway.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Write the manual pages and shell completions into DIR (packaging).
     #[command(hide = true)]
     Generate { dir: PathBuf },
@@ -118,6 +123,24 @@ enum ConfigCommand {
     Check {
         /// File to check (default: --config).
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Make a signing key for DOMAIN, write it (mode 0600, never over an
+    /// existing file) and print the DNS TXT record to publish and the
+    /// `[[tenant.dkim]]` lines for the configuration.
+    Keygen {
+        domain: String,
+        /// The selector: the key is published at SELECTOR._domainkey.DOMAIN.
+        #[arg(long, default_value = "sealgate")]
+        selector: String,
+        #[arg(long, value_enum, default_value_t = crate::dkim::Algorithm::Rsa)]
+        algorithm: crate::dkim::Algorithm,
+        /// Key file (default: DOMAIN.SELECTOR.pem in data_dir/dkim).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -196,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(key) = &config.report.signing_key {
                 crate::report::heads::Signer::load(key).context("report.signing_key")?;
             }
+            crate::dkim::Signers::load(&config)?;
             let policies = Policies::load(config.policy.dir.as_deref())?.current();
             for w in config.warnings() {
                 println!("{}: warning: {w}", path.display());
@@ -229,6 +253,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
         Command::Report { command } => report_command(load_config(&cli.config)?, command),
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    out,
+                },
+        } => {
+            let out = match out {
+                Some(out) => out,
+                None => {
+                    let dir = load_config(&cli.config)?.data_dir.join("dkim");
+                    crate::util::private_dir(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    dir.join(format!("{domain}.{selector}.pem"))
+                }
+            };
+            let txt = crate::dkim::keygen(&domain, &selector, algorithm, &out)?;
+            println!("# Publish in DNS:\n{txt}\n");
+            println!(
+                "# Add to the tenant whose mail is From: @{domain}, then reload:\n\
+                 [[tenant.dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nkey = \"{}\"",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Generate { dir } => {
             for file in manual::generate(<Cli as clap::CommandFactory>::command(), &dir)? {
                 println!("{}", file.display());

@@ -98,6 +98,7 @@ impl Default for Config {
                 sender_domains: Vec::new(),
                 seal: TenantSeal::default(),
                 retention: TenantRetention::default(),
+                dkim: Vec::new(),
             }],
             default_tenant: "default".into(),
             postmaster: None,

@@ -72,6 +72,7 @@ impl Config {
                 kept.client_certificates = next.client_certificates;
                 kept.m365_tenant_id = next.m365_tenant_id;
                 kept.sender_domains = next.sender_domains;
+                kept.dkim = next.dkim;
             }
             if delivery_changed {
                 restart.push("tenant.seal or tenant.retention");

@@ -34,6 +34,22 @@ pub struct Tenant {
     /// How long this tenant's log records and finished messages are kept.
     #[serde(default)]
     pub retention: TenantRetention,
+    /// DKIM keys: mail of this tenant whose `From:` is in one of these
+    /// domains is signed at the gateway (docs/configuration.md).
+    #[serde(default)]
+    pub dkim: Vec<TenantDkim>,
+}
+
+/// One DKIM signing key of a tenant (`[[tenant.dkim]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDkim {
+    /// The `d=` domain: mail whose `From:` address is in it is signed.
+    pub domain: String,
+    /// The `s=` selector: the key is published at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// PKCS#8 PEM private key (Ed25519 or RSA), as `sealgate dkim keygen` writes.
+    pub key: std::path::PathBuf,
 }
 
 /// Certificate names that many customers share (a cloud provider's

@@ -38,6 +38,8 @@ pub struct InboundContext {
     pub queue: QueueHandle,
     /// Classifies each message as it is received.
     pub policies: Arc<crate::policy::Policies>,
+    /// Signs each tenant's mail for its own domains, once every change is made.
+    pub dkim: Arc<crate::dkim::Keys>,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -998,6 +998,11 @@ impl Session {
         body.extend_from_slice(received.as_bytes());
         crlf_lines(&data, &mut body);
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
+        // After the last change we make (subject tags removed), before the
+        // message is stored: what is signed is what every next hop gets.
+        if let Some(signature) = self.ctx.dkim.sign(&tenant.0, &body) {
+            body.splice(0..0, signature.into_bytes());
+        }
         let domains = {
             let mut d: Vec<String> = tx.recipients.iter().map(|r| r.domain.clone()).collect();
             d.sort();

@@ -53,6 +53,8 @@ pub struct Outbound {
     /// Where accepted recipients are noted the moment the peer says 250
     /// (none for `sealgate check`, which delivers nothing).
     journal: Option<Arc<Journal>>,
+    /// Signs the sealed notifications sealgate writes in a tenant's name.
+    dkim: Arc<crate::dkim::Keys>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,12 @@ type Open<'a> = Vec<(&'a PendingRecipient, Requirement)>;
 type ToSeal<'a> = Vec<(&'a PendingRecipient, Requirement, Reason)>;
 
 impl Outbound {
+    /// DKIM keys for the notifications of sealed messages (none by default).
+    pub fn with_dkim(mut self, keys: Arc<crate::dkim::Keys>) -> Outbound {
+        self.dkim = keys;
+        self
+    }
+
     /// `db`: where MTA-STS policies are cached across restarts (none: memory only).
     pub fn new(
         config: Arc<Config>,
@@ -116,6 +124,7 @@ impl Outbound {
             http,
             pool: Pool::default(),
             journal,
+            dkim: Arc::default(),
         })
     }
 

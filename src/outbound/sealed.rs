@@ -195,6 +195,11 @@ impl Outbound {
                 date: chrono::Utc::now().timestamp(),
             },
         );
+        // A new message in the sender's name: signed like the mail it replaces.
+        let mut notification = notification;
+        if let Some(signature) = self.dkim.sign(&job.envelope.tenant.0, &notification) {
+            notification.splice(0..0, signature.into_bytes());
+        }
         let notice = LoadedJob {
             id: job.id,
             envelope: Envelope {

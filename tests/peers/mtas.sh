@@ -3,7 +3,7 @@
 # Debian lets one MTA package be installed (Postfix is ours), so Exim and
 # OpenSMTPD are unpacked from their Debian packages under ROOT, with the
 # system users and the few fixed paths their binaries were built with.
-#   mtas.sh install ROOT                 unpack, users, links, aiosmtpd venv (idempotent; needs apt lists)
+#   mtas.sh install ROOT                 unpack, users, links, aiosmtpd+dkimpy venv (idempotent; needs apt lists)
 #   mtas.sh exim-in  ROOT DIR PORT       Exim that keeps what it receives in its queue (STARTTLS, CHUNKING)
 #   mtas.sh exim-out ROOT DIR PORT NEXT  Exim relaying all it receives to 127.0.0.1:NEXT (BDAT when offered)
 #   mtas.sh smtpd    ROOT DIR PORT NEXT  OpenSMTPD: *.smtpd.test into DIR/mail, the rest relayed to 127.0.0.1:NEXT
@@ -57,9 +57,11 @@ install)
   for pair in "usr/sbin/exim4" "usr/libexec/opensmtpd"; do
     if [ ! -e "/$pair" ] || [ -L "/$pair" ]; then ln -sfn "$root/$pair" "/$pair"; fi
   done
-  if [ ! -x "$root/venv/bin/python" ] || ! "$root/venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+  # aiosmtpd is a peer; dkimpy (with PyNaCl for Ed25519) verifies our
+  # DKIM signatures independently of the crate that makes them.
+  if [ ! -x "$root/venv/bin/python" ] || ! "$root/venv/bin/python" -c 'import aiosmtpd, dkim, nacl' 2>/dev/null; then
     python3 -m venv "$root/venv"
-    "$root/venv/bin/pip" install -q 'aiosmtpd==1.4.6'
+    "$root/venv/bin/pip" install -q 'aiosmtpd==1.4.6' 'dkimpy==1.1.8' 'PyNaCl==1.5.0'
   fi
   ;;
 
