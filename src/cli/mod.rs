@@ -124,6 +124,15 @@ enum ConfigCommand {
         /// File to check (default: --config).
         file: Option<PathBuf>,
     },
+    /// Print the configuration in force with every default filled in (as
+    /// postconf does); it reads back as the same configuration.
+    Show {
+        /// Only what differs from the built-in defaults (as postconf -n).
+        #[arg(short = 'n', long = "non-default")]
+        changed_only: bool,
+        /// File to show (default: --config; without either, the embedded defaults).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +245,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|f| f.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Show { changed_only, file },
+        } => {
+            let config = load_config(&file.or(cli.config))?;
+            print!(
+                "{}",
+                config
+                    .show(changed_only)
+                    .context("cannot write the configuration as TOML")?
             );
             Ok(())
         }

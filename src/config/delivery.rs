@@ -3,14 +3,14 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Waits between attempts; the last one repeats until the lifetime ends.
-    #[serde(deserialize_with = "durations")]
+    #[serde(deserialize_with = "durations", serialize_with = "ser_durations")]
     pub retry_schedule: Vec<Duration>,
     /// How long a message may stay queued before it bounces.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub max_lifetime: Duration,
     /// Delivery attempts running at once, in all.
     pub max_concurrency: usize,
@@ -30,23 +30,23 @@ impl Default for QueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundConfig {
     /// Port of peer MX hosts (25 on the Internet; tests route to other ports).
     pub port: u16,
     /// Name we give in EHLO; defaults to `hostname`.
     pub helo_name: Option<String>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
     /// Wait for a peer's reply to one command (RFC 5321 §4.5.3.2 gives 5 minutes as the floor for most).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub command_timeout: Duration,
     /// Wait for the reply after the final dot (RFC 5321 §4.5.3.2.6: 10 minutes).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub data_timeout: Duration,
     /// How long an idle connection is kept for the next message to the same destination.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
     /// Transactions sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
@@ -74,7 +74,7 @@ impl Default for OutboundConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty means the system's /etc/resolv.conf.
@@ -83,7 +83,7 @@ pub struct DnsConfig {
     /// keys built in from `certs/root-anchors.dnskey`.
     pub trust_anchor: Option<PathBuf>,
     /// How long one query to one server may take.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
     /// How many times a query is sent before the lookup fails.
     pub attempts: usize,
@@ -101,8 +101,8 @@ impl Default for DnsConfig {
 }
 
 /// Where PKIX trust comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum RootStore {
     /// The Mozilla root program, built in (webpki-roots).
     Mozilla,
@@ -110,6 +110,16 @@ pub enum RootStore {
     System,
     /// CA certificates from a PEM file.
     File(PathBuf),
+}
+
+impl From<RootStore> for String {
+    fn from(r: RootStore) -> String {
+        match r {
+            RootStore::Mozilla => "mozilla".into(),
+            RootStore::System => "system".into(),
+            RootStore::File(path) => path.display().to_string(),
+        }
+    }
 }
 
 impl TryFrom<String> for RootStore {
@@ -125,7 +135,7 @@ impl TryFrom<String> for RootStore {
 }
 
 /// MTA-STS (RFC 8461) policy discovery.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MtaStsConfig {
     pub enabled: bool,
@@ -133,18 +143,18 @@ pub struct MtaStsConfig {
     pub https_port: u16,
     /// Trust for the policy host's certificate; default: `outbound.pkix_roots`.
     pub roots: Option<RootStore>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub fetch_timeout: Duration,
     /// Largest policy accepted (RFC 8461 §3.3 suggests 64 KiB).
     pub max_policy_size: usize,
 }
 
 /// Revocation checking of delivery peers' certificates (OCSP, CRL).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RevocationConfig {
     /// Time limit of one OCSP query or CRL download.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
     /// Largest OCSP response accepted.
     pub max_ocsp_size: usize,
@@ -175,7 +185,7 @@ impl Default for MtaStsConfig {
 }
 
 /// A static route: mail for `domain` goes to `next_hop` instead of its MX.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A domain, `*.domain` for its subdomains, or `*` for everything.
@@ -204,6 +214,16 @@ impl DomainPattern {
                     head.ends_with('.') && tail.eq_ignore_ascii_case(parent)
                 }
             }
+        }
+    }
+}
+
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::Any => f.write_str("*"),
+            DomainPattern::Exact(d) => f.write_str(d),
+            DomainPattern::Subdomains(parent) => write!(f, "*.{parent}"),
         }
     }
 }
@@ -287,3 +307,14 @@ macro_rules! deserialize_from_str {
     )*};
 }
 deserialize_from_str!(DomainPattern, NextHop);
+
+macro_rules! serialize_display {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_display!(DomainPattern, NextHop);

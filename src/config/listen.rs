@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port` to bind.
@@ -13,7 +13,7 @@ pub struct ListenerConfig {
 }
 
 /// What a listener is for: decides how relaying is authorized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerMode {
     /// Port 25 style: clients are trusted by network, client certificate or AUTH.
@@ -23,7 +23,7 @@ pub enum ListenerMode {
 }
 
 /// How TLS is offered on a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
     /// STARTTLS is offered (RFC 3207).
@@ -35,7 +35,7 @@ pub enum ListenerTls {
     None,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; when unset, a self-signed one is generated in `data_dir/tls`.
@@ -49,14 +49,14 @@ pub struct TlsConfig {
     pub profile: crate::qualify::bsi::Profile,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// File of `user:argon2-hash` lines; AUTH is not offered when unset.
     pub users_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted message in bytes (advertised with SIZE).
@@ -66,10 +66,10 @@ pub struct Limits {
     /// Longest line inside DATA, in bytes without CRLF.
     pub max_line_length: usize,
     /// How long we wait for the next command.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub command_timeout: Duration,
     /// How long we wait for the next chunk of message data.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub data_timeout: Duration,
     /// Simultaneous inbound connections in all.
     pub max_connections: usize,

@@ -13,12 +13,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod delivery;
 mod listen;
 mod read;
 mod reload;
+mod show;
 mod tenant;
 
 pub use delivery::*;
@@ -27,7 +28,7 @@ pub use read::*;
 pub use tenant::*;
 
 /// The whole configuration, as read from one file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Our host name: in the greeting, in `Received:` headers, in EHLO to peers.

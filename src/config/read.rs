@@ -133,3 +133,28 @@ pub(super) fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>
     let v: Vec<Wrapped> = Vec::deserialize(d)?;
     Ok(v.into_iter().map(|w| w.0).collect())
 }
+
+// The other way, for `config show`: the same spelling the file uses.
+
+pub(super) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+pub(super) fn ser_duration_opt<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+pub(super) fn ser_durations<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(d.iter().map(|d| humantime::format_duration(*d).to_string()))
+}
+
+pub(super) fn ser_fingerprint<S: Serializer>(fp: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    let hex: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
+    s.serialize_str(&hex.join(":"))
+}

@@ -5,7 +5,7 @@
 use super::*;
 
 /// One customer of the gateway: who may relay as it, and what it owns.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     pub id: String,
@@ -41,7 +41,7 @@ pub struct Tenant {
 }
 
 /// One DKIM signing key of a tenant (`[[tenant.dkim]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantDkim {
     /// The `d=` domain: mail whose `From:` address is in it is signed.
@@ -92,7 +92,7 @@ impl Tenant {
 }
 
 /// `[tenant.retention]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRetention {
     /// Remove transaction-log records older than this many days (0: keep
@@ -100,12 +100,16 @@ pub struct TenantRetention {
     #[serde(default)]
     pub log_days: u32,
     /// Keep a finished message's content this long (default: `spool.hold_delivered`).
-    #[serde(default, deserialize_with = "duration_opt")]
+    #[serde(
+        default,
+        deserialize_with = "duration_opt",
+        serialize_with = "ser_duration_opt"
+    )]
     pub hold_delivered: Option<Duration>,
 }
 
 /// `[tenant.seal]`: language and words of sealed mail, and the password's way.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSeal {
     /// Language of the opener and notification (default: `seal.language`).
@@ -127,11 +131,11 @@ pub struct TenantSeal {
 }
 
 /// How a TLS client certificate is recognised (e.g. a Microsoft 365 outbound connector).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientCertRule {
     /// SHA-256 of the DER certificate, hex, colons optional. Pins this exact certificate.
-    Sha256(#[serde(deserialize_with = "fingerprint")] [u8; 32]),
+    Sha256(#[serde(deserialize_with = "fingerprint", serialize_with = "ser_fingerprint")] [u8; 32]),
     /// Exact subject distinguished name, e.g. `CN=mail.example.com, O=Example`; the chain must verify against `tls.client_ca_file`.
     Subject(String),
     /// A DNS name in the subjectAltName; the chain must verify against `tls.client_ca_file`.
@@ -139,7 +143,7 @@ pub enum ClientCertRule {
 }
 
 /// The password envelope (docs/envelope-format.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SealConfig {
     /// PBKDF2-HMAC-SHA512 iterations, stored in each envelope.
@@ -217,11 +221,11 @@ pub(super) fn fingerprint<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D
     Ok(out)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Keep message content this long after the last recipient is done (0: delete at once).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub hold_delivered: Duration,
 }
 
@@ -235,7 +239,7 @@ impl Default for SpoolConfig {
 
 /// Where the risk-class rules come from, and how the domain memory acts
 /// (docs/policies.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Directory of `*.toml` policy files; none: the built-in
@@ -243,11 +247,11 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
     /// How long a downgrade (a domain that reached a level before and less
     /// now) holds high-class mail before it is sealed as usual.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub downgrade_hold: Duration,
     /// Longest a host's verdict is remembered for ordering hosts and the
     /// risk view (DNS TTLs and revocation nextUpdate may cut it shorter).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub verdict_cache_max: Duration,
 }
 
@@ -262,7 +266,7 @@ impl Default for PolicyConfig {
 }
 
 /// `[report]`: what the gateway reports by itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
     /// Send daily TLS-RPT reports (RFC 8460) to domains that publish an
@@ -275,7 +279,7 @@ pub struct ReportConfig {
     /// `contact-info` in the reports, e.g. an address for questions.
     pub contact: Option<String>,
     /// How often each tenant's chain head is written to the log (0: never).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub head_interval: Duration,
     /// Ed25519 key (PKCS#8 PEM, `sealgate report keygen`) that signs the heads.
     pub signing_key: Option<PathBuf>,

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::{Check, CheckName, PeerKey, Status, TlsFacts};
 
 /// A named set of TLS rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     /// Exactly the TR's recommendations that the provider can do.

@@ -19,7 +19,7 @@ use super::envelope;
 use super::password::Password;
 
 /// Which channel a tenant uses for passwords it generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PasswordChannel {
     /// A mail to the envelope sender over a qualified connection.
