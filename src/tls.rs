@@ -44,16 +44,10 @@ pub struct ServerTls {
 
 /// Loads the configured certificate, or creates (once) a self-signed one under `data_dir/tls`.
 pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
-    let (cert_path, key_path) = match (&config.tls.certificate, &config.tls.private_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let dir = config.data_dir.join("tls");
-            let cert = dir.join("self-signed.pem");
-            let key = dir.join("self-signed.key");
-            ensure_self_signed(&config.hostname, &cert, &key)?;
-            (cert, key)
-        }
-    };
+    let (cert_path, key_path) = inbound_files(config);
+    if config.tls.certificate.is_none() || config.tls.private_key.is_none() {
+        ensure_self_signed(&config.hostname, &cert_path, &key_path)?;
+    }
     let certs = load_certs(&cert_path)?;
     let key = load_key(&key_path)?;
     let client_ca = match &config.tls.client_ca_file {
@@ -112,7 +106,19 @@ fn generate_self_signed(
     key_path: &Path,
     days: i64,
 ) -> Result<(), TlsError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    // The key a renewal uses is the one announced beforehand: the next key
+    // (`sealgate records` publishes its TLSA record beside the current
+    // one), else the current key, so that a DANE record of either stays
+    // true across the renewal. Only the very first certificate makes a key.
+    let next = next_key_path(key_path);
+    let key = match [&next, key_path]
+        .into_iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok())
+    {
+        Some(key) => key,
+        None => rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?,
+    };
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -135,8 +141,52 @@ fn generate_self_signed(
     }
     write_private(key_path, key.serialize_pem().as_bytes())?;
     std::fs::write(cert_path, cert.pem()).map_err(|e| file_error(cert_path, e))?;
+    // The next key is now the current one; a new next key is made when
+    // `sealgate records` is asked for the records again.
+    let _ = std::fs::remove_file(&next);
     tracing::info!(path = %cert_path.display(), "generated a self-signed certificate for {hostname}, valid {days} days");
     Ok(())
+}
+
+/// Where the key for the next certificate waits: beside the current key.
+pub fn next_key_path(key_path: &Path) -> std::path::PathBuf {
+    key_path.with_file_name("next.key")
+}
+
+/// The next key beside `key_path`, made (mode 0600) if there is none;
+/// returns its SubjectPublicKeyInfo, DER.
+pub fn next_key(key_path: &Path) -> Result<Vec<u8>, TlsError> {
+    let path = next_key_path(key_path);
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| file_error(&path, e))?;
+        return Ok(rcgen::PublicKeyData::subject_public_key_info(&key));
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    }
+    write_private(&path, key.serialize_pem().as_bytes())?;
+    // Made by an administrator's `sealgate records` (root), read by the
+    // gateway at its next renewal: owned like the directory it is in.
+    if let Some(dir) = path.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
+    }
+    Ok(rcgen::PublicKeyData::subject_public_key_info(&key))
+}
+
+/// The certificate and key files the inbound side uses: the configured
+/// ones, or the generated self-signed pair in `data_dir/tls`.
+pub fn inbound_files(config: &Config) -> (std::path::PathBuf, std::path::PathBuf) {
+    match (&config.tls.certificate, &config.tls.private_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            (dir.join("self-signed.pem"), dir.join("self-signed.key"))
+        }
+    }
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {

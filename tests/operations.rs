@@ -241,3 +241,71 @@ fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_
         "{greeting}"
     );
 }
+
+/// SHA-256 of a public key's DER SubjectPublicKeyInfo, by openssl.
+fn spki_sha256(openssl_args: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{openssl_args} | openssl pkey -pubin -outform DER | openssl dgst -sha256 -r"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The two TLSA 3 1 1 values `sealgate records` prints: (current, next).
+fn tlsa(gw: &Gateway) -> (String, String) {
+    let out = gw.cli(&["records", "example.org"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let values: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(" IN TLSA 3 1 1 ").nth(1))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(values.len(), 2, "{text}");
+    assert!(
+        text.contains("_mta-sts.example.org. IN TXT \"v=STSv1; id=")
+            && text.contains("_smtp._tls.example.org. IN TXT \"v=TLSRPTv1; rua=mailto:")
+            && text.contains("mx: gw.test"),
+        "{text}"
+    );
+    (values[0].clone(), values[1].clone())
+}
+
+#[test]
+fn records_publish_the_current_and_next_key_and_a_renewal_moves_to_the_next() {
+    let mut gw = Gateway::start_with(base_config);
+    let tls = gw.dir.path().join("tls");
+    let (current, next) = tlsa(&gw);
+    let served = spki_sha256(&format!(
+        "openssl x509 -in {} -pubkey -noout",
+        tls.join("self-signed.pem").display()
+    ));
+    assert_eq!(current, served, "TLSA of the certificate in use");
+    let waiting = spki_sha256(&format!(
+        "openssl pkey -in {} -pubout",
+        tls.join("next.key").display()
+    ));
+    assert_eq!(next, waiting, "TLSA of the next key");
+    assert_eq!(tlsa(&gw), (current.clone(), next.clone()), "stable");
+
+    // The certificate is renewed (here: gone at a restart): the new one
+    // uses the announced next key, so its TLSA record was already out.
+    std::fs::remove_file(tls.join("self-signed.pem")).unwrap();
+    gw.restart();
+    let (renewed, after) = tlsa(&gw);
+    assert_eq!(renewed, next, "renewed with the announced key");
+    assert_ne!(after, next, "a new next key");
+    let served = spki_sha256(&format!(
+        "openssl s_client -starttls smtp -connect 127.0.0.1:{} </dev/null 2>/dev/null | openssl x509 -pubkey -noout",
+        gw.relay
+    ));
+    assert_eq!(served, renewed, "and the gateway serves it");
+}

@@ -23,6 +23,7 @@ mod envelope;
 mod manual;
 mod passwords;
 mod queue;
+mod records;
 mod report;
 
 use check::check_text;
@@ -107,6 +108,9 @@ enum Command {
         #[command(subcommand)]
         command: EnvelopeCommand,
     },
+    /// The DNS records that protect mail to this gateway: DANE TLSA of the
+    /// current and the next key, MTA-STS (with its policy file), TLS-RPT.
+    Records { domain: String },
     /// DKIM keys for signing a tenant's mail at the gateway.
     Dkim {
         #[command(subcommand)]
@@ -274,6 +278,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
         Command::Report { command } => report_command(load_config(&cli.config)?, command),
+        Command::Records { domain } => {
+            let config = load_config(&cli.config)?;
+            print!("{}", records::records(&config, &domain)?);
+            Ok(())
+        }
         Command::Dkim {
             command:
                 DkimCommand::Keygen {
