@@ -73,6 +73,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         Reporter::new(&config, outbound.clone())
             .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
     );
+    let reload_outbound = outbound.clone();
     let queue = Queue::new(config.clone(), spool.clone(), outbound, journal);
     // Before the queue is read: what peers took just before a crash is
     // recorded as delivered, not sent again.
@@ -127,6 +128,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         path,
         policies,
         live: live.clone(),
+        outbound: reload_outbound,
     };
     tokio::spawn(reload.on_hangup(shutdown));
     let addresses: Vec<String> = listeners
@@ -164,12 +166,15 @@ async fn wait_for_signal() {
 
 /// What SIGHUP reloads: the policy directory, and from the configuration
 /// file what accepting mail reads per connection (tenants' relay rights,
-/// limits, the inbound certificate and key, the users file). Whatever
+/// limits, the inbound certificate and key, the users file, DKIM keys),
+/// the routes and the queue's limits and schedule. Whatever
 /// fails to load leaves the previous state in force, and the log says why.
 struct Reload {
     path: Option<PathBuf>,
     policies: Arc<Policies>,
     live: Arc<LiveContext>,
+    /// Takes new routes.
+    outbound: Arc<Outbound>,
 }
 
 impl Reload {
@@ -200,10 +205,10 @@ impl Reload {
         }
         match self.inbound() {
             Ok(restart) if restart.is_empty() => tracing::info!(
-                "configuration reloaded: tenants, limits, inbound certificate, users and DKIM keys"
+                "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys"
             ),
             Ok(restart) => tracing::warn!(
-                "configuration reloaded: tenants, limits, inbound certificate, users and DKIM keys; \
+                "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys; \
                  changed but in force only after a restart: {}",
                 restart.join(", ")
             ),
@@ -232,7 +237,10 @@ impl Reload {
             None => Users::default(),
         };
         let dkim = crate::dkim::Signers::load(&config)?;
+        // Everything loaded: from here on nothing fails, all goes in at once.
         old.dkim.replace(dkim);
+        self.outbound.set_routes(config.routes.clone());
+        old.queue.settings(config.queue.clone());
         self.live.replace(InboundContext {
             config: Arc::new(config),
             tls,

@@ -171,9 +171,25 @@ fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_
     assert_eq!(served_subject(gw.relay), "subject=CN = before.gw.test");
     let mut held = TlsSession::open(gw.relay);
 
-    // A renewed certificate at the same path, and a lower recipient limit.
+    // Waiting for a route that leads nowhere.
+    let stranded = format!("{}@unreachable.test", unique("route"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message(
+        "a@src.test",
+        &[&stranded],
+        message("route", "x\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_delivery_line(&gw, &stranded, "deferred");
+
+    // A renewed certificate at the same path, a lower recipient limit, and
+    // the route fixed.
     self_signed("after.gw.test", &cert, &key);
-    let text = std::fs::read_to_string(&gw.config).unwrap();
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace(
+        "next_hop = \"127.0.0.1:1\"",
+        &format!("next_hop = \"127.0.0.1:{DEST_PORT}\""),
+    );
     let lowered = format!("{text}\n[limits]\nmax_recipients = 1\n");
     std::fs::write(&gw.config, &lowered).unwrap();
     gw.signal_hup();
@@ -181,6 +197,8 @@ fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_
         gw.log().contains("configuration reloaded").then_some(())
     });
     assert_eq!(served_subject(gw.relay), "subject=CN = after.gw.test");
+    // The next retry takes the new route.
+    dest().wait_mails(&stranded, 1, T);
 
     // The session opened before goes on, with the settings it began with.
     let rcpt = |n: u32| format!("held{n}-{}@held.test", std::process::id());

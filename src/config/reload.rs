@@ -1,8 +1,9 @@
 //! What a reload (SIGHUP) may change while the gateway runs.
 //!
 //! Accepting mail reads its settings per connection, so who may relay,
-//! limits, the inbound certificate and the users file change at once.
-//! Delivery, the queue, storage and the listeners were built from the
+//! limits, the inbound certificate and the users file change at once;
+//! routes and `[queue]` are handed to delivery and the scheduler. The rest
+//! of delivery, storage and the listeners were built from the
 //! configuration at start; a change there is named so that the operator
 //! knows to restart, and the running values stay.
 
@@ -27,7 +28,6 @@ impl Config {
         pending(differs(&self.listeners, &new.listeners), "listener");
         pending(self.data_dir != new.data_dir, "data_dir");
         pending(self.hostname != new.hostname, "hostname");
-        pending(differs(&self.queue, &new.queue), "queue");
         pending(differs(&self.outbound, &new.outbound), "outbound");
         pending(differs(&self.dns, &new.dns), "dns");
         pending(differs(&self.mta_sts, &new.mta_sts), "mta_sts");
@@ -36,7 +36,6 @@ impl Config {
         pending(differs(&self.spool, &new.spool), "spool");
         pending(differs(&self.policy, &new.policy), "policy.dir");
         pending(differs(&self.report, &new.report), "report");
-        pending(differs(&self.routes, &new.routes), "route");
         pending(self.default_tenant != new.default_tenant, "default_tenant");
         pending(
             self.limits.max_connections != new.limits.max_connections,
@@ -51,6 +50,10 @@ impl Config {
             ..new.limits
         };
         merged.postmaster = new.postmaster;
+        // Read per route lookup and per scheduler round (the server hands
+        // them to delivery and the queue).
+        merged.routes = new.routes;
+        merged.queue = new.queue;
         // Delivery knows each tenant by id (its seal settings, retention,
         // password store): who may relay as a tenant changes now, the rest
         // of a tenant and the set of tenants at the next start.
@@ -106,8 +109,8 @@ mod tests {
         assert_eq!(merged.limits.max_connections, old.limits.max_connections);
         assert_eq!(merged.tenants[0].networks[0].to_string(), "192.0.2.0/24");
         assert_eq!(merged.hostname, old.hostname);
-        assert!(merged.routes.is_empty());
-        assert_eq!(restart, ["hostname", "route", "limits.max_connections"]);
+        assert_eq!(merged.routes.len(), 1);
+        assert_eq!(restart, ["hostname", "limits.max_connections"]);
     }
 
     #[test]

@@ -71,6 +71,13 @@ type Open<'a> = Vec<(&'a PendingRecipient, Requirement)>;
 type ToSeal<'a> = Vec<(&'a PendingRecipient, Requirement, Reason)>;
 
 impl Outbound {
+    /// New static routes (SIGHUP). Idle connections are closed, so that no
+    /// domain keeps using a next hop its route no longer names.
+    pub fn set_routes(&self, routes: Vec<crate::config::Route>) {
+        self.qualifier.set_routes(routes);
+        self.close_idle(true);
+    }
+
     /// DKIM keys for the notifications of sealed messages (none by default).
     pub fn with_dkim(mut self, keys: Arc<crate::dkim::Keys>) -> Outbound {
         self.dkim = keys;

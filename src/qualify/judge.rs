@@ -35,6 +35,8 @@ pub enum QualifyError {
 /// Turns candidate hosts and their connections into verdicts.
 pub struct Qualifier {
     pub(super) config: Arc<Config>,
+    /// `[[route]]`, replaced as a whole by a reload (SIGHUP).
+    pub(super) routes: std::sync::RwLock<Arc<Vec<crate::config::Route>>>,
     pub(super) dns: Dns,
     roots: Roots,
     pub(super) mta_sts: Option<MtaSts>,
@@ -72,12 +74,18 @@ impl Qualifier {
         };
         let revocation = Revocation::new(&config.revocation, dns.clone())?;
         Ok(Qualifier {
+            routes: std::sync::RwLock::new(Arc::new(config.routes.clone())),
             config,
             dns,
             roots,
             mta_sts,
             revocation,
         })
+    }
+
+    /// New static routes, for the next route lookup on.
+    pub fn set_routes(&self, routes: Vec<crate::config::Route>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
     }
 
     pub fn dns(&self) -> &Dns {

@@ -219,7 +219,12 @@ fn literal_route(domain: &str, ip: IpAddr, port: u16) -> Route {
 impl Qualifier {
     /// The hosts to try for a domain, in MX order, with their requirements.
     pub async fn route(&self, domain: &str) -> Result<Route, RouteFailure> {
-        if let Some(route) = self.config.routes.iter().find(|r| r.domain.matches(domain)) {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(route) = routes.iter().find(|r| r.domain.matches(domain)) {
             let target = Target {
                 host: route.next_hop.host.clone(),
                 preference: 0,

@@ -45,6 +45,8 @@ enum Event {
     },
     /// The watchdog asks whether the scheduler still turns.
     Ping(tokio::sync::oneshot::Sender<()>),
+    /// A reload changed `[queue]`: limits and schedule from the next round.
+    Settings(crate::config::QueueConfig),
 }
 
 /// How the rest of the gateway tells the queue about work.
@@ -77,6 +79,13 @@ impl QueueHandle {
     pub async fn alive(&self) -> bool {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Event::Ping(done)).is_ok() && answer.await.is_ok()
+    }
+
+    /// New `[queue]` settings (SIGHUP): concurrency limits apply from the
+    /// scheduler's next round, the retry schedule and lifetime from the
+    /// next attempt on.
+    pub fn settings(&self, queue: crate::config::QueueConfig) {
+        let _ = self.tx.send(Event::Settings(queue));
     }
 
     /// Jobs whose due time changed (recovery, `queue retry`).
@@ -348,11 +357,14 @@ impl Queue {
             HashMap::new();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u64;
-        let q = &self.config.queue;
         loop {
             let now = now();
             schedule.promote(now);
-            while let Some((id, domain)) = schedule.take(q.max_concurrency, q.max_per_destination) {
+            let (most, per_destination) = (
+                self.config.queue.max_concurrency,
+                self.config.queue.max_per_destination,
+            );
+            while let Some((id, domain)) = schedule.take(most, per_destination) {
                 self.spawn_attempt(id, domain);
             }
             let sleep = match schedule.next_due() {
@@ -384,6 +396,11 @@ impl Queue {
                     Some(Event::Ping(done)) => {
                         let _ = done.send(());
                     }
+                    Some(Event::Settings(queue)) => {
+                        let mut config = (*self.config).clone();
+                        config.queue = queue;
+                        self.config = Arc::new(config);
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => {}
@@ -404,7 +421,9 @@ impl Queue {
         while schedule.total_active > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Finished { id, domain, .. })) => schedule.finished(&(id, domain)),
-                Ok(Some(Event::Due(_) | Event::Delete { .. } | Event::Ping(_))) => {}
+                Ok(Some(
+                    Event::Due(_) | Event::Delete { .. } | Event::Ping(_) | Event::Settings(_),
+                )) => {}
                 Ok(None) | Err(_) => break,
             }
         }
