@@ -66,6 +66,7 @@ fn main() {
         from: 0,
         to: i64::MAX,
         tenant: None,
+        progress: None,
     };
     let mut sink = std::io::sink();
     let start = Instant::now();

@@ -327,3 +327,35 @@ fn records_publish_the_current_and_next_key_and_a_renewal_moves_to_the_next() {
     ));
     assert_eq!(served, renewed, "and the gateway serves it");
 }
+
+#[test]
+fn under_journald_lines_carry_their_priority_and_no_timestamp() {
+    // systemd sets JOURNAL_STREAM when standard error is the journal.
+    let gw = Gateway::start_with_env(&[("JOURNAL_STREAM", "8:12345")], base_config);
+    let rcpt = format!("{}@journal.test", unique("j"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO client.test");
+    let reply = c.message("a@src.test", &[&rcpt], message("j", "x\r\n").as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let line = wait_delivery_line(&gw, &rcpt, "sent");
+    assert_eq!(line["tenant"], "default");
+    let log = gw.log();
+    for l in log.lines().filter(|l| !l.is_empty()) {
+        let priority = l.get(..3).unwrap_or("");
+        assert!(
+            matches!(priority, "<3>" | "<4>" | "<6>" | "<7>"),
+            "a line without its priority: {l}"
+        );
+        assert!(
+            !l[3..]
+                .trim_start()
+                .starts_with(|c: char| c.is_ascii_digit()),
+            "journald stamps lines itself: {l}"
+        );
+    }
+    assert!(log.lines().any(|l| l.starts_with("<4> WARN")), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("<6> INFO delivery: ")),
+        "{log}"
+    );
+}

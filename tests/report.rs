@@ -163,6 +163,27 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
 
     let (ok, out, err) = report(&gw, &["verify"]);
     assert!(ok && out.contains("tenant default: intact"), "{out}{err}");
+    // Not a terminal: no progress bar on standard error.
+    assert!(!err.contains("left") && !err.contains('\r'), "{err}");
+    // On a terminal (script(1) gives it one): progress with an estimate,
+    // cleared before the result.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --config {} report verify",
+            bin(),
+            gw.config.display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("records, ") && shown.contains(" left") && shown.contains("\x1b[2K"),
+        "{shown}"
+    );
+    assert!(shown.contains("tenant default: intact"), "{shown}");
 
     // The HTML report, as a real browser parses it.
     let page = gw.dir.path().join("report.html");

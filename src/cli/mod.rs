@@ -22,6 +22,7 @@ mod domains;
 mod envelope;
 mod manual;
 mod passwords;
+mod progress;
 mod queue;
 mod records;
 mod report;
@@ -353,6 +354,34 @@ fn time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Prefixes each line with its syslog priority (`<3>` error … `<7>`
+/// debug), which journald reads from a service's standard error: so
+/// `journalctl -p warning -u sealgate` shows the warnings.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG")
         // hickory's own warnings dump whole DNS messages; what they mean
@@ -371,7 +400,13 @@ fn init_logging(format: LogFormat) {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     match (format, journal) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).init(),
-        (LogFormat::Text, true) => builder.with_ansi(false).without_time().init(),
+        (LogFormat::Text, true) => builder
+            .event_format(JournalPriority(
+                tracing_subscriber::fmt::format()
+                    .with_ansi(false)
+                    .without_time(),
+            ))
+            .init(),
         (LogFormat::Text, false) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }

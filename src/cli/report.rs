@@ -323,7 +323,11 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             };
             let mut broken = 0;
             for t in &tenants {
-                match log::verify(&conn, t)? {
+                let progress =
+                    super::progress::Progress::new(log::count(&conn, t)?, &format!("tenant {t}"));
+                let verified = log::verify_with_progress(&conn, t, &|| progress.tick())?;
+                drop(progress);
+                match verified {
                     log::Verified::Intact {
                         records,
                         head,
@@ -371,11 +375,15 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
                         .map_err(anyhow::Error::msg),
                 }
             };
-            let sel = export::Selection {
+            let mut sel = export::Selection {
                 from: when(&from, 0)?,
                 to: when(&to, crate::util::now() + 1)?,
                 tenant: tenant.as_deref(),
+                progress: None,
             };
+            let progress = super::progress::Progress::new(export::count(&conn, &sel)?, "export");
+            let tick = || progress.tick();
+            sel.progress = Some(&tick);
             let mut sink: Box<dyn std::io::Write> = match &out {
                 Some(path) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path)
@@ -393,6 +401,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
                 _ => (export::json_lines(&conn, &sel, &mut sink)?, "records"),
             };
             sink.flush()?;
+            drop(progress);
             eprintln!("{n} {what} exported");
             Ok(())
         }

@@ -280,6 +280,7 @@ mod tests {
             from: 0,
             to: i64::MAX,
             tenant: None,
+            progress: None,
         };
         let mut out = Vec::new();
         assert_eq!(export::csv(&conn, &sel, &mut out).expect("csv"), 2);

@@ -16,6 +16,17 @@ pub struct Selection<'a> {
     pub from: i64,
     pub to: i64,
     pub tenant: Option<&'a str>,
+    /// Called once per record read (a progress bar); none: nothing.
+    pub progress: Option<&'a dyn Fn()>,
+}
+
+/// How many records a selection holds (for a progress estimate).
+pub fn count(conn: &Connection, sel: &Selection<'_>) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM txlog WHERE at >= ?1 AND at < ?2 AND (?3 IS NULL OR tenant = ?3)",
+        rusqlite::params![sel.from, sel.to, sel.tenant],
+        |r| r.get(0),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +74,9 @@ pub(super) fn each(
     let mut rows = stmt.query(rusqlite::params![sel.from, sel.to, sel.tenant])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
+        if let Some(progress) = sel.progress {
+            progress();
+        }
         let tenant: String = r.get(0)?;
         let kind: String = r.get(3)?;
         let queue_id: String = r.get(4)?;

@@ -172,6 +172,24 @@ pub enum Verified {
 
 /// Walks a tenant's chain from its first record.
 pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
+    verify_with_progress(conn, tenant, &|| {})
+}
+
+/// How many records a tenant's chain holds (for a progress estimate).
+pub fn count(conn: &Connection, tenant: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM txlog WHERE tenant = ?",
+        [tenant],
+        |r| r.get(0),
+    )
+}
+
+/// As [`verify`], calling `progress` once per record read.
+pub fn verify_with_progress(
+    conn: &Connection,
+    tenant: &str,
+    progress: &dyn Fn(),
+) -> rusqlite::Result<Verified> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog WHERE tenant = ? ORDER BY seq",
     )?;
@@ -185,6 +203,7 @@ pub fn verify(conn: &Connection, tenant: &str) -> rusqlite::Result<Verified> {
     // What the `pruned` records in the chain vouch for: the latest one.
     let mut vouched: Option<(i64, String)> = None;
     while let Some(r) = rows.next()? {
+        progress();
         let seq: i64 = r.get(0)?;
         let at: i64 = r.get(1)?;
         let kind: String = r.get(2)?;

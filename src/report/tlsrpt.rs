@@ -183,6 +183,7 @@ pub fn aggregate(
         from,
         to,
         tenant: None,
+        progress: None,
     };
     each(conn, &sel, |r| {
         let Ok(EventData::Attempt(a)) = r.event() else {
