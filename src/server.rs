@@ -38,11 +38,11 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let spool: Arc<dyn Spool> = SqliteSpool::open(&config.database_path())
         .with_context(|| format!("cannot open the spool {}", config.database_path().display()))?;
-    let tls = crate::tls::server_config(&config)?;
-    let users = match &config.auth.users_file {
-        Some(path) => Users::load(path)?,
-        None => Users::default(),
-    };
+    let InboundFiles {
+        tls,
+        users,
+        dkim: signers,
+    } = InboundFiles::load(&config)?;
     let dns = Dns::new(&config.dns)?;
     tokio::spawn(report_resolver(dns.clone(), config.dns.servers.clone()));
     let signer = match &config.report.signing_key {
@@ -57,7 +57,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             .context("cannot open the domain memory")?,
     );
     let (journal, accepted_before) = Journal::open(&config.data_dir)?;
-    let dkim = Arc::new(crate::dkim::Keys::new(crate::dkim::Signers::load(&config)?));
+    let dkim = Arc::new(crate::dkim::Keys::new(signers));
     let outbound = Arc::new(
         Outbound::new(
             config.clone(),
@@ -203,13 +203,11 @@ impl Reload {
                 tracing::error!("policy reload failed, the previous policy stays in force: {e}")
             }
         }
+        const RELOADED: &str = "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys";
         match self.inbound() {
-            Ok(restart) if restart.is_empty() => tracing::info!(
-                "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys"
-            ),
+            Ok(restart) if restart.is_empty() => tracing::info!("{RELOADED}"),
             Ok(restart) => tracing::warn!(
-                "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys; \
-                 changed but in force only after a restart: {}",
+                "{RELOADED}; changed but in force only after a restart: {}",
                 restart.join(", ")
             ),
             Err(e) => tracing::error!(
@@ -231,12 +229,7 @@ impl Reload {
             // The embedded defaults do not change; the files they name may.
             None => ((*old.config).clone(), Vec::new()),
         };
-        let tls = crate::tls::server_config(&config)?;
-        let users = match &config.auth.users_file {
-            Some(path) => Users::load(path)?,
-            None => Users::default(),
-        };
-        let dkim = crate::dkim::Signers::load(&config)?;
+        let InboundFiles { tls, users, dkim } = InboundFiles::load(&config)?;
         // Everything loaded: from here on nothing fails, all goes in at once.
         old.dkim.replace(dkim);
         self.outbound.set_routes(config.routes.clone());
@@ -253,6 +246,27 @@ impl Reload {
             shutdown: old.shutdown.clone(),
         });
         Ok(restart)
+    }
+}
+
+/// What accepting mail reads from files named by the configuration: at
+/// start, and again at each reload.
+struct InboundFiles {
+    tls: crate::tls::ServerTls,
+    users: Users,
+    dkim: crate::dkim::Signers,
+}
+
+impl InboundFiles {
+    fn load(config: &Config) -> anyhow::Result<InboundFiles> {
+        Ok(InboundFiles {
+            tls: crate::tls::server_config(config)?,
+            users: match &config.auth.users_file {
+                Some(path) => Users::load(path)?,
+                None => Users::default(),
+            },
+            dkim: crate::dkim::Signers::load(config)?,
+        })
     }
 }
 
