@@ -311,12 +311,7 @@ fn dkimpy(dir: &Path, message: &[u8], records: &[String]) -> (bool, String) {
         .args([&file, &dns])
         .output()
         .expect("dkimpy (run the README test command)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), output_text(&out))
 }
 
 /// `sealgate dkim keygen`: the key file and the TXT record as
@@ -393,10 +388,7 @@ fn dkim_signatures_made_at_the_gateway_verify_with_dkimpy() {
              Figures attached.\r\n.. a dotted line\r\n",
             unique("m")
         );
-        let mut c = Client::connect(gw.relay);
-        c.cmd("EHLO client.test");
-        let reply = c.message(from, &[&rcpt], mail.as_bytes());
-        assert!(reply.starts_with("250"), "{reply}");
+        relay_one(gw.relay, from, &[&rcpt], mail.as_bytes());
         let got = dest().wait_mails(&rcpt, 1, T).remove(0);
         let text = String::from_utf8_lossy(&got);
         assert!(

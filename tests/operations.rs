@@ -57,14 +57,12 @@ fn systemd_hears_ready_alive_reloading_and_stopping_and_the_log_is_json() {
     wait_notify(&socket, "WATCHDOG=1");
 
     let rcpt = format!("{}@json.test", unique("j"));
-    let mut c = Client::connect(gw.relay);
-    c.cmd("EHLO client.test");
-    let reply = c.message(
+    relay_one(
+        gw.relay,
         "sender@src.test",
         &[&rcpt],
         message("json", "x\r\n").as_bytes(),
     );
-    assert!(reply.starts_with("250"), "{reply}");
     dest().wait_mails(&rcpt, 1, T);
     let line = wait_for(T, "the delivery line in JSON", || {
         gw.log()
@@ -173,14 +171,12 @@ fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_
 
     // Waiting for a route that leads nowhere.
     let stranded = format!("{}@unreachable.test", unique("route"));
-    let mut c = Client::connect(gw.relay);
-    c.cmd("EHLO client.test");
-    let reply = c.message(
+    relay_one(
+        gw.relay,
         "a@src.test",
         &[&stranded],
         message("route", "x\r\n").as_bytes(),
     );
-    assert!(reply.starts_with("250"), "{reply}");
     wait_delivery_line(&gw, &stranded, "deferred");
 
     // A renewed certificate at the same path, a lower recipient limit, and
@@ -333,10 +329,12 @@ fn under_journald_lines_carry_their_priority_and_no_timestamp() {
     // systemd sets JOURNAL_STREAM when standard error is the journal.
     let gw = Gateway::start_with_env(&[("JOURNAL_STREAM", "8:12345")], base_config);
     let rcpt = format!("{}@journal.test", unique("j"));
-    let mut c = Client::connect(gw.relay);
-    c.cmd("EHLO client.test");
-    let reply = c.message("a@src.test", &[&rcpt], message("j", "x\r\n").as_bytes());
-    assert!(reply.starts_with("250"), "{reply}");
+    relay_one(
+        gw.relay,
+        "a@src.test",
+        &[&rcpt],
+        message("j", "x\r\n").as_bytes(),
+    );
     let line = wait_delivery_line(&gw, &rcpt, "sent");
     assert_eq!(line["tenant"], "default");
     let log = gw.log();

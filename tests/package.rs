@@ -27,14 +27,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn package() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if let Some(deb) = std::env::var_os("SEALGATE_DEB") {
@@ -82,7 +74,7 @@ fn as_sealgate(args: &[&str]) -> Command {
 fn mode(path: &str) -> (u32, String) {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let owner = text(&run(Command::new("stat").args(["-c", "%U:%G", path])));
+    let owner = output_text(&run(Command::new("stat").args(["-c", "%U:%G", path])));
     (meta.mode() & 0o7777, owner.trim().to_string())
 }
 
@@ -111,7 +103,7 @@ fn stop(mut child: std::process::Child) {
 }
 
 fn queue_ids() -> String {
-    text(&run(&mut as_sealgate(&["queue", "list"])))
+    output_text(&run(&mut as_sealgate(&["queue", "list"])))
 }
 
 #[test]
@@ -119,7 +111,7 @@ fn the_package_installs_runs_upgrades_and_purges() {
     let deb = package();
     let deb = deb.to_str().unwrap();
 
-    let contents = text(&run(Command::new("dpkg-deb").args(["-c", deb])));
+    let contents = output_text(&run(Command::new("dpkg-deb").args(["-c", deb])));
     for path in [
         "./usr/sbin/sealgate",
         "./etc/sealgate/sealgate.toml",
@@ -153,7 +145,11 @@ fn the_package_installs_runs_upgrades_and_purges() {
         .args(["--fail-on", "error", deb])
         .output()
         .unwrap();
-    assert!(lintian.status.success(), "lintian:\n{}", text(&lintian));
+    assert!(
+        lintian.status.success(),
+        "lintian:\n{}",
+        output_text(&lintian)
+    );
 
     for port in [25, 587] {
         assert!(
@@ -175,7 +171,7 @@ fn the_package_installs_runs_upgrades_and_purges() {
         (0o640, "root:sealgate".into())
     );
     // Shipped without debug info; the symbols are in the -dbgsym package.
-    let sections = text(&run(
+    let sections = output_text(&run(
         Command::new("readelf").args(["-S", "/usr/sbin/sealgate"])
     ));
     assert!(
@@ -184,7 +180,7 @@ fn the_package_installs_runs_upgrades_and_purges() {
     );
 
     // The unit's sandbox, rated by systemd itself.
-    let security = text(&run(Command::new("systemd-analyze").args([
+    let security = output_text(&run(Command::new("systemd-analyze").args([
         "security",
         "--offline=true",
         "/usr/lib/systemd/system/sealgate.service",
@@ -213,7 +209,12 @@ fn the_package_installs_runs_upgrades_and_purges() {
                 .env("MANWIDTH", "80")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}: {}", page.display(), text(&out));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                page.display(),
+                output_text(&out)
+            );
             assert!(
                 out.stderr.is_empty(),
                 "{}: {}",
@@ -222,14 +223,14 @@ fn the_package_installs_runs_upgrades_and_purges() {
             );
         }
     }
-    let man = text(&run(
+    let man = output_text(&run(
         Command::new("man").args(["-l", "/usr/share/man/man5/sealgate.toml.5.gz"])
     ));
     assert!(
         man.contains("max_recipients") && man.contains("452 4.5.3"),
         "{man}"
     );
-    let completion = text(&run(Command::new("bash").arg("-c").arg(
+    let completion = output_text(&run(Command::new("bash").arg("-c").arg(
         "source /usr/share/bash-completion/completions/sealgate && complete -p sealgate",
     )));
     assert!(completion.contains("sealgate"), "{completion}");

@@ -493,12 +493,31 @@ pub fn swaks(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("swaks is installed (run the README test command)");
-    let text = format!(
+    (out.status.success(), output_text(&out))
+}
+
+/// What a command printed, standard output then standard error.
+pub fn output_text(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
+}
+
+/// Hands one message to the relay listener on `port` in a session of its
+/// own; asserts the `250` and returns the queue id it names.
+pub fn relay_one(port: u16, from: &str, to: &[&str], data: &[u8]) -> String {
+    let mut c = Client::connect(port);
+    c.cmd("EHLO client.test");
+    let reply = c.message(from, to, data);
+    assert!(reply.starts_with("250"), "{reply}");
+    reply
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A raw SMTP client: sends exactly the bytes it is given.
