@@ -3,7 +3,8 @@
 //! domain memory learn of the change at once.
 //!
 //! A Unix socket in `data_dir` (mode 0600). One request line, one reply
-//! line: `retry ID`, `flush`, `delete ID`, `confirm DOMAIN` or `tlsrpt DAY`,
+//! line: `retry ID`, `flush`, `delete ID`, `confirm DOMAIN`, `tlsrpt DAY` or
+//! `rekey keep|replace|to PATH`,
 //! answered `ok …` or `error …`. When no gateway runs, the CLI changes the
 //! database itself (TLS-RPT reports need the running gateway).
 
@@ -19,6 +20,7 @@ use crate::policy::memory::DomainMemory;
 use crate::queue::QueueHandle;
 use crate::report::tlsrpt::{Reporter, day_name};
 use crate::spool::Spool;
+use crate::spool::at_rest::KekChange;
 use crate::util::now;
 
 pub struct Server {
@@ -101,6 +103,23 @@ impl Server {
                     r.best.name()
                 ),
                 Err(e) => format!("error: {e}"),
+            };
+        }
+        if op == "rekey" {
+            let change = match id.split_once(' ') {
+                None if id == "keep" => KekChange::Keep,
+                None if id == "replace" => KekChange::Replace,
+                Some(("to", path)) => KekChange::WriteTo(path.into()),
+                _ => return format!("error: cannot understand `{line}`"),
+            };
+            return match self.spool.rekey(change).await {
+                Ok(done) => {
+                    tracing::info!("spool keys rotated: {done}");
+                    format!("ok: {done}")
+                }
+                Err(e) => format!(
+                    "error: {e}; the rotation stopped, the spool opens with the old keys, run it again"
+                ),
             };
         }
         if op == "tlsrpt" {

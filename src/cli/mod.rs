@@ -26,6 +26,7 @@ mod progress;
 mod queue;
 mod records;
 mod report;
+mod spool;
 
 use check::check_text;
 use domains::{DomainsCommand, domains};
@@ -80,6 +81,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// The spool's encryption at rest: rotate its keys.
+    Spool {
+        #[command(subcommand)]
+        command: spool::SpoolCommand,
     },
     /// Manage the users file.
     User {
@@ -266,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Queue { command } => queue(load_config(&cli.config)?, command),
+        Command::Spool { command } => spool::spool(load_config(&cli.config)?, command),
         Command::User {
             command: UserCommand::Hash { name },
         } => {

@@ -32,7 +32,8 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             db.display()
         );
     }
-    let spool = SqliteSpool::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let spool = SqliteSpool::open(&db, &config.spool_key(false))
+        .with_context(|| format!("cannot open {}", db.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     match command {
         QueueCommand::List { json } => {

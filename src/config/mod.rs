@@ -308,6 +308,14 @@ impl Config {
         self.data_dir.join("sealgate.db")
     }
 
+    /// The spool's key file; `create` only for the gateway starting.
+    pub fn spool_key(&self, create: bool) -> crate::spool::KeyFile {
+        crate::spool::KeyFile {
+            path: crate::spool::at_rest::key_path(self.spool.key_file.as_deref(), &self.data_dir),
+            create,
+        }
+    }
+
     /// The key that seals pre-agreed envelope passwords (made on first use).
     pub fn passwords_key(&self) -> PathBuf {
         self.data_dir.join("passwords.key")

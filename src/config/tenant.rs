@@ -227,12 +227,17 @@ pub struct SpoolConfig {
     /// Keep message content this long after the last recipient is done (0: delete at once).
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub hold_delivered: Duration,
+    /// The key that encrypts the spool's data keys (spool::at_rest). Unset:
+    /// the systemd credential `spool.key` if there is one, else
+    /// `data_dir/spool.key`, made on first start.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             hold_delivered: Duration::ZERO,
+            key_file: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! whole queue. Storage sits behind the narrow [`Spool`] trait so that a
 //! shared PostgreSQL can replace the embedded SQLite for multi-node setups.
 
+pub mod at_rest;
 pub mod journal;
 mod sqlite;
 
@@ -20,7 +21,7 @@ use crate::report::Event;
 pub use crate::message::{
     Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId, domain_of,
 };
-pub use sqlite::SqliteSpool;
+pub use sqlite::{KeyFile, SqliteSpool};
 
 /// A boxed future, so that [`Spool`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -140,6 +141,8 @@ pub enum SpoolError {
     Stopped,
     #[error("spool record is corrupt: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    AtRest(#[from] at_rest::AtRestError),
 }
 
 /// Durable message storage and queue state.
@@ -167,6 +170,12 @@ pub trait Spool: Send + Sync {
     fn list(&self) -> Result<Vec<MessageSummary>, SpoolError>;
     /// One message's envelope and recipient states.
     fn show(&self, id: QueueId) -> Result<Option<MessageDetail>, SpoolError>;
+    /// Rotates the data key (and the key-encryption key, if asked), sealing
+    /// every stored value again; mail keeps flowing meanwhile.
+    fn rekey(
+        &self,
+        change: at_rest::KekChange,
+    ) -> BoxFuture<'_, Result<at_rest::RekeyDone, SpoolError>>;
 }
 
 #[cfg(test)]

@@ -16,26 +16,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::at_rest::{Cipher, Field, KekChange, RekeyDone, Row};
 use super::*;
 use crate::policy::RiskClass;
 
 /// Most operations committed with one sync.
 const MAX_BATCH: usize = 256;
 
+// Columns marked "sealed" hold AES-256-GCM values (spool::at_rest); a
+// spool written before that held them as text and is sealed at start.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id          INTEGER PRIMARY KEY,
     tenant      TEXT NOT NULL,
-    sender      TEXT NOT NULL,
-    env_id      TEXT,
+    sender      BLOB NOT NULL,  -- sealed
+    env_id      BLOB,           -- sealed
     ret         TEXT,
     smtputf8    INTEGER NOT NULL,
     body_8bit   INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
-    client      TEXT NOT NULL,
+    client      BLOB NOT NULL,  -- sealed
     size        INTEGER NOT NULL,
-    body        BLOB,
+    body        BLOB,           -- sealed
     -- set when no recipient is pending; the content is deleted at purge_at
     purge_at    INTEGER
 );
@@ -43,14 +46,14 @@ CREATE INDEX IF NOT EXISTS messages_purge ON messages(purge_at) WHERE purge_at I
 CREATE TABLE IF NOT EXISTS recipients (
     message_id   INTEGER NOT NULL,
     idx          INTEGER NOT NULL,
-    address      TEXT NOT NULL,
+    address      BLOB NOT NULL,  -- sealed
     domain       TEXT NOT NULL,
-    orcpt        TEXT,
+    orcpt        BLOB,           -- sealed
     notify       INTEGER NOT NULL,
     status       INTEGER NOT NULL,   -- 0 pending, 1 delivered, 2 failed
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
-    last_reply   TEXT,
+    last_reply   BLOB,           -- sealed
     class        TEXT NOT NULL DEFAULT 'normal',
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
@@ -71,11 +74,21 @@ pub struct SqliteSpool {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     last_id: AtomicU64,
+    cipher: Arc<Cipher>,
+}
+
+/// How the spool's key-encryption key is found (spool::at_rest).
+#[derive(Debug, Clone)]
+pub struct KeyFile {
+    pub path: std::path::PathBuf,
+    /// The gateway starting: a new spool gets its key file and first data
+    /// key. Commands that only read or change the queue never make keys.
+    pub create: bool,
 }
 
 impl SqliteSpool {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<Arc<SqliteSpool>, SpoolError> {
+    pub fn open(path: &Path, key: &KeyFile) -> Result<Arc<SqliteSpool>, SpoolError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -83,6 +96,8 @@ impl SqliteSpool {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         crate::report::log::init(&conn)?;
+        let cipher = Arc::new(Cipher::open(&conn, &key.path, key.create)?);
+        seal_legacy_rows(&conn, &cipher)?;
         let max_id: Option<i64> =
             conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Op>();
@@ -94,6 +109,7 @@ impl SqliteSpool {
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
             last_id: AtomicU64::new(max_id.unwrap_or(0) as u64),
+            cipher,
         }))
     }
 
@@ -241,6 +257,94 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// A spool written before encryption at rest holds its values as text:
+/// they are sealed here, in one transaction, before anything else runs.
+fn seal_legacy_rows(conn: &Connection, cipher: &Cipher) -> Result<(), SpoolError> {
+    let legacy = conn
+        .prepare(
+            "SELECT 1 FROM messages WHERE typeof(sender) = 'text'
+             UNION ALL SELECT 1 FROM recipients WHERE typeof(address) = 'text' LIMIT 1",
+        )?
+        .exists([])?;
+    if !legacy {
+        return Ok(());
+    }
+    if !cipher.writable() {
+        return Err(SpoolError::Corrupt(
+            "the spool was written by an older sealgate and is not encrypted yet; \
+             start the gateway once, which encrypts it"
+                .into(),
+        ));
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let sealed = seal_legacy_in(conn, cipher);
+    match sealed {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            tracing::info!("encrypted {n} message(s) written by an older sealgate");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn seal_legacy_in(conn: &Connection, cipher: &Cipher) -> Result<usize, SpoolError> {
+    type Head = (i64, String, Option<String>, String, Option<Vec<u8>>);
+    let heads: Vec<Head> = conn
+        .prepare(
+            "SELECT id, sender, env_id, client, body FROM messages
+             WHERE typeof(sender) = 'text'",
+        )?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut update = conn
+        .prepare("UPDATE messages SET sender = ?, env_id = ?, client = ?, body = ? WHERE id = ?")?;
+    for (id, sender, env_id, client, body) in &heads {
+        let at = Row(*id, 0);
+        let body = match body {
+            Some(b) => Some(cipher.seal(Field::Body, at, b)?),
+            None => None,
+        };
+        update.execute(params![
+            cipher.seal_text(Field::Sender, at, sender)?,
+            sealed_opt(cipher, Field::EnvId, at, env_id.as_deref())?,
+            cipher.seal_text(Field::Client, at, client)?,
+            body,
+            id
+        ])?;
+    }
+    type Rcpt = (i64, i64, String, Option<String>, Option<String>);
+    let rcpts: Vec<Rcpt> = conn
+        .prepare(
+            "SELECT message_id, idx, address, orcpt, last_reply FROM recipients
+             WHERE typeof(address) = 'text'",
+        )?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut update = conn.prepare(
+        "UPDATE recipients SET address = ?, orcpt = ?, last_reply = ?
+         WHERE message_id = ? AND idx = ?",
+    )?;
+    for (id, idx, address, orcpt, reply) in &rcpts {
+        let at = Row(*id, *idx);
+        update.execute(params![
+            cipher.seal_text(Field::Address, at, address)?,
+            sealed_opt(cipher, Field::Orcpt, at, orcpt.as_deref())?,
+            sealed_opt(cipher, Field::LastReply, at, reply.as_deref())?,
+            id,
+            idx
+        ])?;
+    }
+    Ok(heads.len())
+}
+
 fn class_of(name: String) -> RiskClass {
     // A name this version does not know is treated as the highest class:
     // never less protection than the writer meant.
@@ -254,8 +358,10 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
+fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<(), SpoolError> {
     let e = &m.envelope;
+    let id = m.id.0 as i64;
+    let at = Row(id, 0);
     let ret = e.ret.map(|r| match r {
         Ret::Full => "full",
         Ret::Headers => "hdrs",
@@ -265,18 +371,18 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
          received_at, expires_at, client, size, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
     )?
     .execute(params![
-        m.id.0 as i64,
+        id,
         e.tenant.0,
-        e.sender,
-        e.env_id,
+        cipher.seal_text(Field::Sender, at, &e.sender)?,
+        sealed_opt(cipher, Field::EnvId, at, e.env_id.as_deref())?,
         ret,
         e.smtputf8,
         e.body_8bit,
         m.received_at,
         m.expires_at,
-        m.client,
+        cipher.seal_text(Field::Client, at, &m.client)?,
         m.body.len() as i64,
-        m.body,
+        cipher.seal(Field::Body, at, &m.body)?,
     ])
     .map_err(classify)?;
     let mut stmt = conn.prepare_cached(
@@ -284,12 +390,13 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
          VALUES (?,?,?,?,?,?,?,?,?)",
     )?;
     for (i, r) in e.recipients.iter().enumerate() {
+        let at = Row(id, i as i64);
         stmt.execute(params![
-            m.id.0 as i64,
+            id,
             i as i64,
-            r.address,
+            cipher.seal_text(Field::Address, at, &r.address)?,
             r.domain,
-            r.orcpt,
+            sealed_opt(cipher, Field::Orcpt, at, r.orcpt.as_deref())?,
             r.notify.to_bits(),
             PENDING,
             m.received_at,
@@ -301,13 +408,70 @@ fn insert_message(conn: &Connection, m: &NewMessage) -> Result<(), SpoolError> {
     Ok(())
 }
 
-fn read_envelope_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Envelope, i64, i64)> {
+fn sealed_opt(
+    cipher: &Cipher,
+    field: Field,
+    at: Row,
+    value: Option<&str>,
+) -> Result<Option<Vec<u8>>, SpoolError> {
+    Ok(match value {
+        Some(v) => Some(cipher.seal_text(field, at, v)?),
+        None => None,
+    })
+}
+
+/// A sealed column of a result row, opened.
+fn opened(
+    row: &rusqlite::Row<'_>,
+    column: &str,
+    cipher: &Cipher,
+    field: Field,
+    at: Row,
+) -> rusqlite::Result<Vec<u8>> {
+    let sealed: Vec<u8> = row.get(column)?;
+    cipher.open_value(field, at, &sealed).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn opened_text(
+    row: &rusqlite::Row<'_>,
+    column: &str,
+    cipher: &Cipher,
+    field: Field,
+    at: Row,
+) -> rusqlite::Result<String> {
+    let sealed: Vec<u8> = row.get(column)?;
+    cipher.open_text(field, at, &sealed).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn opened_opt(
+    row: &rusqlite::Row<'_>,
+    column: &str,
+    cipher: &Cipher,
+    field: Field,
+    at: Row,
+) -> rusqlite::Result<Option<String>> {
+    match row.get_ref(column)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => opened_text(row, column, cipher, field, at).map(Some),
+    }
+}
+
+fn read_envelope_row(
+    row: &rusqlite::Row<'_>,
+    cipher: &Cipher,
+    id: i64,
+) -> rusqlite::Result<(Envelope, i64, i64)> {
     let ret: Option<String> = row.get("ret")?;
+    let at = Row(id, 0);
     Ok((
         Envelope {
             tenant: TenantId(row.get("tenant")?),
-            sender: row.get("sender")?,
-            env_id: row.get("env_id")?,
+            sender: opened_text(row, "sender", cipher, Field::Sender, at)?,
+            env_id: opened_opt(row, "env_id", cipher, Field::EnvId, at)?,
             ret: match ret.as_deref() {
                 Some("full") => Some(Ret::Full),
                 Some("hdrs") => Some(Ret::Headers),
@@ -358,7 +522,8 @@ impl Spool for SqliteSpool {
     }
 
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>> {
-        Box::pin(self.write(move |conn| insert_message(conn, &message)))
+        let cipher = self.cipher.clone();
+        Box::pin(self.write(move |conn| insert_message(conn, &cipher, &message)))
     }
 
     fn load(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
@@ -369,8 +534,18 @@ impl Spool for SqliteSpool {
                      expires_at, body FROM messages WHERE id = ? AND purge_at IS NULL",
                 )?
                 .query_row([id.0 as i64], |row| {
-                    let (envelope, received_at, expires_at) = read_envelope_row(row)?;
-                    let body: Option<Vec<u8>> = row.get("body")?;
+                    let (envelope, received_at, expires_at) =
+                        read_envelope_row(row, &self.cipher, id.0 as i64)?;
+                    let body = match row.get_ref("body")? {
+                        rusqlite::types::ValueRef::Null => None,
+                        _ => Some(opened(
+                            row,
+                            "body",
+                            &self.cipher,
+                            Field::Body,
+                            Row(id.0 as i64, 0),
+                        )?),
+                    };
                     Ok((envelope, received_at, expires_at, body))
                 })
                 .optional()?;
@@ -385,11 +560,13 @@ impl Spool for SqliteSpool {
             )?;
             let recipients = stmt
                 .query_map(params![id.0 as i64, domain], |r| {
+                    let at = Row(id.0 as i64, r.get(0)?);
+                    let cipher = &self.cipher;
                     Ok(PendingRecipient {
                         index: r.get(0)?,
                         recipient: Recipient::new(
-                            r.get(1)?,
-                            r.get(2)?,
+                            opened_text(r, "address", cipher, Field::Address, at)?,
+                            opened_opt(r, "orcpt", cipher, Field::Orcpt, at)?,
                             Notify::from_bits(r.get(3)?),
                         )
                         .with_class(class_of(r.get(5)?)),
@@ -412,6 +589,7 @@ impl Spool for SqliteSpool {
     }
 
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
+        let cipher = self.cipher.clone();
         Box::pin(self.write(move |conn| {
             let id = attempt.id.0 as i64;
             // Logged even when the message was deleted meanwhile: the
@@ -440,10 +618,11 @@ impl Spool for SqliteSpool {
                         next_attempt,
                     } => (PENDING, reply, *next_attempt),
                 };
+                let reply = cipher.seal_text(Field::LastReply, Row(id, *idx as i64), reply)?;
                 update.execute(params![status, reply, next, id, idx])?;
             }
             if let Some(dsn) = &attempt.dsn {
-                insert_message(conn, dsn)?;
+                insert_message(conn, &cipher, dsn)?;
             }
             let pending: bool = conn
                 .prepare_cached(
@@ -541,25 +720,83 @@ impl Spool for SqliteSpool {
                 "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
                         SUM(r.status = 0), COUNT(*),
                         MIN(CASE WHEN r.status = 0 THEN r.next_attempt END),
+                        (SELECT idx FROM recipients x WHERE x.message_id = m.id
+                           AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
+                           AS reply_idx,
                         (SELECT last_reply FROM recipients x WHERE x.message_id = m.id
                            AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
+                           AS last_reply
                  FROM messages m JOIN recipients r ON r.message_id = m.id
                  WHERE m.purge_at IS NULL GROUP BY m.id ORDER BY m.id",
             )?;
+            let cipher = &self.cipher;
             let rows = stmt.query_map([], |r| {
+                let id: i64 = r.get(0)?;
+                let reply_at = Row(id, r.get::<_, Option<i64>>("reply_idx")?.unwrap_or(0));
                 Ok(MessageSummary {
-                    id: QueueId(r.get::<_, i64>(0)? as u64),
+                    id: QueueId(id as u64),
                     tenant: TenantId(r.get(1)?),
-                    sender: r.get(2)?,
+                    sender: opened_text(r, "sender", cipher, Field::Sender, Row(id, 0))?,
                     size: r.get::<_, i64>(3)? as u64,
                     received_at: r.get(4)?,
                     pending: r.get(5)?,
                     recipients: r.get(6)?,
                     next_attempt: r.get(7)?,
-                    last_reply: r.get(8)?,
+                    last_reply: opened_opt(r, "last_reply", cipher, Field::LastReply, reply_at)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
+        Box::pin(async move {
+            let key_file = self.cipher.key_path().to_path_buf();
+            let next = change.prepare(&key_file)?;
+            let (next_kek, next_path) = match next {
+                Some((k, p)) => (Some(k), Some(p)),
+                None => (None, None),
+            };
+            let cipher = self.cipher.clone();
+            let (data_key, next_kek) = self
+                .write(move |conn| {
+                    let id = cipher.add_data_key(conn, next_kek.as_ref())?;
+                    Ok((id, next_kek))
+                })
+                .await?;
+            // In small transactions, so that mail keeps flowing meanwhile.
+            let mut after = 0;
+            let mut messages = 0;
+            loop {
+                let cipher = self.cipher.clone();
+                let (n, last) = self
+                    .write(move |conn| reseal_batch(conn, &cipher, after, 100))
+                    .await?;
+                messages += n;
+                match last {
+                    Some(l) => after = l,
+                    None => break,
+                }
+            }
+            // Both key files open the spool until the old wrapping is gone,
+            // so the rename can come first.
+            let kek_path = match (&change, next_path) {
+                (KekChange::Replace, Some(p)) => {
+                    std::fs::rename(&p, &key_file)?;
+                    at_rest::sync_dir(&key_file)?;
+                    Some(key_file.clone())
+                }
+                (_, p) => p,
+            };
+            let fingerprint = next_kek.as_ref().map(|k| k.fingerprint().to_string());
+            let cipher = self.cipher.clone();
+            self.write(move |conn| Ok(cipher.drop_old_keys(conn, next_kek)?))
+                .await?;
+            Ok(RekeyDone {
+                data_key,
+                messages,
+                kek: fingerprint.zip(kek_path),
+            })
         })
     }
 
@@ -571,12 +808,19 @@ impl Spool for SqliteSpool {
                      expires_at, client, size FROM messages WHERE id = ?",
                     [id.0 as i64],
                     |row| {
-                        let (envelope, received_at, expires_at) = read_envelope_row(row)?;
+                        let (envelope, received_at, expires_at) =
+                            read_envelope_row(row, &self.cipher, id.0 as i64)?;
                         Ok((
                             envelope,
                             received_at,
                             expires_at,
-                            row.get::<_, String>("client")?,
+                            opened_text(
+                                row,
+                                "client",
+                                &self.cipher,
+                                Field::Client,
+                                Row(id.0 as i64, 0),
+                            )?,
                             row.get::<_, i64>("size")?,
                         ))
                     },
@@ -586,16 +830,23 @@ impl Spool for SqliteSpool {
                 return Ok(None);
             };
             let mut stmt = conn.prepare(
-                "SELECT address, orcpt, notify, status, attempts, next_attempt, last_reply, class
+                "SELECT address, orcpt, notify, status, attempts, next_attempt, last_reply, class,
+                        idx
                  FROM recipients WHERE message_id = ? ORDER BY idx",
             )?;
             let mut recipients = Vec::new();
             let mut rows = stmt.query([id.0 as i64])?;
+            let cipher = &self.cipher;
             while let Some(r) = rows.next()? {
-                let address: String = r.get(0)?;
+                let at = Row(id.0 as i64, r.get("idx")?);
+                let address = opened_text(r, "address", cipher, Field::Address, at)?;
                 envelope.recipients.push(
-                    Recipient::new(address.clone(), r.get(1)?, Notify::from_bits(r.get(2)?))
-                        .with_class(class_of(r.get(7)?)),
+                    Recipient::new(
+                        address.clone(),
+                        opened_opt(r, "orcpt", cipher, Field::Orcpt, at)?,
+                        Notify::from_bits(r.get(2)?),
+                    )
+                    .with_class(class_of(r.get(7)?)),
                 );
                 recipients.push(RecipientState {
                     address,
@@ -606,7 +857,7 @@ impl Spool for SqliteSpool {
                     },
                     attempts: r.get(4)?,
                     next_attempt: r.get(5)?,
-                    last_reply: r.get(6)?,
+                    last_reply: opened_opt(r, "last_reply", cipher, Field::LastReply, at)?,
                 });
             }
             Ok(Some(MessageDetail {
@@ -620,6 +871,81 @@ impl Spool for SqliteSpool {
             }))
         })
     }
+}
+
+/// Seals again, under the current data key, the values of up to `limit`
+/// messages after `after`; returns how many changed and the last id seen
+/// (`None` at the end).
+fn reseal_batch(
+    conn: &Connection,
+    cipher: &Cipher,
+    after: i64,
+    limit: usize,
+) -> Result<(usize, Option<i64>), SpoolError> {
+    type Head = (i64, Vec<u8>, Option<Vec<u8>>, Vec<u8>, Option<Vec<u8>>);
+    let heads: Vec<Head> = conn
+        .prepare_cached(
+            "SELECT id, sender, env_id, client, body FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+        )?
+        .query_map(params![after, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let again = |field, at, v: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(match v {
+            Some(v) => Some(cipher.reseal(field, at, v)?.unwrap_or_else(|| v.clone())),
+            None => None,
+        })
+    };
+    let mut changed = 0;
+    for (id, sender, env_id, client, body) in &heads {
+        let at = Row(*id, 0);
+        if !cipher.is_current(sender) {
+            conn.prepare_cached(
+                "UPDATE messages SET sender = ?, env_id = ?, client = ?, body = ? WHERE id = ?",
+            )?
+            .execute(params![
+                again(Field::Sender, at, &Some(sender.clone()))?,
+                again(Field::EnvId, at, env_id)?,
+                again(Field::Client, at, &Some(client.clone()))?,
+                again(Field::Body, at, body)?,
+                id
+            ])?;
+            changed += 1;
+        }
+        type Rcpt = (i64, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let rcpts: Vec<Rcpt> = conn
+            .prepare_cached(
+                "SELECT idx, address, orcpt, last_reply FROM recipients WHERE message_id = ?",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (idx, address, orcpt, reply) in &rcpts {
+            let at = Row(*id, *idx);
+            let stale = !cipher.is_current(address)
+                || orcpt.as_ref().is_some_and(|v| !cipher.is_current(v))
+                || reply.as_ref().is_some_and(|v| !cipher.is_current(v));
+            if stale {
+                conn.prepare_cached(
+                    "UPDATE recipients SET address = ?, orcpt = ?, last_reply = ?
+                     WHERE message_id = ? AND idx = ?",
+                )?
+                .execute(params![
+                    again(Field::Address, at, &Some(address.clone()))?,
+                    again(Field::Orcpt, at, orcpt)?,
+                    again(Field::LastReply, at, reply)?,
+                    id,
+                    idx
+                ])?;
+            }
+        }
+    }
+    let last = if heads.len() == limit {
+        heads.last().map(|h| h.0)
+    } else {
+        None
+    };
+    Ok((changed, last))
 }
 
 /// Every (message, domain) with pending recipients, and when it is due.
@@ -674,11 +1000,104 @@ mod tests {
         }
     }
 
+    fn open(path: &Path) -> Arc<SqliteSpool> {
+        let key = KeyFile {
+            path: path.with_extension("key"),
+            create: true,
+        };
+        SqliteSpool::open(path, &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn nothing_of_a_message_is_readable_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let spool = open(&path);
+        let mut m = message(&spool, &["marker-rcpt@one.test"]);
+        m.envelope.sender = "marker-sender@src.test".into();
+        m.client = "marker-client".into();
+        m.body = b"Subject: x\r\n\r\nmarker-body\r\n".to_vec();
+        let id = m.id;
+        spool.store(m).await.unwrap();
+        spool
+            .record(AttemptRecord {
+                id,
+                outcomes: vec![(
+                    0,
+                    RecipientOutcome::Deferred {
+                        reply: "451 marker-reply".into(),
+                        next_attempt: 500,
+                    },
+                )],
+                dsn: None,
+                now: 200,
+                purge_at: 200,
+                tenant: TenantId("t".into()),
+                events: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let shown = spool.show(id).unwrap().unwrap();
+        assert_eq!(shown.envelope.sender, "marker-sender@src.test");
+        assert_eq!(shown.client, "marker-client");
+        assert_eq!(
+            shown.recipients[0].last_reply.as_deref(),
+            Some("451 marker-reply")
+        );
+        assert_eq!(
+            spool.list().unwrap()[0].last_reply.as_deref(),
+            Some("451 marker-reply")
+        );
+        drop(spool);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(7).any(|w| w == b"marker-"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spool_from_before_encryption_is_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            // The schema and a row as sealgate 0.x wrote them.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace("BLOB NOT NULL,  -- sealed", "TEXT NOT NULL,"))
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO messages VALUES (5, 't', 'old@src.test', NULL, NULL, 0, 0, 100,
+                   9000, 'client', 9, X'4F6C6420626F6479', NULL);
+                 INSERT INTO recipients VALUES (5, 0, 'r@one.test', 'one.test', NULL, 0, 0,
+                   0, 100, NULL, 'normal');",
+            )
+            .unwrap();
+        }
+        let reader = KeyFile {
+            path: path.with_extension("key"),
+            create: false,
+        };
+        let e = SqliteSpool::open(&path, &reader).err().unwrap().to_string();
+        assert!(e.contains("start the gateway once"), "{e}");
+        let spool = open(&path);
+        let job = spool.load(QueueId(5), "one.test").unwrap().unwrap();
+        assert_eq!(job.body, b"Old body");
+        assert_eq!(job.envelope.sender, "old@src.test");
+        assert_eq!(job.recipients[0].recipient.address, "r@one.test");
+        let conn = Connection::open(&path).unwrap();
+        let kind: String = conn
+            .query_row("SELECT typeof(sender) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kind, "blob");
+        drop(spool);
+        // The reader opens it now, with the key the gateway made.
+        SqliteSpool::open(&path, &reader).unwrap();
+    }
+
     #[tokio::test]
     async fn store_load_record_and_recover() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let spool = SqliteSpool::open(&path).unwrap();
+        let spool = open(&path);
         let m = message(&spool, &["x@one.test", "y@two.test", "z@One.Test"]);
         let id = m.id;
         spool.store(m).await.unwrap();
@@ -721,7 +1140,7 @@ mod tests {
 
         // A second open (a restart) sees the same queue.
         drop(spool);
-        let spool = SqliteSpool::open(&path).unwrap();
+        let spool = open(&path);
         let mut due = spool.pending().unwrap();
         due.sort_by(|a, b| a.domain.cmp(&b.domain));
         assert_eq!(
@@ -780,7 +1199,7 @@ mod tests {
     async fn hold_keeps_content_until_purge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let spool = SqliteSpool::open(&path).unwrap();
+        let spool = open(&path);
         let m = message(&spool, &["x@one.test"]);
         let id = m.id;
         spool.store(m).await.unwrap();
@@ -825,7 +1244,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_stores_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = SqliteSpool::open(&dir.path().join("db")).unwrap();
+        let spool = open(&dir.path().join("db"));
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let spool = spool.clone();
