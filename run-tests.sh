@@ -47,7 +47,7 @@ world=target/tmp/peers/dns-world
 bash tests/peers/postfix.sh stop "$world/mx"
 bash tests/peers/knot.sh stop "$world/knot"
 bash tests/peers/pki.sh stop "$world/pki"
-for pid in "$world"/www/*/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
+for pid in "$world"/www/*/pid "$world"/rtls/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
 for dir in target/tmp/peers/interop/*/; do bash tests/peers/mtas.sh stop "$dir"; done
 bash tests/peers/postfix.sh stop target/tmp/peers/interop/postfix-relay
 

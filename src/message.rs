@@ -201,7 +201,43 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared BODY=8BITMIME (RFC 6152).
     pub body_8bit: bool,
+    /// What the sender asked of the transport (RFC 8689).
+    pub tls_request: TlsRequest,
     pub recipients: Vec<Recipient>,
+}
+
+/// What the sender asked of every hop's transport (RFC 8689).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsRequest {
+    /// Nothing: our policy alone decides.
+    #[default]
+    None,
+    /// `MAIL FROM:<…> REQUIRETLS`: only to a host authenticated by DANE or
+    /// MTA-STS that takes REQUIRETLS itself; else a bounce, never a seal.
+    RequireTls,
+    /// `TLS-Required: No`, honoured (for normal-class recipients only).
+    TlsOptional,
+}
+
+impl TlsRequest {
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsRequest::None => "none",
+            TlsRequest::RequireTls => "requiretls",
+            TlsRequest::TlsOptional => "tls_optional",
+        }
+    }
+
+    /// The stored name back; an unknown one is REQUIRETLS: never less
+    /// than the writer meant.
+    pub fn from_name(name: &str) -> TlsRequest {
+        match name {
+            "none" => TlsRequest::None,
+            "tls_optional" => TlsRequest::TlsOptional,
+            _ => TlsRequest::RequireTls,
+        }
+    }
 }
 
 /// A pending recipient as loaded for a delivery attempt.

@@ -56,6 +56,7 @@ impl Reply {
         AUTH_MECHANISM_UNSUPPORTED = 504, [5, 5, 4], "Unrecognized authentication mechanism";
         AUTH_REQUIRED = 530, [5, 7, 0], "Authentication required";
         TLS_REQUIRED = 530, [5, 7, 0], "Must issue a STARTTLS command first";
+        REQUIRETLS_WITHOUT_TLS = 530, [5, 7, 10], "REQUIRETLS needs an encrypted session: issue STARTTLS first";
         AUTH_INVALID = 535, [5, 7, 8], "Authentication credentials invalid";
         AUTH_CANCELLED = 501, [5, 0, 0], "Authentication cancelled";
         AUTH_MALFORMED = 501, [5, 5, 2], "Malformed authentication data";

@@ -258,6 +258,10 @@ pub struct PolicyConfig {
     /// risk view (DNS TTLs and revocation nextUpdate may cut it shorter).
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub verdict_cache_max: Duration,
+    /// Whether a `TLS-Required: No` header (RFC 8689 §5) lets normal-class
+    /// mail travel without TLS where no DANE or MTA-STS policy forbids it.
+    /// Never for high or confidential mail.
+    pub honour_tls_required_no: bool,
 }
 
 impl Default for PolicyConfig {
@@ -266,6 +270,7 @@ impl Default for PolicyConfig {
             dir: None,
             downgrade_hold: Duration::from_secs(24 * 3600),
             verdict_cache_max: Duration::from_secs(3600),
+            honour_tls_required_no: true,
         }
     }
 }

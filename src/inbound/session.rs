@@ -14,9 +14,9 @@ use smtp_proto::request::receiver::{
     BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
 };
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_RET_FULL, MAIL_RET_HDRS,
-    MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
-    Request,
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS,
+    MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE,
+    RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
 };
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,8 +27,8 @@ use super::InboundContext;
 use super::{auth, path};
 use crate::config::{ClientCertRule, ListenerConfig, ListenerMode, ListenerTls};
 use crate::message::{
-    AddressError, Envelope, Notify, Recipient, Ret, TenantId, crlf_lines, domain_of, has_control,
-    literal_ip, mailbox,
+    AddressError, Envelope, Notify, Recipient, Ret, TenantId, TlsRequest, crlf_lines, domain_of,
+    has_control, literal_ip, mailbox,
 };
 use crate::policy::RiskClass;
 use crate::policy::rules::{Facts, strip_subject_tags};
@@ -66,6 +66,8 @@ struct Transaction {
     ret: Option<Ret>,
     smtputf8: bool,
     body_8bit: bool,
+    /// `MAIL FROM:<…> REQUIRETLS` (RFC 8689).
+    require_tls: bool,
     recipients: Vec<Recipient>,
     /// The content comes in BDAT chunks (RFC 3030); DATA may not follow.
     chunked: bool,
@@ -613,6 +615,10 @@ impl Session {
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
+        // RFC 8689 §3: only where the session itself is encrypted.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
+        }
         // EHLO replies carry no enhanced status code (RFC 2034 §3).
         self.reply(Reply {
             code: 250,
@@ -769,6 +775,10 @@ impl Session {
                 Reply::PARAM_NOT_IMPLEMENTED.with_text("BODY=BINARYMIME is not offered here"),
             );
         }
+        let require_tls = from.flags & MAIL_REQUIRETLS != 0;
+        if require_tls && self.tls.is_none() {
+            return self.error(Reply::REQUIRETLS_WITHOUT_TLS);
+        }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
             return self.error(Reply::SMTPUTF8_NOT_ALLOWED);
@@ -814,6 +824,7 @@ impl Session {
             },
             smtputf8,
             body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            require_tls,
             recipients: Vec::new(),
             chunked: false,
         });
@@ -998,6 +1009,7 @@ impl Session {
         body.extend_from_slice(received.as_bytes());
         crlf_lines(&data, &mut body);
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
+        let (tls_request, tls_request_note) = self.tls_request(&tx, &body, &recipients);
         // After the last change we make (subject tags removed), before the
         // message is stored: what is signed is what every next hop gets.
         if let Some(signature) = self.ctx.dkim.sign(&tenant.0, &body) {
@@ -1036,6 +1048,7 @@ impl Session {
                     sender: tx.sender.clone(),
                     recipients: recipients.iter().map(|r| r.address.clone()).collect(),
                     bounce_of: None,
+                    tls_request: tls_request_note,
                 })),
             },
             Event {
@@ -1058,6 +1071,7 @@ impl Session {
                 // Declared or not (RFC 6152): what the content is decides
                 // how it is passed on.
                 body_8bit: tx.body_8bit || !body.is_ascii(),
+                tls_request,
                 recipients,
             },
             received_at,
@@ -1083,6 +1097,62 @@ impl Session {
                 self.reply(Reply::STORAGE_ERROR);
             }
         }
+    }
+
+    /// What the sender asked of the transport (RFC 8689), and the words
+    /// for the log: REQUIRETLS, or a `TLS-Required: No` header, which
+    /// `[policy] honour_tls_required_no` lets relax normal-class mail only.
+    fn tls_request(
+        &self,
+        tx: &Transaction,
+        body: &[u8],
+        recipients: &[Recipient],
+    ) -> (TlsRequest, Option<String>) {
+        let header_no =
+            header_value(body, "tls-required").is_some_and(|v| v.trim().eq_ignore_ascii_case("no"));
+        if tx.require_tls {
+            let mut note = "REQUIRETLS (RFC 8689): only to hosts authenticated by DANE or MTA-STS \
+                            that take REQUIRETLS; else returned, never sealed"
+                .to_string();
+            if header_no {
+                note.push_str("; TLS-Required: No ignored, REQUIRETLS was given (RFC 8689 §5)");
+            }
+            return (TlsRequest::RequireTls, Some(note));
+        }
+        if !header_no {
+            return (TlsRequest::None, None);
+        }
+        if !self.ctx.config.policy.honour_tls_required_no {
+            return (
+                TlsRequest::None,
+                Some("TLS-Required: No ignored: [policy] honour_tls_required_no = false".into()),
+            );
+        }
+        let (normal, other): (Vec<&Recipient>, Vec<&Recipient>) = recipients
+            .iter()
+            .partition(|r| r.class == RiskClass::Normal);
+        let list = |rs: &[&Recipient]| {
+            rs.iter()
+                .map(|r| format!("{} ({})", r.address, r.class))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut note = String::from("TLS-Required: No (RFC 8689 §5): ");
+        if normal.is_empty() {
+            note.push_str("honoured for none");
+        } else {
+            note.push_str(&format!(
+                "honoured for {}: may travel without TLS where no DANE or MTA-STS policy forbids it",
+                list(&normal)
+            ));
+        }
+        if !other.is_empty() {
+            note.push_str(&format!(
+                "; never for high or confidential: ignored for {}",
+                list(&other)
+            ));
+        }
+        (TlsRequest::TlsOptional, Some(note))
     }
 
     /// Gives every recipient the message's risk class under the tenant's

@@ -125,7 +125,12 @@ impl Attempt {
                 format!("policy: seal: {reason}; held: no carrier"),
             )),
             Action::Bounce { reason } => Outcome::Failed(Detail::local(
-                [5, 7, 10],
+                // RFC 8689 §5: "REQUIRETLS support required".
+                if reason.code == ReasonCode::RequireTls {
+                    [5, 7, 30]
+                } else {
+                    [5, 7, 10]
+                },
                 format!("policy: bounce: {reason}"),
             )),
         };

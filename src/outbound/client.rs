@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
-    EhloResponse,
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8,
+    EXT_START_TLS, EhloResponse,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
-use crate::message::{Envelope, Recipient, Ret, xtext};
+use crate::message::{Envelope, Recipient, Ret, TlsRequest, xtext};
 use crate::qualify::TlsFacts;
 use crate::reply::Reply;
 
@@ -71,6 +71,8 @@ pub struct Capabilities {
     pub chunking: bool,
     /// SIZE limit, 0 when none was given.
     pub size: Option<usize>,
+    /// RFC 8689.
+    pub requiretls: bool,
 }
 
 enum Stream {
@@ -185,6 +187,7 @@ impl SmtpClient {
                 smtputf8: ehlo.has_capability(EXT_SMTP_UTF8),
                 dsn: ehlo.has_capability(EXT_DSN),
                 chunking: ehlo.has_capability(EXT_CHUNKING),
+                requiretls: ehlo.has_capability(EXT_REQUIRE_TLS),
                 size: ehlo
                     .has_capability(EXT_SIZE)
                     .then_some(ehlo.size)
@@ -426,6 +429,12 @@ impl SmtpClient {
         }
         if e.smtputf8 && self.caps.smtputf8 {
             cmd.push_str(" SMTPUTF8");
+        }
+        // Only where the policy let the message go: a peer that offers it,
+        // authenticated (policy::Requirement::met_by). A sealed envelope
+        // of such a message goes without it where the carrier lacks it.
+        if e.tls_request == TlsRequest::RequireTls && self.caps.requiretls {
+            cmd.push_str(" REQUIRETLS");
         }
         if self.caps.dsn {
             match e.ret {

@@ -109,7 +109,9 @@ impl Outbound {
         };
         let tls = tls.unwrap_or(TlsOutcome::NotOffered);
         let evidence = evidence.lock().ok().and_then(|mut e| e.take());
-        let judged = self.qualifier.judge(domain, c, ip, &tls, evidence).await;
+        let mut judged = self.qualifier.judge(domain, c, ip, &tls, evidence).await;
+        judged.verdict.requiretls = matches!(tls, TlsOutcome::Negotiated(_))
+            && client.as_ref().is_some_and(|c| c.caps.requiretls);
         Ok(Opened { client, judged })
     }
 

@@ -86,6 +86,7 @@ impl Outbound {
                         ret: None,
                         smtputf8: !to.is_ascii(),
                         body_8bit: !body.is_ascii(),
+                        tls_request: Default::default(),
                         recipients: vec![rcpt.clone()],
                     },
                     received_at: 0,

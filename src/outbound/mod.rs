@@ -325,7 +325,9 @@ impl Outbound {
         let mut open = Vec::new();
         let mut to_seal = Vec::new();
         for p in &job.recipients {
-            let req = policy.requirement(p.recipient.class, domain, now);
+            let req = policy
+                .requirement(p.recipient.class, domain, now)
+                .with_tls_request(job.envelope.tls_request);
             if req.required == Required::Sealed {
                 // Always sealed: only a carrier for the envelope is needed.
                 if let Action::Seal { reason } = req.decide(None, History::Ordinary, now) {

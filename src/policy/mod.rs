@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::qualify::{CheckName, Level, Status, Verdict, level_from_checks};
 
 /// The class lives with the message it belongs to; the policy decides by it.
-pub use crate::message::RiskClass;
+pub use crate::message::{RiskClass, TlsRequest};
 
 /// What a message requires of the transport: a level, or never to travel
 /// as it is (end-to-end: sealed).
@@ -86,6 +86,9 @@ pub enum ReasonCode {
     HostsRefused,
     /// The domain could not be routed (MX lookup bogus or failed).
     Unroutable,
+    /// REQUIRETLS (RFC 8689): no host met its conditions; returned with 5.7.30.
+    #[serde(rename = "requiretls")]
+    RequireTls,
 }
 
 impl ReasonCode {
@@ -97,6 +100,7 @@ impl ReasonCode {
             ReasonCode::NoHost => "no_host",
             ReasonCode::HostsRefused => "hosts_refused",
             ReasonCode::Unroutable => "unroutable",
+            ReasonCode::RequireTls => "requiretls",
         }
     }
 }
@@ -229,6 +233,9 @@ pub struct Requirement {
     pub accept_revocation_unavailable: bool,
     /// Where `class` and `required` come from, in words (rule, domain profile, exception).
     pub basis: Vec<String>,
+    /// REQUIRETLS (RFC 8689): only a host authenticated by DANE or MTA-STS
+    /// that takes REQUIRETLS may carry it; else it is returned, never sealed.
+    pub require_tls: bool,
 }
 
 /// What the domain's history says about the verdict now seen.
@@ -246,6 +253,30 @@ pub enum History {
 }
 
 impl Requirement {
+    /// What the sender asked of the transport, applied: REQUIRETLS raises
+    /// the level to authenticated and adds its conditions; an honoured
+    /// `TLS-Required: No` lets a normal-class recipient go without TLS
+    /// where no refusal (DANE, MTA-STS) stands in the way (RFC 8689 §5).
+    pub fn with_tls_request(mut self, request: TlsRequest) -> Requirement {
+        match request {
+            TlsRequest::None => {}
+            TlsRequest::RequireTls => {
+                self.require_tls = true;
+                if let Required::Level(l) = self.required {
+                    self.required = Required::Level(l.max(Level::Authenticated));
+                }
+                self.basis.push("REQUIRETLS (RFC 8689)".into());
+            }
+            TlsRequest::TlsOptional => {
+                if self.class == RiskClass::Normal && matches!(self.required, Required::Level(_)) {
+                    self.required = Required::Level(Level::Plaintext);
+                    self.basis.push("TLS-Required: No (RFC 8689 §5)".into());
+                }
+            }
+        }
+        self
+    }
+
     /// Whether a connection with this verdict may carry the message as it is.
     pub fn met_by(&self, verdict: &Verdict) -> bool {
         let Required::Level(required) = self.required else {
@@ -255,6 +286,9 @@ impl Requirement {
             // A refused host carries nothing, whatever it reached.
             return false;
         };
+        if self.require_tls && requiretls_shortfall(verdict).is_some() {
+            return false;
+        }
         if level >= required {
             return true;
         }
@@ -289,6 +323,19 @@ impl Requirement {
         };
         if self.met_by(verdict) {
             return Action::Deliver { required };
+        }
+        if self.require_tls {
+            let why = requiretls_shortfall(verdict)
+                .unwrap_or_else(|| format!("it reached {}", verdict.observed_level));
+            return Action::Bounce {
+                reason: Reason::new(
+                    ReasonCode::RequireTls,
+                    format!(
+                        "REQUIRETLS (RFC 8689 §4.2.1): no host of {} may carry it; the best MX {}: {why}",
+                        verdict.domain, verdict.mx_host
+                    ),
+                ),
+            };
         }
         let shortfalls = verdict.shortfalls();
         let what = format!(
@@ -356,6 +403,29 @@ impl Requirement {
             String::new()
         } else {
             format!(" [{}]", self.basis.join("; "))
+        }
+    }
+}
+
+/// Why a connection may not carry a REQUIRETLS message (RFC 8689 §4.2.1):
+/// its certificate must be authenticated by DANE or MTA-STS (PKIX alone,
+/// with no policy asking for it, is not enough), and the peer must take
+/// REQUIRETLS itself; `None` when it may.
+fn requiretls_shortfall(verdict: &Verdict) -> Option<String> {
+    let passed = |name| {
+        verdict
+            .checks
+            .iter()
+            .any(|c| c.name == name && c.status == Status::Pass)
+    };
+    let authenticated = verdict.level >= Some(Level::Authenticated)
+        && (passed(CheckName::Dane) || passed(CheckName::MtaSts));
+    match (authenticated, verdict.requiretls) {
+        (true, true) => None,
+        (false, true) => Some("not authenticated by DANE or MTA-STS".into()),
+        (true, false) => Some("does not offer REQUIRETLS".into()),
+        (false, false) => {
+            Some("not authenticated by DANE or MTA-STS, and does not offer REQUIRETLS".into())
         }
     }
 }
@@ -440,6 +510,7 @@ mod tests {
 
     fn requirement(class: RiskClass, required: Required, fallback: Fallback) -> Requirement {
         Requirement {
+            require_tls: false,
             class,
             required,
             fallback,
@@ -505,6 +576,46 @@ mod tests {
                 "{class} requiring {required} over {level:?}: {action:?}"
             );
         }
+    }
+
+    #[test]
+    fn rfc8689_requiretls_bounces_where_the_class_would_seal_and_tls_optional_relaxes_normal_only()
+    {
+        let high = requirement(
+            RiskClass::High,
+            Required::Level(Level::Qualified),
+            Fallback::Seal,
+        )
+        .with_tls_request(TlsRequest::RequireTls);
+        // Qualified by its checks, but no DANE or MTA-STS pass and no offer.
+        let v = verdict(Level::Qualified, false);
+        let action = high.decide(Some(&v), History::Ordinary, 0);
+        assert_eq!(action.name(), "bounce", "{action:?}");
+        assert_eq!(action.reason().unwrap().code, ReasonCode::RequireTls);
+        let mut offered = v.clone();
+        offered.requiretls = true;
+        offered
+            .checks
+            .push(Check::new(CheckName::Dane, Status::Pass, "3 1 1"));
+        assert!(high.met_by(&offered));
+        // Normal mail is raised to authenticated.
+        let normal = requirement(
+            RiskClass::Normal,
+            Required::Level(Level::Encrypted),
+            Fallback::Defer,
+        );
+        let raised = normal.clone().with_tls_request(TlsRequest::RequireTls);
+        assert_eq!(raised.required, Required::Level(Level::Authenticated));
+        // TLS-Required: No: plaintext for normal mail, nothing for high.
+        let relaxed = normal.with_tls_request(TlsRequest::TlsOptional);
+        assert_eq!(relaxed.required, Required::Level(Level::Plaintext));
+        let high = requirement(
+            RiskClass::High,
+            Required::Level(Level::Qualified),
+            Fallback::Seal,
+        )
+        .with_tls_request(TlsRequest::TlsOptional);
+        assert_eq!(high.required, Required::Level(Level::Qualified));
     }
 
     #[test]

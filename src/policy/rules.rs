@@ -455,6 +455,7 @@ impl Policy {
             break;
         }
         Requirement {
+            require_tls: false,
             class,
             required,
             fallback: rule.fallback,

@@ -369,6 +369,9 @@ pub struct Verdict {
     #[serde(default)]
     pub refusals: Vec<Refusal>,
     pub tls: Option<TlsFacts>,
+    /// The peer offered REQUIRETLS (RFC 8689) in its EHLO over TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
     /// Unix seconds.
     pub at: i64,
 }
@@ -393,6 +396,7 @@ impl Verdict {
             checks,
             refusals,
             tls,
+            requiretls: false,
             at,
         }
     }

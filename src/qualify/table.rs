@@ -116,6 +116,7 @@ fn requirement(class: RiskClass, accept_revocation_unavailable: bool) -> Require
         _ => (Required::Level(Level::Qualified), Fallback::Seal),
     };
     Requirement {
+        require_tls: false,
         class,
         required,
         fallback,

@@ -17,7 +17,7 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::{BodyPart, MimePart};
 
-use crate::message::{Envelope, LoadedJob, QueueId, Recipient, Ret, xtext};
+use crate::message::{Envelope, LoadedJob, QueueId, Recipient, Ret, TlsRequest, xtext};
 use crate::outbound::Detail;
 use crate::spool::NewMessage;
 
@@ -92,9 +92,13 @@ pub fn build(
         status.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
     }
 
-    let sensitive = failures
-        .iter()
-        .any(|f| f.recipient.class >= RiskClass::High);
+    // RFC 8689 §5: the bounce of a REQUIRETLS message may travel a path
+    // the message could not; it carries the headers only, and REQUIRETLS.
+    let requiretls = job.envelope.tls_request == TlsRequest::RequireTls;
+    let sensitive = requiretls
+        || failures
+            .iter()
+            .any(|f| f.recipient.class >= RiskClass::High);
     let returned = match job.envelope.ret {
         Some(Ret::Full) if !sensitive => {
             MimePart::new("message/rfc822", BodyPart::Binary(job.body.clone().into()))
@@ -142,6 +146,11 @@ pub fn build(
             ret: None,
             smtputf8: !sender.is_ascii(),
             body_8bit: !body.is_ascii(),
+            tls_request: if requiretls {
+                TlsRequest::RequireTls
+            } else {
+                TlsRequest::None
+            },
             recipients: vec![Recipient::new(sender.clone(), None, Default::default())],
         },
         received_at: now,
@@ -160,6 +169,10 @@ pub fn build(
                 sender: String::new(),
                 recipients: vec![sender.clone()],
                 bounce_of: Some(job.id),
+                tls_request: requiretls.then(|| {
+                    "REQUIRETLS (RFC 8689 §5): the bounce of a REQUIRETLS message, headers only"
+                        .to_string()
+                }),
             })),
         }],
         body,
@@ -198,6 +211,7 @@ mod tests {
                 ret,
                 smtputf8: false,
                 body_8bit: false,
+                tls_request: TlsRequest::None,
                 recipients: vec![],
             },
             received_at: 1_700_000_000,

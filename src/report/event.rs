@@ -40,6 +40,10 @@ pub struct Received {
     /// For a bounce (DSN): the message it reports on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_of: Option<QueueId>,
+    /// What the sender asked of the transport (REQUIRETLS, `TLS-Required:
+    /// No`) and what sealgate made of it (RFC 8689).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_request: Option<String>,
 }
 
 /// One recipient's class and the rules that gave it.

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     client      BLOB NOT NULL,  -- sealed
     size        INTEGER NOT NULL,
     body        BLOB,           -- sealed
+    tls_request TEXT NOT NULL DEFAULT 'none',
     -- set when no recipient is pending; the content is deleted at purge_at
     purge_at    INTEGER
 );
@@ -254,6 +255,14 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
             "ALTER TABLE recipients ADD COLUMN class TEXT NOT NULL DEFAULT 'normal'",
         )?;
     }
+    let has_tls_request: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'tls_request'")?
+        .exists([])?;
+    if !has_tls_request {
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN tls_request TEXT NOT NULL DEFAULT 'none'",
+        )?;
+    }
     Ok(())
 }
 
@@ -368,7 +377,8 @@ fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<
     });
     conn.prepare_cached(
         "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
-         received_at, expires_at, client, size, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+         received_at, expires_at, client, size, body, tls_request)
+         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
     )?
     .execute(params![
         id,
@@ -383,6 +393,7 @@ fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<
         cipher.seal_text(Field::Client, at, &m.client)?,
         m.body.len() as i64,
         cipher.seal(Field::Body, at, &m.body)?,
+        e.tls_request.name(),
     ])
     .map_err(classify)?;
     let mut stmt = conn.prepare_cached(
@@ -479,6 +490,7 @@ fn read_envelope_row(
             },
             smtputf8: row.get("smtputf8")?,
             body_8bit: row.get("body_8bit")?,
+            tls_request: TlsRequest::from_name(&row.get::<_, String>("tls_request")?),
             recipients: Vec::new(),
         },
         row.get("received_at")?,
@@ -531,7 +543,7 @@ impl Spool for SqliteSpool {
             let head = conn
                 .prepare_cached(
                     "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                     expires_at, body FROM messages WHERE id = ? AND purge_at IS NULL",
+                     expires_at, body, tls_request FROM messages WHERE id = ? AND purge_at IS NULL",
                 )?
                 .query_row([id.0 as i64], |row| {
                     let (envelope, received_at, expires_at) =
@@ -805,7 +817,7 @@ impl Spool for SqliteSpool {
             let head = conn
                 .query_row(
                     "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                     expires_at, client, size FROM messages WHERE id = ?",
+                     expires_at, client, size, tls_request FROM messages WHERE id = ?",
                     [id.0 as i64],
                     |row| {
                         let (envelope, received_at, expires_at) =
@@ -987,6 +999,7 @@ mod tests {
                 ret: Some(Ret::Headers),
                 smtputf8: false,
                 body_8bit: true,
+                tls_request: TlsRequest::None,
                 recipients: rcpts
                     .iter()
                     .map(|r| Recipient::new(r.to_string(), None, Notify::default()))

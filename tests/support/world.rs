@@ -34,6 +34,9 @@ pub const FAULT_PORT: u16 = 24091;
 /// of mismatch.dane.test; tests/report.rs listens there.
 pub const REPORTS_ADDR: &str = "127.0.2.9";
 pub const REPORTS_PORT: u16 = 24445;
+/// The REQUIRETLS peer (tests/peers/requiretls_peer.py), MX of
+/// `rtls.dane.test` (DANE-EE), started by [`World::requiretls_peer`].
+pub const RTLS_ADDR: &str = "127.0.1.2";
 
 /// The certificate peers: (name, PEM in pki/peers, extra `-o` settings).
 /// `NAME.pki.test` has MX `mx.NAME.pki.test` at 127.0.3.(index + 1).
@@ -208,6 +211,40 @@ impl World {
         self.dir.join("knot/root.keys")
     }
 
+    /// The REQUIRETLS peer, started on first use; its mail directory.
+    pub fn requiretls_peer(&self) -> PathBuf {
+        static STARTED: OnceLock<PathBuf> = OnceLock::new();
+        STARTED
+            .get_or_init(|| {
+                let dir = self.dir.join("rtls");
+                std::fs::create_dir_all(dir.join("mail")).unwrap();
+                let chain = dir.join("chain.pem");
+                let pems = ["leaf.pem", "ca.pem"]
+                    .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap())
+                    .concat();
+                std::fs::write(&chain, pems).unwrap();
+                let python = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join("peers/mtas-root/venv/bin/python");
+                // Outlives this process like the other peers; `stop` ends it.
+                #[allow(clippy::zombie_processes)]
+                let child = Command::new(python)
+                    .arg(peer_script("requiretls_peer.py"))
+                    .args([RTLS_ADDR, &MX_PORT.to_string()])
+                    .arg(&chain)
+                    .arg(self.dir.join("leaf.key"))
+                    .arg(dir.join("mail"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join("log")).unwrap())
+                    .spawn()
+                    .expect("the REQUIRETLS peer (run-tests.sh installs its venv)");
+                std::fs::write(dir.join("pid"), child.id().to_string()).unwrap();
+                wait_listening(RTLS_ADDR, MX_PORT);
+                dir.join("mail")
+            })
+            .clone()
+    }
+
     /// Messages the MX received for `rcpt`.
     pub fn mails(&self, rcpt: &str) -> Vec<Vec<u8>> {
         super::support::saved_mails(&self.dir.join("mx"), rcpt)
@@ -267,6 +304,11 @@ pub fn stop(dir: &Path) {
             .arg("stop")
             .arg(dir.join(sub))
             .status();
+    }
+    for pid in [dir.join("rtls/pid")] {
+        if let Ok(pid) = std::fs::read_to_string(pid) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
     }
     for (domain, _, _) in POLICIES {
         if let Ok(pid) = std::fs::read_to_string(dir.join("www").join(domain).join("pid")) {
@@ -333,6 +375,9 @@ fn zones(dir: &Path, ee: &str, ta: &str, other: &str) {
                 "ee.dane.test. MX 10 mx.ee.dane.test.
 mx.ee.dane.test. A {mx}
 _{p}._tcp.mx.ee.dane.test. TLSA 3 1 1 {ee}
+rtls.dane.test. MX 10 mx.rtls.dane.test.
+mx.rtls.dane.test. A {RTLS_ADDR}
+_{p}._tcp.mx.rtls.dane.test. TLSA 3 1 1 {ee}
 ta.dane.test. MX 10 mx.ta.dane.test.
 mx.ta.dane.test. A {mx}
 _{p}._tcp.mx.ta.dane.test. TLSA 2 0 1 {ta}
