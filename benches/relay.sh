@@ -18,6 +18,8 @@
 # synchronous=FULL (one sync per group of messages).
 # Run as root after ./run-tests.sh has installed the peers:
 #   benches/relay.sh [MESSAGES] [SIZE] [SESSIONS]      (MODES="1 4" to pick)
+# SEALGATE_BIN=path runs another build of sealgate (an older commit's, to
+# measure what a change costs) on the same harness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000} SIZE=${2:-10240} SESSIONS=${3:-10}
@@ -28,7 +30,7 @@ SINK=26025 PF=26026 SG=26027 DNS=26053
 
 cargo build --release -q
 cargo build --release -q --example bench-sink
-bin=target/release/sealgate
+bin=${SEALGATE_BIN:-target/release/sealgate}
 sinkbin=target/release/examples/bench-sink
 
 cleanup() {

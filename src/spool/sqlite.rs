@@ -367,10 +367,46 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<(), SpoolError> {
+/// A message's values as they are stored, sealed (spool::at_rest).
+struct Sealed {
+    sender: Vec<u8>,
+    env_id: Option<Vec<u8>>,
+    client: Vec<u8>,
+    body: Vec<u8>,
+    /// Address and ORCPT of each recipient.
+    recipients: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Seals a message's values; done before the writer thread is asked, so
+/// that the encryption of many sessions runs beside the one writer.
+fn seal_message(cipher: &Cipher, m: &NewMessage) -> Result<Sealed, SpoolError> {
     let e = &m.envelope;
     let id = m.id.0 as i64;
     let at = Row(id, 0);
+    let recipients = e
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let at = Row(id, i as i64);
+            Ok((
+                cipher.seal_text(Field::Address, at, &r.address)?,
+                sealed_opt(cipher, Field::Orcpt, at, r.orcpt.as_deref())?,
+            ))
+        })
+        .collect::<Result<_, SpoolError>>()?;
+    Ok(Sealed {
+        sender: cipher.seal_text(Field::Sender, at, &e.sender)?,
+        env_id: sealed_opt(cipher, Field::EnvId, at, e.env_id.as_deref())?,
+        client: cipher.seal_text(Field::Client, at, &m.client)?,
+        body: cipher.seal(Field::Body, at, &m.body)?,
+        recipients,
+    })
+}
+
+fn insert_message(conn: &Connection, m: &NewMessage, sealed: &Sealed) -> Result<(), SpoolError> {
+    let e = &m.envelope;
+    let id = m.id.0 as i64;
     let ret = e.ret.map(|r| match r {
         Ret::Full => "full",
         Ret::Headers => "hdrs",
@@ -383,16 +419,16 @@ fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<
     .execute(params![
         id,
         e.tenant.0,
-        cipher.seal_text(Field::Sender, at, &e.sender)?,
-        sealed_opt(cipher, Field::EnvId, at, e.env_id.as_deref())?,
+        sealed.sender,
+        sealed.env_id,
         ret,
         e.smtputf8,
         e.body_8bit,
         m.received_at,
         m.expires_at,
-        cipher.seal_text(Field::Client, at, &m.client)?,
+        sealed.client,
         m.body.len() as i64,
-        cipher.seal(Field::Body, at, &m.body)?,
+        sealed.body,
         e.tls_request.name(),
     ])
     .map_err(classify)?;
@@ -400,14 +436,13 @@ fn insert_message(conn: &Connection, cipher: &Cipher, m: &NewMessage) -> Result<
         "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status, next_attempt, class)
          VALUES (?,?,?,?,?,?,?,?,?)",
     )?;
-    for (i, r) in e.recipients.iter().enumerate() {
-        let at = Row(id, i as i64);
+    for (i, (r, (address, orcpt))) in e.recipients.iter().zip(&sealed.recipients).enumerate() {
         stmt.execute(params![
             id,
             i as i64,
-            cipher.seal_text(Field::Address, at, &r.address)?,
+            address,
             r.domain,
-            sealed_opt(cipher, Field::Orcpt, at, r.orcpt.as_deref())?,
+            orcpt,
             r.notify.to_bits(),
             PENDING,
             m.received_at,
@@ -534,8 +569,11 @@ impl Spool for SqliteSpool {
     }
 
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>> {
-        let cipher = self.cipher.clone();
-        Box::pin(self.write(move |conn| insert_message(conn, &cipher, &message)))
+        Box::pin(async move {
+            let sealed = seal_message(&self.cipher, &message)?;
+            self.write(move |conn| insert_message(conn, &message, &sealed))
+                .await
+        })
     }
 
     fn load(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
@@ -634,7 +672,7 @@ impl Spool for SqliteSpool {
                 update.execute(params![status, reply, next, id, idx])?;
             }
             if let Some(dsn) = &attempt.dsn {
-                insert_message(conn, &cipher, dsn)?;
+                insert_message(conn, dsn, &seal_message(&cipher, dsn)?)?;
             }
             let pending: bool = conn
                 .prepare_cached(
@@ -1075,8 +1113,10 @@ mod tests {
         {
             // The schema and a row as sealgate 0.x wrote them.
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(&SCHEMA.replace("BLOB NOT NULL,  -- sealed", "TEXT NOT NULL,"))
-                .unwrap();
+            let old = SCHEMA
+                .replace("BLOB NOT NULL,  -- sealed", "TEXT NOT NULL,")
+                .replace("    tls_request TEXT NOT NULL DEFAULT 'none',\n", "");
+            conn.execute_batch(&old).unwrap();
             conn.execute_batch(
                 "INSERT INTO messages VALUES (5, 't', 'old@src.test', NULL, NULL, 0, 0, 100,
                    9000, 'client', 9, X'4F6C6420626F6479', NULL);
