@@ -27,3 +27,4 @@ pub mod spool;
 pub mod systemd;
 pub mod tls;
 pub mod util;
+pub mod view;

@@ -100,6 +100,7 @@ impl Default for Config {
                 seal: TenantSeal::default(),
                 retention: TenantRetention::default(),
                 dkim: Vec::new(),
+                view: RecipientView::default(),
             }],
             default_tenant: "default".into(),
             postmaster: None,
@@ -314,6 +315,14 @@ impl Config {
             path: crate::spool::at_rest::key_path(self.spool.key_file.as_deref(), &self.data_dir),
             create,
         }
+    }
+
+    /// What `tenant`'s recipients see of the protection (none: nothing).
+    pub fn view(&self, tenant: &str) -> Option<&RecipientView> {
+        self.tenants
+            .iter()
+            .find(|t| t.id == tenant)
+            .map(|t| &t.view)
     }
 
     /// The key that seals pre-agreed envelope passwords (made on first use).

@@ -68,8 +68,9 @@ impl Config {
         } else {
             let mut delivery_changed = false;
             for (kept, next) in merged.tenants.iter_mut().zip(new.tenants) {
-                delivery_changed |=
-                    differs(&kept.seal, &next.seal) || differs(&kept.retention, &next.retention);
+                delivery_changed |= differs(&kept.seal, &next.seal)
+                    || differs(&kept.retention, &next.retention)
+                    || kept.view != next.view;
                 kept.networks = next.networks;
                 kept.users = next.users;
                 kept.client_certificates = next.client_certificates;
@@ -78,7 +79,7 @@ impl Config {
                 kept.dkim = next.dkim;
             }
             if delivery_changed {
-                restart.push("tenant.seal or tenant.retention");
+                restart.push("tenant.seal, tenant.retention or tenant.view");
             }
         }
         (merged, restart)

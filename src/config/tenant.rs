@@ -38,6 +38,26 @@ pub struct Tenant {
     /// domains is signed at the gateway (docs/configuration.md).
     #[serde(default)]
     pub dkim: Vec<TenantDkim>,
+    /// What the recipients see of the protection (crate::view).
+    #[serde(default)]
+    pub view: RecipientView,
+}
+
+/// `[tenant.view]`: the transport header and the subject tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipientView {
+    /// Add a `Sealgate-Transport:` header (level, checks) to what is delivered.
+    pub header: bool,
+    /// Tag the subject of mail whose recipients are all high or confidential.
+    pub subject_tag: bool,
+    /// `en` (default) or `de`: the words of the default tags.
+    #[serde(deserialize_with = "seal_language_opt")]
+    pub language: Option<String>,
+    /// Own words for high mail (default `[qualified TLS]`).
+    pub high_tag: Option<String>,
+    /// Own words for confidential mail (default `[end-to-end encrypted]`).
+    pub confidential_tag: Option<String>,
 }
 
 /// One DKIM signing key of a tenant (`[[tenant.dkim]]`).

@@ -1010,7 +1010,13 @@ impl Session {
         crlf_lines(&data, &mut body);
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
         let (tls_request, tls_request_note) = self.tls_request(&tx, &body, &recipients);
-        // After the last change we make (subject tags removed), before the
+        if let Some(view) = self.ctx.config.view(&tenant.0) {
+            let classes: Vec<RiskClass> = recipients.iter().map(|r| r.class).collect();
+            if let Some(tag) = crate::view::subject_tag(view, &classes) {
+                body = crate::view::tag_subject(&body, &tag);
+            }
+        }
+        // After the last change we make (subject tags removed or added), before the
         // message is stored: what is signed is what every next hop gets.
         if let Some(signature) = self.ctx.dkim.sign(&tenant.0, &body) {
             body.splice(0..0, signature.into_bytes());

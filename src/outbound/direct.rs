@@ -94,7 +94,10 @@ impl Outbound {
                     body: body.clone(),
                     recipients: vec![pending.clone()],
                 };
-                let result = self.transact(&mut session.client, &job, &[&pending]).await;
+                let verdict = session.verdict.clone();
+                let result = self
+                    .transact(&mut session.client, &job, &[&pending], &verdict)
+                    .await;
                 tokio::spawn(session.client.quit());
                 return match result {
                     Ok(mut o) => match o.pop() {

@@ -268,7 +268,10 @@ impl Outbound {
                     continue 'hosts;
                 }
                 let subset: Vec<_> = now_ok.iter().map(|(p, _)| *p).collect();
-                match self.transact(&mut session.client, job, &subset).await {
+                match self
+                    .transact(&mut session.client, job, &subset, &verdict)
+                    .await
+                {
                     Ok(outcomes) => {
                         attempt.delivered(&now_ok, outcomes);
                         attempt.verdict = Some(verdict);
@@ -359,7 +362,11 @@ impl Outbound {
             return None;
         }
         let subset: Vec<_> = open.iter().map(|(p, _)| *p).collect();
-        match self.transact(&mut idle.client, job, &subset).await {
+        let verdict = idle.verdict.clone();
+        match self
+            .transact(&mut idle.client, job, &subset, &verdict)
+            .await
+        {
             Ok(outcomes) => {
                 attempt.delivered(open, outcomes);
                 attempt.verdict = Some(idle.verdict.clone());

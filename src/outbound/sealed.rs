@@ -88,7 +88,11 @@ impl Outbound {
             {
                 Err(outcome) => outcome,
                 Ok((notice, how)) => {
-                    match self.transact(&mut carrier.client, &notice, &[p]).await {
+                    let verdict = carrier.verdict.clone();
+                    match self
+                        .transact(&mut carrier.client, &notice, &[p], &verdict)
+                        .await
+                    {
                         Ok(mut outcomes) => match outcomes.pop() {
                             Some((_, Outcome::Delivered(d))) => Outcome::Delivered(Detail {
                                 text: format!("sealed ({reason}); password: {how}; {}", d.text),

@@ -4,6 +4,7 @@
 use super::client::{ClientError, SmtpClient};
 use super::{Detail, Outbound, Outcome};
 use crate::message::{LoadedJob, PendingRecipient, QueueId};
+use crate::qualify::Verdict;
 use crate::spool::journal::Entry;
 
 impl Outbound {
@@ -14,6 +15,7 @@ impl Outbound {
         client: &mut SmtpClient,
         job: &LoadedJob,
         pending: &[&PendingRecipient],
+        verdict: &Verdict,
     ) -> Result<Vec<(u32, Outcome)>, (ClientError, bool)> {
         let recipients: Vec<_> = pending.iter().map(|p| &p.recipient).collect();
         if job.envelope.smtputf8 && !client.caps.smtputf8 && needs_smtputf8(job, pending) {
@@ -49,7 +51,16 @@ impl Outbound {
                 .collect());
         }
         let before = client.replies_read();
-        let replies = match client.send(&job.envelope, &recipients, &job.body).await {
+        // The recipient's view (crate::view): how this connection did,
+        // above everything else (the DKIM signature does not cover it).
+        let body = match self.config.view(&job.envelope.tenant.0) {
+            Some(v) if v.header => {
+                let header = crate::view::transport_header(verdict, self.config.helo_name());
+                std::borrow::Cow::Owned([header.as_bytes(), &job.body].concat())
+            }
+            _ => std::borrow::Cow::Borrowed(&job.body[..]),
+        };
+        let replies = match client.send(&job.envelope, &recipients, &body).await {
             Ok(r) => r,
             Err(e) => {
                 let progressed = client.replies_read() > before;

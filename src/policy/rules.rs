@@ -856,28 +856,7 @@ pub fn strip_subject_tags(raw: &[u8], tags: &[String]) -> Option<Vec<u8>> {
     if tags.is_empty() {
         return None;
     }
-    let header_end = find(raw, b"\r\n\r\n").map(|i| i + 2).unwrap_or(raw.len());
-    // Find `Subject:` at the start of a header line.
-    let mut start = None;
-    let mut pos = 0;
-    while pos < header_end {
-        let line_end = find(&raw[pos..header_end], b"\r\n").map_or(header_end, |i| pos + i + 2);
-        if raw[pos..line_end].len() >= 8 && raw[pos..pos + 8].eq_ignore_ascii_case(b"subject:") {
-            start = Some(pos);
-            break;
-        }
-        pos = line_end;
-    }
-    let start = start?;
-    // The header runs on over continuation lines.
-    let mut end = start;
-    loop {
-        let line_end = find(&raw[end..header_end], b"\r\n").map_or(header_end, |i| end + i + 2);
-        end = line_end;
-        if end >= header_end || !matches!(raw.get(end), Some(b' ' | b'\t')) {
-            break;
-        }
-    }
+    let (start, end) = subject_span(raw)?;
     let value = std::str::from_utf8(&raw[start + 8..end]).ok()?;
     let mut literal = value.to_string();
     let mut changed = false;
@@ -926,6 +905,34 @@ pub fn strip_subject_tags(raw: &[u8], tags: &[String]) -> Option<Vec<u8>> {
     out.extend_from_slice(new_value.as_bytes());
     out.extend_from_slice(&raw[end..]);
     Some(out)
+}
+
+/// Where the `Subject:` header is (from its name to the end of its last
+/// continuation line, CRLF included), if the header section has one.
+pub(crate) fn subject_span(raw: &[u8]) -> Option<(usize, usize)> {
+    let header_end = find(raw, b"\r\n\r\n").map(|i| i + 2).unwrap_or(raw.len());
+    // Find `Subject:` at the start of a header line.
+    let mut start = None;
+    let mut pos = 0;
+    while pos < header_end {
+        let line_end = find(&raw[pos..header_end], b"\r\n").map_or(header_end, |i| pos + i + 2);
+        if raw[pos..line_end].len() >= 8 && raw[pos..pos + 8].eq_ignore_ascii_case(b"subject:") {
+            start = Some(pos);
+            break;
+        }
+        pos = line_end;
+    }
+    let start = start?;
+    // The header runs on over continuation lines.
+    let mut end = start;
+    loop {
+        let line_end = find(&raw[end..header_end], b"\r\n").map_or(header_end, |i| end + i + 2);
+        end = line_end;
+        if end >= header_end || !matches!(raw.get(end), Some(b' ' | b'\t')) {
+            break;
+        }
+    }
+    Some((start, end))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
