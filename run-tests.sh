@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3 chromium chromium-driver
+peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3 chromium chromium-driver gnupg
        lintian systemd man-db groff-base adduser binutils util-linux procps)
 missing=()
 for p in "${peers[@]}"; do

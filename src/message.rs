@@ -203,7 +203,53 @@ pub struct Envelope {
     pub body_8bit: bool,
     /// What the sender asked of the transport (RFC 8689).
     pub tls_request: TlsRequest,
+    /// Whether the content is already end-to-end encrypted (policy::e2e).
+    pub content: Content,
     pub recipients: Vec<Recipient>,
+}
+
+/// What a message's content is, as far as end-to-end encryption goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Content {
+    #[default]
+    Plain,
+    /// `application/pkcs7-mime` with enveloped or authEnveloped data.
+    Smime,
+    /// `multipart/encrypted; protocol="application/pgp-encrypted"`.
+    PgpMime,
+    /// A text body that is `-----BEGIN PGP MESSAGE-----` armour.
+    PgpInline,
+    /// Signed (S/MIME or PGP), not encrypted.
+    SignedOnly,
+}
+
+impl Content {
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Plain => "plain",
+            Content::Smime => "smime",
+            Content::PgpMime => "pgp_mime",
+            Content::PgpInline => "pgp_inline",
+            Content::SignedOnly => "signed_only",
+        }
+    }
+
+    /// The stored name back; an unknown one is plain (it relaxes nothing).
+    pub fn from_name(name: &str) -> Content {
+        match name {
+            "smime" => Content::Smime,
+            "pgp_mime" => Content::PgpMime,
+            "pgp_inline" => Content::PgpInline,
+            "signed_only" => Content::SignedOnly,
+            _ => Content::Plain,
+        }
+    }
+
+    /// Encrypted by a structure that cannot be a quotation.
+    pub fn strongly_encrypted(self) -> bool {
+        matches!(self, Content::Smime | Content::PgpMime)
+    }
 }
 
 /// What the sender asked of every hop's transport (RFC 8689).

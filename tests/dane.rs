@@ -430,7 +430,10 @@ fn the_recipient_sees_the_level_in_a_header_and_high_mail_is_tagged() {
     );
     let mail = String::from_utf8(delivered(&rcpt).remove(0)).unwrap();
     // The class tag the sender used is gone, the recipient's is there.
-    assert!(mail.contains("\nSubject: [qualified TLS] Quarterly figures\r\n"), "{mail}");
+    assert!(
+        mail.contains("\nSubject: [qualified TLS] Quarterly figures\r\n"),
+        "{mail}"
+    );
     let header = mail
         .split("\r\n\r\n")
         .next()
@@ -440,14 +443,22 @@ fn the_recipient_sees_the_level_in_a_header_and_high_mail_is_tagged() {
         .lines()
         .find(|l| l.starts_with("Sealgate-Transport: "))
         .unwrap_or_else(|| panic!("{mail}"));
-    assert!(line.starts_with("Sealgate-Transport: qualified; mx=mx.ee.dane.test;"), "{line}");
+    assert!(
+        line.starts_with("Sealgate-Transport: qualified; mx=mx.ee.dane.test;"),
+        "{line}"
+    );
     for check in ["dnssec", "dane", "starttls", "protocol", "cipher"] {
         assert!(line.contains(check), "{line}");
     }
     assert!(line.ends_with("by=gw.test"), "{line}");
     // Normal mail is not tagged (its level may be lower), but has the header.
     let normal = format!("{}@ee.dane.test", unique("plainview"));
-    relay_one(gw.relay, "sender@src.test", &[&normal], message("Lunch", "x\r\n").as_bytes());
+    relay_one(
+        gw.relay,
+        "sender@src.test",
+        &[&normal],
+        message("Lunch", "x\r\n").as_bytes(),
+    );
     let mail = String::from_utf8(delivered(&normal).remove(0)).unwrap();
     assert!(mail.contains("\nSubject: Lunch\r\n"), "{mail}");
     assert!(mail.contains("Sealgate-Transport: qualified;"), "{mail}");

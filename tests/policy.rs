@@ -388,3 +388,145 @@ fn a_bad_policy_on_reload_keeps_the_old_one_and_says_why() {
     let why = held(&after_attempt(&gw, &id, "b@crlgood.pki.test", 1)).to_string();
     assert!(why.contains("class confidential is always sealed"), "{why}");
 }
+
+/// `text` with CRLF line ends, as SMTP carries it.
+fn crlf(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\n', "\r\n")
+}
+
+fn tool(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run openssl or gpg");
+    assert!(out.status.success(), "{cmd:?}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn confidential_content_already_encrypted_end_to_end_needs_no_envelope_but_signed_does() {
+    let gw = gateway(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("rcpt.pem"), dir.path().join("rcpt.key"));
+    self_signed("rcpt@good.pki.test", &cert, &key);
+    let body = dir.path().join("body.txt");
+    std::fs::write(&body, "The figures.\n").unwrap();
+
+    // S/MIME enveloped data, made by openssl cms (ECDH to a P-256 key).
+    let smime = tool(
+        Command::new("openssl")
+            .args(["cms", "-encrypt", "-aes256", "-in"])
+            .arg(&body)
+            .args([
+                "-from",
+                "sender@src.test",
+                "-to",
+                "smime@good.pki.test",
+                "-subject",
+                "[confidential] figures",
+            ])
+            .arg(&cert),
+    );
+    let id = send(&gw, &["smime@good.pki.test"], &crlf(&smime));
+    let got = wait_mail("smime@good.pki.test");
+    assert!(
+        got.contains("smime-type=enveloped-data"),
+        "delivered as it is: {got}"
+    );
+
+    // PGP/MIME (RFC 3156), the armour made by gpg.
+    let home = dir.path().join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    let gpg = |args: &[&str]| {
+        tool(
+            Command::new("gpg")
+                .env("GNUPGHOME", &home)
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args),
+        )
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "pgp@good.pki.test",
+        "default",
+        "default",
+        "never",
+    ]);
+    let armour = gpg(&[
+        "--armor",
+        "--trust-model",
+        "always",
+        "-r",
+        "pgp@good.pki.test",
+        "--encrypt",
+        "--output",
+        "-",
+        body.to_str().unwrap(),
+    ]);
+    let pgp_mime = format!(
+        "From: sender@src.test\nTo: pgp@good.pki.test\nSubject: [confidential] figures\n\
+         MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\n\n\
+         --b1\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n\
+         --b1\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\n\n{armour}\n--b1--\n"
+    );
+    send(&gw, &["pgp@good.pki.test"], &crlf(&pgp_mime));
+    let got = wait_mail("pgp@good.pki.test");
+    assert!(got.contains("-----BEGIN PGP MESSAGE-----"), "{got}");
+
+    // Signed only (openssl cms -sign, multipart/signed): readable, so sealed.
+    let signed = tool(
+        Command::new("openssl")
+            .args(["cms", "-sign", "-in"])
+            .arg(&body)
+            .args([
+                "-from",
+                "sender@src.test",
+                "-to",
+                "signed@good.pki.test",
+                "-subject",
+                "[confidential] figures",
+                "-signer",
+            ])
+            .arg(&cert)
+            .arg("-inkey")
+            .arg(&key),
+    );
+    let signed_id = send(&gw, &["signed@good.pki.test"], &crlf(&signed));
+    let why = held(&after_attempt(&gw, &signed_id, "signed@good.pki.test", 1)).to_string();
+    assert!(why.contains("class confidential is always sealed"), "{why}");
+    assert!(world().mails("signed@good.pki.test").is_empty());
+
+    // What was found is in the received records.
+    let export = gw.cli(&["report", "export", "--format", "json"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &Value| r["kind"] == "received")
+        .collect();
+    let content = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["queue_id"] == id)
+            .map(|r| {
+                r["data"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap()
+    };
+    assert!(
+        content(&id).starts_with("S/MIME enveloped-data"),
+        "{}",
+        content(&id)
+    );
+    assert!(
+        content(&signed_id).contains("signed, not encrypted"),
+        "{}",
+        content(&signed_id)
+    );
+}

@@ -282,6 +282,26 @@ pub struct PolicyConfig {
     /// mail travel without TLS where no DANE or MTA-STS policy forbids it.
     /// Never for high or confidential mail.
     pub honour_tls_required_no: bool,
+    /// What mail of an always-sealed class (confidential) needs when its
+    /// content is already end-to-end encrypted (S/MIME, PGP/MIME): a level,
+    /// or `sealed` to seal it all the same (policy::e2e).
+    #[serde(deserialize_with = "required", serialize_with = "ser_required")]
+    pub encrypted_content_requires: crate::policy::Required,
+    /// Whether inline PGP armour (a weaker signal) counts as encrypted.
+    pub inline_pgp_counts: bool,
+}
+
+fn required<'de, D: Deserializer<'de>>(d: D) -> Result<crate::policy::Required, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+fn ser_required<S: serde::Serializer>(
+    r: &crate::policy::Required,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&r.to_string())
 }
 
 impl Default for PolicyConfig {
@@ -291,6 +311,10 @@ impl Default for PolicyConfig {
             downgrade_hold: Duration::from_secs(24 * 3600),
             verdict_cache_max: Duration::from_secs(3600),
             honour_tls_required_no: true,
+            encrypted_content_requires: crate::policy::Required::Level(
+                crate::qualify::Level::Encrypted,
+            ),
+            inline_pgp_counts: false,
         }
     }
 }

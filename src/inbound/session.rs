@@ -1010,6 +1010,7 @@ impl Session {
         crlf_lines(&data, &mut body);
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
         let (tls_request, tls_request_note) = self.tls_request(&tx, &body, &recipients);
+        let (content, content_note) = crate::policy::e2e::detect(&body);
         if let Some(view) = self.ctx.config.view(&tenant.0) {
             let classes: Vec<RiskClass> = recipients.iter().map(|r| r.class).collect();
             if let Some(tag) = crate::view::subject_tag(view, &classes) {
@@ -1055,6 +1056,7 @@ impl Session {
                     recipients: recipients.iter().map(|r| r.address.clone()).collect(),
                     bounce_of: None,
                     tls_request: tls_request_note,
+                    content: content_note,
                 })),
             },
             Event {
@@ -1078,6 +1080,7 @@ impl Session {
                 // how it is passed on.
                 body_8bit: tx.body_8bit || !body.is_ascii(),
                 tls_request,
+                content,
                 recipients,
             },
             received_at,

@@ -87,6 +87,7 @@ impl Outbound {
                         smtputf8: !to.is_ascii(),
                         body_8bit: !body.is_ascii(),
                         tls_request: Default::default(),
+                        content: Default::default(),
                         recipients: vec![rcpt.clone()],
                     },
                     received_at: 0,

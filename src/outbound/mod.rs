@@ -328,8 +328,14 @@ impl Outbound {
         let mut open = Vec::new();
         let mut to_seal = Vec::new();
         for p in &job.recipients {
+            let rules = &self.config.policy;
             let req = policy
                 .requirement(p.recipient.class, domain, now)
+                .with_content(
+                    job.envelope.content,
+                    rules.encrypted_content_requires,
+                    rules.inline_pgp_counts,
+                )
                 .with_tls_request(job.envelope.tls_request);
             if req.required == Required::Sealed {
                 // Always sealed: only a carrier for the envelope is needed.

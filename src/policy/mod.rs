@@ -9,6 +9,7 @@
 //! [`rules::Policy::requirement`] turns the first two into a
 //! [`Requirement`]; [`Requirement::decide`] weighs verdicts against it.
 
+pub mod e2e;
 pub mod memory;
 pub mod rules;
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::qualify::{CheckName, Level, Status, Verdict, level_from_checks};
 
 /// The class lives with the message it belongs to; the policy decides by it.
-pub use crate::message::{RiskClass, TlsRequest};
+pub use crate::message::{Content, RiskClass, TlsRequest};
 
 /// What a message requires of the transport: a level, or never to travel
 /// as it is (end-to-end: sealed).
@@ -273,6 +274,28 @@ impl Requirement {
                     self.basis.push("TLS-Required: No (RFC 8689 §5)".into());
                 }
             }
+        }
+        self
+    }
+
+    /// Content already end-to-end encrypted (policy::e2e) makes an
+    /// always-sealed class (confidential) need `requires` instead: the
+    /// content is protected without our envelope; the transport still
+    /// counts for the rest (headers, envelope).
+    pub fn with_content(
+        mut self,
+        content: Content,
+        requires: Required,
+        inline_pgp_counts: bool,
+    ) -> Requirement {
+        let counts =
+            content.strongly_encrypted() || (content == Content::PgpInline && inline_pgp_counts);
+        if counts && self.required == Required::Sealed {
+            self.required = requires;
+            self.basis.push(format!(
+                "content already end-to-end encrypted ({})",
+                content.name()
+            ));
         }
         self
     }

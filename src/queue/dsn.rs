@@ -151,6 +151,7 @@ pub fn build(
             } else {
                 TlsRequest::None
             },
+            content: Default::default(),
             recipients: vec![Recipient::new(sender.clone(), None, Default::default())],
         },
         received_at: now,
@@ -173,6 +174,7 @@ pub fn build(
                     "REQUIRETLS (RFC 8689 §5): the bounce of a REQUIRETLS message, headers only"
                         .to_string()
                 }),
+                content: None,
             })),
         }],
         body,
@@ -212,6 +214,7 @@ mod tests {
                 smtputf8: false,
                 body_8bit: false,
                 tls_request: TlsRequest::None,
+                content: Default::default(),
                 recipients: vec![],
             },
             received_at: 1_700_000_000,

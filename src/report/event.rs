@@ -44,6 +44,9 @@ pub struct Received {
     /// No`) and what sealgate made of it (RFC 8689).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_request: Option<String>,
+    /// End-to-end encryption or a signature found in the content (policy::e2e).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// One recipient's class and the rules that gave it.

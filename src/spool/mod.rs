@@ -19,8 +19,8 @@ use serde::Serialize;
 use crate::report::Event;
 
 pub use crate::message::{
-    Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId, TlsRequest,
-    domain_of,
+    Content, Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId,
+    TlsRequest, domain_of,
 };
 pub use sqlite::{KeyFile, SqliteSpool};
 
