@@ -57,7 +57,7 @@ bash tests/peers/postfix.sh stop target/tmp/peers/interop/postfix-relay
 # Stable Rust: no sanitizer, and RUSTC_BOOTSTRAP for cargo-fuzz's flags.
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p target
-for target in address command data dsn config policy envelope; do
+for target in address command data dsn config policy envelope content; do
   log="target/fuzz-$target.log"
   echo "fuzzing $target for ${FUZZ_SECONDS:-30} s"
   # New inputs go to target/fuzz-corpus; the committed seeds are only read.

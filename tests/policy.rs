@@ -530,3 +530,66 @@ fn confidential_content_already_encrypted_end_to_end_needs_no_envelope_but_signe
         content(&signed_id)
     );
 }
+
+#[test]
+fn the_recipient_sees_the_level_in_a_header_and_high_mail_is_tagged() {
+    let w = world();
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[tls]\nprofile = \"bsi-strict\"\n{}\n[[tenant]]\nid = \"default\"\n\
+             networks = [\"127.0.0.0/8\"]\n[tenant.view]\nheader = true\nsubject_tag = true\n",
+            w.config(dir, relay, sub),
+            policy_dir(dir, &[("tests.toml", POLICY)])
+        )
+    });
+    let rcpt = format!("{}@good.pki.test", unique("view"));
+    relay_one(
+        gw.relay,
+        "sender@src.test",
+        &[&rcpt],
+        message("[secure] Quarterly figures", "x\r\n").as_bytes(),
+    );
+    let mail = wait_mail(&rcpt);
+    // The class tag the sender used is gone, the recipient's is there.
+    assert!(
+        mail.lines()
+            .any(|l| l.trim_end() == "Subject: [qualified TLS] Quarterly figures"),
+        "{mail}"
+    );
+    // Saved by Postfix with LF line ends; unfolded here.
+    let mail = mail.replace("\r\n", "\n");
+    let header = mail.split("\n\n").next().unwrap().replace("\n\t", " ");
+    let line = header
+        .lines()
+        .find(|l| l.starts_with("Sealgate-Transport: "))
+        .unwrap_or_else(|| panic!("{mail}"));
+    assert!(
+        line.starts_with("Sealgate-Transport: qualified; mx=mx.good.pki.test;"),
+        "{line}"
+    );
+    for check in [
+        "dnssec",
+        "starttls",
+        "protocol",
+        "cipher",
+        "pkix",
+        "revocation",
+    ] {
+        assert!(line.contains(check), "{line}");
+    }
+    assert!(line.ends_with("by=gw.test"), "{line}");
+    // Normal mail is not tagged (its level may be lower), but has the header.
+    let normal = format!("{}@good.pki.test", unique("plainview"));
+    relay_one(
+        gw.relay,
+        "sender@src.test",
+        &[&normal],
+        message("Lunch", "x\r\n").as_bytes(),
+    );
+    let mail = wait_mail(&normal);
+    assert!(
+        mail.lines().any(|l| l.trim_end() == "Subject: Lunch"),
+        "{mail}"
+    );
+    assert!(mail.contains("Sealgate-Transport: qualified;"), "{mail}");
+}
