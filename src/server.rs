@@ -36,8 +36,11 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     crate::util::private_files();
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let spool: Arc<dyn Spool> = SqliteSpool::open(&config.database_path(), &config.spool_key(true))
-        .with_context(|| format!("cannot open the spool {}", config.database_path().display()))?;
+    let spool: Arc<dyn Spool> = SqliteSpool::open(
+        &config.database_path(),
+        &crate::spool::KeyFile::of(&config, true),
+    )
+    .with_context(|| format!("cannot open the spool {}", config.database_path().display()))?;
     let InboundFiles {
         tls,
         users,

@@ -32,7 +32,7 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             db.display()
         );
     }
-    let spool = SqliteSpool::open(&db, &config.spool_key(false))
+    let spool = SqliteSpool::open(&db, &crate::spool::KeyFile::of(&config, false))
         .with_context(|| format!("cannot open {}", db.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     match command {

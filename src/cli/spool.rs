@@ -48,7 +48,7 @@ pub(super) fn spool(config: Config, command: SpoolCommand) -> anyhow::Result<()>
     if !db.exists() {
         bail!("no spool at {}", db.display());
     }
-    let spool = SqliteSpool::open(&db, &config.spool_key(false))
+    let spool = SqliteSpool::open(&db, &crate::spool::KeyFile::of(&config, false))
         .with_context(|| format!("cannot open {}", db.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let done = runtime

@@ -309,14 +309,6 @@ impl Config {
         self.data_dir.join("sealgate.db")
     }
 
-    /// The spool's key file; `create` only for the gateway starting.
-    pub fn spool_key(&self, create: bool) -> crate::spool::KeyFile {
-        crate::spool::KeyFile {
-            path: crate::spool::at_rest::key_path(self.spool.key_file.as_deref(), &self.data_dir),
-            create,
-        }
-    }
-
     /// What `tenant`'s recipients see of the protection (none: nothing).
     pub fn view(&self, tenant: &str) -> Option<&RecipientView> {
         self.tenants

@@ -284,24 +284,38 @@ pub struct PolicyConfig {
     pub honour_tls_required_no: bool,
     /// What mail of an always-sealed class (confidential) needs when its
     /// content is already end-to-end encrypted (S/MIME, PGP/MIME): a level,
-    /// or `sealed` to seal it all the same (policy::e2e).
-    #[serde(deserialize_with = "required", serialize_with = "ser_required")]
-    pub encrypted_content_requires: crate::policy::Required,
+    /// or `"sealed"` (here `None`) to seal it all the same (policy::e2e).
+    #[serde(
+        deserialize_with = "level_or_sealed",
+        serialize_with = "ser_level_or_sealed"
+    )]
+    pub encrypted_content_requires: Option<crate::qualify::Level>,
     /// Whether inline PGP armour (a weaker signal) counts as encrypted.
     pub inline_pgp_counts: bool,
 }
 
-fn required<'de, D: Deserializer<'de>>(d: D) -> Result<crate::policy::Required, D::Error> {
-    String::deserialize(d)?
-        .parse()
-        .map_err(serde::de::Error::custom)
+fn level_or_sealed<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::qualify::Level>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().eq_ignore_ascii_case("sealed") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a level (plaintext, encrypted, authenticated, qualified) or sealed"
+        ))
+    })
 }
 
-fn ser_required<S: serde::Serializer>(
-    r: &crate::policy::Required,
+fn ser_level_or_sealed<S: serde::Serializer>(
+    l: &Option<crate::qualify::Level>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&r.to_string())
+    match l {
+        Some(l) => s.serialize_str(l.name()),
+        None => s.serialize_str("sealed"),
+    }
 }
 
 impl Default for PolicyConfig {
@@ -311,9 +325,7 @@ impl Default for PolicyConfig {
             downgrade_hold: Duration::from_secs(24 * 3600),
             verdict_cache_max: Duration::from_secs(3600),
             honour_tls_required_no: true,
-            encrypted_content_requires: crate::policy::Required::Level(
-                crate::qualify::Level::Encrypted,
-            ),
+            encrypted_content_requires: Some(crate::qualify::Level::Encrypted),
             inline_pgp_counts: false,
         }
     }

@@ -333,7 +333,9 @@ impl Outbound {
                 .requirement(p.recipient.class, domain, now)
                 .with_content(
                     job.envelope.content,
-                    rules.encrypted_content_requires,
+                    rules
+                        .encrypted_content_requires
+                        .map_or(Required::Sealed, Required::Level),
                     rules.inline_pgp_counts,
                 )
                 .with_tls_request(job.envelope.tls_request);

@@ -88,6 +88,16 @@ pub struct KeyFile {
     pub create: bool,
 }
 
+impl KeyFile {
+    /// The key file `config` names; `create` only for the gateway starting.
+    pub fn of(config: &crate::config::Config, create: bool) -> KeyFile {
+        KeyFile {
+            path: super::at_rest::key_path(config.spool.key_file.as_deref(), &config.data_dir),
+            create,
+        }
+    }
+}
+
 impl SqliteSpool {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path, key: &KeyFile) -> Result<Arc<SqliteSpool>, SpoolError> {
