@@ -124,7 +124,9 @@ fn the_package_installs_runs_upgrades_and_purges() {
         "./usr/share/zsh/vendor-completions/_sealgate",
         "./usr/share/fish/vendor_completions.d/sealgate.fish",
         "./usr/share/doc/sealgate/copyright",
-        "./usr/share/doc/sealgate/operations.md",
+        "./usr/share/doc/sealgate/README.md",
+        "./usr/share/doc/sealgate/docs/README.md",
+        "./usr/share/doc/sealgate/docs/operations.md",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(path)),

@@ -24,6 +24,8 @@ fuzz_target!(|input: (String, String, String, String)| {
             ret: None,
             smtputf8: true,
             body_8bit: false,
+            tls_request: Default::default(),
+            content: Default::default(),
             recipients: vec![recipient.clone()],
         },
         received_at: 0,
