@@ -46,6 +46,15 @@ fn serve_must_exit(config: &Path) -> (bool, String) {
     (out.status.success(), output_text(&out))
 }
 
+/// `sealgate queue show ID` run by hand, with the key as a systemd credential in `creds`.
+fn show_with(gw: &Gateway, id: &str, creds: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(["--config", gw.config.to_str().unwrap(), "queue", "show", id])
+        .env("CREDENTIALS_DIRECTORY", creds)
+        .output()
+        .unwrap()
+}
+
 fn queued_sender(gw: &Gateway, id: &str) -> String {
     let out = gw.cli(&["queue", "show", id, "--json"]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -147,17 +156,7 @@ fn a_key_kept_as_a_systemd_credential_is_used_and_rotated_to_a_new_file() {
     );
     assert!(!gw.dir.path().join("spool.key").exists());
     // The CLI finds the credential the same way, from the environment.
-    let show = Command::new(bin())
-        .args([
-            "--config",
-            gw.config.to_str().unwrap(),
-            "queue",
-            "show",
-            &id,
-        ])
-        .env("CREDENTIALS_DIRECTORY", &creds_dir)
-        .output()
-        .unwrap();
+    let show = show_with(&gw, &id, &creds_dir);
     assert!(
         output_text(&show).contains("cred@client.test"),
         "{}",
@@ -173,17 +172,7 @@ fn a_key_kept_as_a_systemd_credential_is_used_and_rotated_to_a_new_file() {
         std::fs::read_to_string(&credential).unwrap(),
         format!("{}\n", "ab".repeat(32))
     );
-    let old = Command::new(bin())
-        .args([
-            "--config",
-            gw.config.to_str().unwrap(),
-            "queue",
-            "show",
-            &id,
-        ])
-        .env("CREDENTIALS_DIRECTORY", &creds_dir)
-        .output()
-        .unwrap();
+    let old = show_with(&gw, &id, &creds_dir);
     assert!(!old.status.success());
     assert!(
         output_text(&old).contains("does not open the spool"),
@@ -192,17 +181,7 @@ fn a_key_kept_as_a_systemd_credential_is_used_and_rotated_to_a_new_file() {
     );
     // As systemd-creds would install the new one.
     std::fs::rename(&next, creds.path().join("spool.key")).unwrap();
-    let show = Command::new(bin())
-        .args([
-            "--config",
-            gw.config.to_str().unwrap(),
-            "queue",
-            "show",
-            &id,
-        ])
-        .env("CREDENTIALS_DIRECTORY", &creds_dir)
-        .output()
-        .unwrap();
+    let show = show_with(&gw, &id, &creds_dir);
     assert!(
         output_text(&show).contains("cred@client.test"),
         "{}",

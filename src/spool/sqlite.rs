@@ -257,30 +257,33 @@ fn clone_error(e: &SpoolError) -> SpoolError {
 
 /// Brings a spool written by an older sealgate up to the current schema.
 fn migrate(conn: &Connection) -> Result<(), SpoolError> {
-    let has_class: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('recipients') WHERE name = 'class'")?
+    // Messages queued before risk classes existed are normal; before
+    // RFC 8689 and content detection, they asked nothing and were plain.
+    add_column(
+        conn,
+        "recipients",
+        "class",
+        "TEXT NOT NULL DEFAULT 'normal'",
+    )?;
+    add_column(
+        conn,
+        "messages",
+        "tls_request",
+        "TEXT NOT NULL DEFAULT 'none'",
+    )?;
+    add_column(conn, "messages", "content", "TEXT NOT NULL DEFAULT 'plain'")?;
+    Ok(())
+}
+
+/// Adds `column` to `table` unless it is there (the names are ours, never input).
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), SpoolError> {
+    let present = conn
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        ))?
         .exists([])?;
-    if !has_class {
-        // Messages queued before risk classes existed are normal.
-        conn.execute_batch(
-            "ALTER TABLE recipients ADD COLUMN class TEXT NOT NULL DEFAULT 'normal'",
-        )?;
-    }
-    let has_tls_request: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'tls_request'")?
-        .exists([])?;
-    if !has_tls_request {
-        conn.execute_batch(
-            "ALTER TABLE messages ADD COLUMN tls_request TEXT NOT NULL DEFAULT 'none'",
-        )?;
-    }
-    let has_content: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'content'")?
-        .exists([])?;
-    if !has_content {
-        conn.execute_batch(
-            "ALTER TABLE messages ADD COLUMN content TEXT NOT NULL DEFAULT 'plain'",
-        )?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
     }
     Ok(())
 }
