@@ -11,8 +11,39 @@
 #       `openssl ocsp` on 127.0.0.1:OCSP_PORT, signing with the delegated
 #       signer; the CRL over HTTP on 127.0.0.1:CRL_PORT.
 #   pki.sh stop  DIR
+#   pki.sh smime DIR NAME KEY ADDRESS [START END]
+#       an S/MIME certificate for ADDRESS from the intermediate (KEY rsa:BITS
+#       or ec:CURVE) in DIR/smime/NAME.crt, NAME.pem (with the
+#       intermediate) and NAME.key; `make` issues alice (RSA), carol (P-256),
+#       dave (P-384), old (expired) and gone (to be revoked by a test).
+#   pki.sh revoke DIR NAME
+#       revokes DIR/smime/NAME.crt; the responder serves it as revoked from
+#       the request after next (it rereads index.txt between requests).
 set -euo pipefail
 cmd=$1 dir=$(realpath -m "$2")
+
+quiet() { "$@" >/dev/null 2>"$dir/tmp/err" || { cat "$dir/tmp/err" >&2; exit 1; }; }
+
+smime() {
+  local name=$1 key=$2 address=$3 start=${4:-} end=${5:-} usage
+  mkdir -p "$dir/smime"
+  case "$key" in
+    rsa:*) usage=keyEncipherment
+      quiet openssl genpkey -algorithm RSA -pkeyopt "rsa_keygen_bits:${key#rsa:}" -out "$dir/smime/$name.key" ;;
+    ec:*) usage=keyAgreement
+      quiet openssl genpkey -algorithm EC -pkeyopt "ec_paramgen_curve:${key#ec:}" -out "$dir/smime/$name.key" ;;
+  esac
+  quiet openssl req -new -key "$dir/smime/$name.key" -subj "/CN=$address" -out "$dir/tmp/smime-$name.csr"
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,$usage" \
+    "extendedKeyUsage=emailProtection" "subjectAltName=email:$address" \
+    "authorityKeyIdentifier=keyid" "authorityInfoAccess=OCSP;URI:$(cat "$dir/ocsp.url")" \
+    > "$dir/tmp/smime-$name.ext"
+  local dates=()
+  [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
+  quiet openssl ca -batch -config "$dir/ca/ca.cnf" -notext -in "$dir/tmp/smime-$name.csr" \
+    -out "$dir/smime/$name.crt" -extfile "$dir/tmp/smime-$name.ext" "${dates[@]}"
+  cat "$dir/smime/$name.crt" "$dir/ca/int.pem" > "$dir/smime/$name.pem"
+}
 
 stop() {
   for p in "$dir"/run/*.pid; do
@@ -25,6 +56,10 @@ listening() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
 case "$cmd" in
 stop) stop; exit 0 ;;
+smime) shift 2; smime "$@"; exit 0 ;;
+revoke)
+  quiet openssl ca -config "$dir/ca/ca.cnf" -revoke "$dir/smime/$3.crt" -crl_reason keyCompromise
+  exit 0 ;;
 start)
   ocsp_port=$3 crl_port=$4
   stop
@@ -51,7 +86,7 @@ start)
   exit 1
   ;;
 make) ;;
-*) echo "usage: pki.sh make|start|stop DIR ..." >&2; exit 2 ;;
+*) echo "usage: pki.sh make|start|stop|smime|revoke DIR ..." >&2; exit 2 ;;
 esac
 
 ocsp_port=$3 dead_port=$4 crl_port=$5 fault_port=$6
@@ -61,8 +96,7 @@ cd "$dir"
 ocsp_url="http://127.0.0.1:$ocsp_port"
 dead_url="http://127.0.0.1:$dead_port"
 crl_url="http://127.0.0.1:$crl_port/int.crl"
-
-quiet() { "$@" >/dev/null 2>"$dir/tmp/err" || { cat "$dir/tmp/err" >&2; exit 1; }; }
+echo "$ocsp_url" > ocsp.url
 
 # Root and intermediate.
 quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 30 \
@@ -151,6 +185,12 @@ leaf crlgood ec mx.crlgood.pki.test "" "" crl
 leaf ocspdown ec mx.ocspdown.pki.test "" "" dead
 leaf ocspgarbage ec mx.ocspgarbage.pki.test "" "" fault:garbage
 leaf ocspslow ec mx.ocspslow.pki.test "" "" fault:slow
+# Recipients' S/MIME certificates.
+smime alice rsa:3072 alice@good.pki.test
+smime carol ec:P-256 carol@good.pki.test
+smime dave ec:P-384 dave@good.pki.test
+smime gone ec:P-256 gone@good.pki.test
+smime old ec:P-256 old@good.pki.test "$past1" "$past2"
 quiet openssl ca -config ca/ca.cnf -revoke tmp/revoked.crt -crl_reason keyCompromise
 quiet openssl ca -config ca/ca.cnf -revoke tmp/crlrevoked.crt -crl_reason superseded
 quiet openssl ca -config ca/ca.cnf -gencrl -out tmp/int.crl.pem
