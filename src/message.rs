@@ -306,6 +306,20 @@ pub struct LoadedJob {
     pub recipients: Vec<PendingRecipient>,
 }
 
+impl LoadedJob {
+    /// The job with no body and no recipients: the base of a part of it.
+    pub fn clone_without_body(&self) -> LoadedJob {
+        LoadedJob {
+            id: self.id,
+            envelope: self.envelope.clone(),
+            received_at: self.received_at,
+            expires_at: self.expires_at,
+            body: Vec::new(),
+            recipients: Vec::new(),
+        }
+    }
+}
+
 /// Why an address from a client is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {

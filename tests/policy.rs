@@ -593,3 +593,214 @@ fn the_recipient_sees_the_level_in_a_header_and_high_mail_is_tagged() {
     );
     assert!(mail.contains("Sealgate-Transport: qualified;"), "{mail}");
 }
+
+fn pki_script() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pki.sh")
+}
+
+/// `openssl` with its output, failing the test if it fails.
+fn openssl_out(args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    out.stdout
+}
+
+#[test]
+fn confidential_mail_is_encrypted_to_a_known_certificate_that_openssl_opens() {
+    let gw = gateway(&[]);
+    let w = world();
+    let pki = |p: &str| w.pki(p);
+    let import = |name: &str| {
+        let out = gw.cli(&[
+            "certs",
+            "import",
+            &pki(&format!("smime/{name}.pem")).to_string_lossy(),
+        ]);
+        (out.status.success(), output_text(&out))
+    };
+    // RSA, P-256 and P-384 recipients: chain, revocation and key checked.
+    for name in ["alice", "carol", "dave", "gone"] {
+        let (ok, text) = import(name);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(&format!("{name}@good.pki.test (tenant default): imported"))
+                && text.contains("chain of 2 to a trusted root")
+                && text.contains("revocation good"),
+            "{text}"
+        );
+    }
+    let (ok, text) = import("old");
+    assert!(
+        !ok && text.contains("not imported: certificate has expired"),
+        "{text}"
+    );
+    let out = gw.cli(&["certs", "import", &pki("peers/good.crt").to_string_lossy()]);
+    assert!(
+        !out.status.success() && output_text(&out).contains("names no e-mail address"),
+        "{out:?}"
+    );
+    // A certificate that expires in seconds, imported while it is valid.
+    let now = chrono::Utc::now().timestamp();
+    let brief_end = now + 8;
+    let at = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .unwrap()
+            .format("%Y%m%d%H%M%SZ")
+            .to_string()
+    };
+    run(Command::new("bash")
+        .arg(pki_script())
+        .args(["smime"])
+        .arg(pki(""))
+        .args([
+            "brief",
+            "ec:P-256",
+            "brief@good.pki.test",
+            &at(now - 60),
+            &at(brief_end),
+        ]));
+    let (ok, text) = import("brief");
+    assert!(ok, "{text}");
+    let list = output_text(&gw.cli(&["certs", "list"]));
+    for name in ["alice", "carol", "dave", "gone", "brief"] {
+        assert!(list.contains(&format!("{name}@good.pki.test")), "{list}");
+    }
+    assert!(!list.contains("old@"), "{list}");
+
+    // gone's certificate is revoked after its import; the responder
+    // rereads its index between requests.
+    run(Command::new("bash")
+        .arg(pki_script())
+        .arg("revoke")
+        .arg(pki(""))
+        .arg("gone"));
+    let ocsp_port = std::fs::read_to_string(pki("ocsp.url")).unwrap();
+    wait_for(T, "the responder to say gone is revoked", || {
+        let out = Command::new("openssl")
+            .args(["ocsp", "-issuer"])
+            .arg(pki("ca/int.pem"))
+            .arg("-cert")
+            .arg(pki("smime/gone.crt"))
+            .arg("-url")
+            .arg(ocsp_port.trim())
+            .arg("-noverify")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(": revoked")
+            .then_some(())
+    });
+    // Past its notAfter (to the second, which validity compares in).
+    wait_for(T, "brief's certificate to expire", || {
+        (chrono::Utc::now().timestamp() > brief_end + 1).then_some(())
+    });
+
+    let marker = unique("confidential-marker");
+    let inner = format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         Quarterly numbers: {marker}\r\nGrüße\r\n"
+    );
+    let data = format!(
+        "From: sender@src.test\r\nTo: alice@good.pki.test, carol@good.pki.test\r\n\
+         Subject: [confidential] Numbers\r\nMessage-ID: <{}@src.test>\r\n\
+         Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n{inner}",
+        unique("m")
+    );
+    let to = [
+        "alice@good.pki.test",
+        "carol@good.pki.test",
+        "dave@good.pki.test",
+        "gone@good.pki.test",
+        "brief@good.pki.test",
+    ];
+    let id = send(&gw, &to, &data);
+    for name in ["alice", "carol", "dave"] {
+        let rcpt = format!("{name}@good.pki.test");
+        let mail = wait_mail(&rcpt);
+        assert!(!mail.contains(&marker), "in clear: {mail}");
+        assert!(
+            mail.contains("Content-Type: application/pkcs7-mime; smime-type=enveloped-data")
+                && mail.lines().any(|l| l.trim_end() == "Subject: Numbers")
+                && mail.contains("To: alice@good.pki.test, carol@good.pki.test"),
+            "{mail}"
+        );
+        let file = w.dir.join(format!("smime-{}.eml", unique(name)));
+        std::fs::write(&file, &mail).unwrap();
+        let plain = openssl_out(&[
+            "cms".as_ref(),
+            "-decrypt".as_ref(),
+            "-in".as_ref(),
+            file.as_os_str(),
+            "-recip".as_ref(),
+            pki(&format!("smime/{name}.crt")).as_os_str(),
+            "-inkey".as_ref(),
+            pki(&format!("smime/{name}.key")).as_os_str(),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&plain), inner, "{name}");
+        // Encrypted to this recipient only: another's key does not open it.
+        let other = if name == "alice" { "carol" } else { "alice" };
+        let out = Command::new("openssl")
+            .args(["cms", "-decrypt", "-in"])
+            .arg(&file)
+            .arg("-recip")
+            .arg(pki(&format!("smime/{other}.crt")))
+            .arg("-inkey")
+            .arg(pki(&format!("smime/{other}.key")))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{other} opened {name}'s message");
+    }
+    // Revoked and expired certificates are not used: those recipients are
+    // sealed (and wait, as src.test cannot get a password), with the reason.
+    let why = held(&after_attempt(&gw, &id, "gone@good.pki.test", 1)).to_string();
+    assert!(
+        why.contains("class confidential is always sealed")
+            && why.contains("S/MIME certificate not used: ")
+            && why.contains("revocation revoked"),
+        "{why}"
+    );
+    let why = held(&after_attempt(&gw, &id, "brief@good.pki.test", 1)).to_string();
+    assert!(why.contains("certificate has expired"), "{why}");
+    assert!(world().mails("gone@good.pki.test").is_empty());
+    assert!(world().mails("brief@good.pki.test").is_empty());
+
+    // The evidence names the certificate each delivery was encrypted to.
+    let export = gw.cli(&["report", "export", "--format", "json"]);
+    let text = String::from_utf8_lossy(&export.stdout);
+    let recipient = |rcpt: &str| -> Value {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["queue_id"] == id.as_str() && r["kind"] == "attempt")
+            .flat_map(|r| {
+                r["data"]["recipients"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|r| r["address"] == rcpt && r["outcome"] == "delivered")
+            .unwrap_or_else(|| panic!("no delivery of {rcpt} in {text}"))
+    };
+    for (rcpt, key) in [
+        ("alice@good.pki.test", "RSA 3072"),
+        ("carol@good.pki.test", "P-256"),
+        ("dave@good.pki.test", "P-384"),
+    ] {
+        let r = recipient(rcpt);
+        let e2e = r["end_to_end"].as_str().unwrap_or_default();
+        assert!(
+            e2e.starts_with("S/MIME, certificate SHA-256 ") && e2e.contains(key),
+            "{r}"
+        );
+        assert_eq!(r["required"], "encrypted", "{r}");
+    }
+
+    // Removed: the next confidential message to alice is sealed again.
+    let out = gw.cli(&["certs", "remove", "alice@good.pki.test"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = send(&gw, &["alice@good.pki.test"], &data);
+    let why = held(&after_attempt(&gw, &id, "alice@good.pki.test", 1)).to_string();
+    assert!(why.contains("class confidential is always sealed"), "{why}");
+}

@@ -17,6 +17,7 @@ use crate::policy::memory::{DomainMemory, DomainRecord};
 use crate::spool::{RecipientStatus, Spool, SqliteSpool};
 use crate::util::rfc3339;
 
+mod certs;
 mod check;
 mod domains;
 mod envelope;
@@ -28,6 +29,7 @@ mod records;
 mod report;
 mod spool;
 
+use certs::{CertsCommand, certs};
 use check::check_text;
 use domains::{DomainsCommand, domains};
 use envelope::{EnvelopeCommand, envelope};
@@ -104,6 +106,12 @@ enum Command {
     Passwords {
         #[command(subcommand)]
         command: PasswordsCommand,
+    },
+    /// Recipient S/MIME certificates: confidential mail to an address with
+    /// a usable one is encrypted to it instead of sealed with a password.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// The transaction log: verify its hash chains, export it for auditors.
     Report {
@@ -285,6 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Envelope { command } => envelope(load_config(&cli.config)?, command),
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
+        Command::Certs { command } => certs(load_config(&cli.config)?, command),
         Command::Report { command } => report_command(load_config(&cli.config)?, command),
         Command::Records { domain } => {
             let config = load_config(&cli.config)?;

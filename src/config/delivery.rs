@@ -149,6 +149,27 @@ pub struct MtaStsConfig {
     pub max_policy_size: usize,
 }
 
+/// `[smime]`: confidential mail encrypted to a recipient certificate
+/// imported with `sealgate certs import`, instead of the password envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmimeConfig {
+    /// Use recipient certificates for the confidential class (default on:
+    /// with no certificate imported, nothing changes).
+    pub encrypt: bool,
+    /// Trust for recipient certificates; default: `outbound.pkix_roots`.
+    pub roots: Option<RootStore>,
+}
+
+impl Default for SmimeConfig {
+    fn default() -> Self {
+        SmimeConfig {
+            encrypt: true,
+            roots: None,
+        }
+    }
+}
+
 /// Revocation checking of delivery peers' certificates (OCSP, CRL).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -32,6 +32,7 @@ impl Config {
         pending(differs(&self.dns, &new.dns), "dns");
         pending(differs(&self.mta_sts, &new.mta_sts), "mta_sts");
         pending(differs(&self.revocation, &new.revocation), "revocation");
+        pending(differs(&self.smime, &new.smime), "smime");
         pending(differs(&self.seal, &new.seal), "seal");
         pending(differs(&self.spool, &new.spool), "spool");
         pending(differs(&self.policy, &new.policy), "policy.dir");

@@ -74,6 +74,20 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// Adds a second part of the same attempt (a transaction of its own):
+    /// the first part's verdict and domain checks stay when it has them.
+    pub(super) fn merge(&mut self, other: Attempt) {
+        self.outcomes.extend(other.outcomes);
+        self.decisions.extend(other.decisions);
+        self.hosts.extend(other.hosts);
+        if self.checks.is_empty() {
+            self.checks = other.checks;
+        }
+        if self.verdict.is_none() {
+            self.verdict = other.verdict;
+        }
+    }
+
     /// The recipients a connection carried: the peer's replies.
     pub(super) fn delivered(
         &mut self,
@@ -145,6 +159,7 @@ impl Attempt {
                 class: req.class,
                 required: req.required,
                 action,
+                end_to_end: req.end_to_end.clone(),
             },
         ));
     }

@@ -17,11 +17,13 @@ mod connect;
 mod direct;
 mod pool;
 mod sealed;
+mod smime;
 mod transact;
 
 pub use attempt::{Attempt, Detail, Outcome};
 pub use direct::Direct;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -55,6 +57,8 @@ pub struct Outbound {
     journal: Option<Arc<Journal>>,
     /// Signs the sealed notifications sealgate writes in a tenant's name.
     dkim: Arc<crate::dkim::Keys>,
+    /// Recipient S/MIME certificates (none for `sealgate check`).
+    certs: Option<crate::seal::certs::CertStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,13 @@ impl Outbound {
             ),
             None => None,
         };
+        let certs = match &db {
+            Some(path) => Some(
+                crate::seal::certs::CertStore::open(path)
+                    .map_err(|e| OutboundError::Seal(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut store = rustls::RootCertStore::empty();
         store.extend(qualifier.roots().anchors().iter().cloned());
         let http = reqwest::Client::builder()
@@ -132,6 +143,7 @@ impl Outbound {
             pool: Pool::default(),
             journal,
             dkim: Arc::default(),
+            certs,
         })
     }
 
@@ -151,14 +163,52 @@ impl Outbound {
     /// requirement its verdict meets, and the rest try the next host. Those
     /// no host could carry get the action their requirement decides
     /// against the best usable verdict (seal, defer or bounce).
+    ///
+    /// Recipients whose content is encrypted to their S/MIME certificate
+    /// ([`smime`]) go in transactions of their own, after the others.
     pub async fn deliver(&self, job: &LoadedJob) -> Attempt {
-        let mut attempt = Attempt::default();
         let Some(first) = job.recipients.first() else {
-            return attempt;
+            return Attempt::default();
         };
         let domain = first.recipient.domain.clone();
         let now = chrono::Utc::now().timestamp();
-        let (mut open, mut to_seal) = self.requirements(job, &domain, now);
+        let plan = self.smime_plan(job, &domain, now).await;
+        if plan.jobs.is_empty() {
+            return self.deliver_part(job, &domain, &plan.notes, now).await;
+        }
+        let rest = LoadedJob {
+            body: job.body.clone(),
+            recipients: job
+                .recipients
+                .iter()
+                .filter(|p| !plan.jobs.iter().any(|j| j.recipients[0].index == p.index))
+                .cloned()
+                .collect(),
+            ..job.clone_without_body()
+        };
+        let mut attempt = self.deliver_part(&rest, &domain, &plan.notes, now).await;
+        for encrypted in &plan.jobs {
+            let part = self
+                .deliver_part(encrypted, &domain, &plan.notes, now)
+                .await;
+            attempt.merge(part);
+        }
+        attempt
+    }
+
+    async fn deliver_part(
+        &self,
+        job: &LoadedJob,
+        domain: &str,
+        notes: &HashMap<u32, smime::Note>,
+        now: i64,
+    ) -> Attempt {
+        let mut attempt = Attempt::default();
+        if job.recipients.is_empty() {
+            return attempt;
+        }
+        let domain = domain.to_string();
+        let (mut open, mut to_seal) = self.requirements(job, &domain, now, notes);
         // The best usable connection that carried nothing: it may carry
         // sealed messages, which need no particular level.
         let mut spare = self.reuse(job, &domain, &mut open, &mut attempt).await;
@@ -317,28 +367,44 @@ impl Outbound {
         attempt
     }
 
+    /// One recipient's requirement: the policy's, with what the content
+    /// and the sender ask applied, and what S/MIME did (`note`).
+    fn requirement(
+        &self,
+        job: &LoadedJob,
+        p: &PendingRecipient,
+        domain: &str,
+        now: i64,
+        note: Option<&smime::Note>,
+    ) -> Requirement {
+        let policy = self.policies.current().for_tenant(&job.envelope.tenant.0);
+        let requires = self.encrypted_content_requires();
+        let req = policy
+            .requirement(p.recipient.class, domain, now)
+            .with_content(
+                job.envelope.content,
+                requires,
+                self.config.policy.inline_pgp_counts,
+            );
+        let req = match note {
+            Some(n) => n.apply(req, requires),
+            None => req,
+        };
+        req.with_tls_request(job.envelope.tls_request)
+    }
+
     /// Each recipient's requirement; those always sealed apart.
     fn requirements<'a>(
         &self,
         job: &'a LoadedJob,
         domain: &str,
         now: i64,
+        notes: &HashMap<u32, smime::Note>,
     ) -> (Open<'a>, ToSeal<'a>) {
-        let policy = self.policies.current().for_tenant(&job.envelope.tenant.0);
         let mut open = Vec::new();
         let mut to_seal = Vec::new();
         for p in &job.recipients {
-            let rules = &self.config.policy;
-            let req = policy
-                .requirement(p.recipient.class, domain, now)
-                .with_content(
-                    job.envelope.content,
-                    rules
-                        .encrypted_content_requires
-                        .map_or(Required::Sealed, Required::Level),
-                    rules.inline_pgp_counts,
-                )
-                .with_tls_request(job.envelope.tls_request);
+            let req = self.requirement(job, p, domain, now, notes.get(&p.index));
             if req.required == Required::Sealed {
                 // Always sealed: only a carrier for the envelope is needed.
                 if let Action::Seal { reason } = req.decide(None, History::Ordinary, now) {

@@ -176,6 +176,10 @@ pub struct Decision {
     pub required: Required,
     #[serde(flatten)]
     pub action: Action,
+    /// What protects the content end to end, when sealgate encrypted it
+    /// to the recipient's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<String>,
 }
 
 /// The policy in force, replaced as a whole by a reload (SIGHUP); a
@@ -237,6 +241,9 @@ pub struct Requirement {
     /// REQUIRETLS (RFC 8689): only a host authenticated by DANE or MTA-STS
     /// that takes REQUIRETLS may carry it; else it is returned, never sealed.
     pub require_tls: bool,
+    /// The content is encrypted by sealgate to the recipient's S/MIME
+    /// certificate (`seal::smime`): which one, for the evidence.
+    pub end_to_end: Option<String>,
 }
 
 /// What the domain's history says about the verdict now seen.
@@ -296,6 +303,21 @@ impl Requirement {
                 "content already end-to-end encrypted ({})",
                 content.name()
             ));
+        }
+        self
+    }
+
+    /// Content that sealgate encrypts to the recipient's S/MIME
+    /// certificate `certificate` (named for the evidence) is end-to-end
+    /// encrypted as well: the always-sealed class needs `requires` of the
+    /// transport, as for content that came encrypted.
+    pub fn with_smime(mut self, requires: Required, certificate: &str) -> Requirement {
+        if self.required == Required::Sealed && requires != Required::Sealed {
+            self.required = requires;
+            self.basis.push(format!(
+                "content encrypted to the recipient's S/MIME certificate {certificate}"
+            ));
+            self.end_to_end = Some(format!("S/MIME, certificate {certificate}"));
         }
         self
     }
@@ -534,6 +556,7 @@ mod tests {
     fn requirement(class: RiskClass, required: Required, fallback: Fallback) -> Requirement {
         Requirement {
             require_tls: false,
+            end_to_end: None,
             class,
             required,
             fallback,

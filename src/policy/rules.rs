@@ -456,6 +456,7 @@ impl Policy {
         }
         Requirement {
             require_tls: false,
+            end_to_end: None,
             class,
             required,
             fallback: rule.fallback,

@@ -36,7 +36,7 @@ pub fn of(state: &CommonState, ocsp_stapled: bool) -> Option<TlsFacts> {
     })
 }
 
-fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
+pub fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
     let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
     Some(CertInfo {
         subject: cert.subject().to_string(),

@@ -39,6 +39,8 @@ pub struct Qualifier {
     pub(super) routes: std::sync::RwLock<Arc<Vec<crate::config::Route>>>,
     pub(super) dns: Dns,
     roots: Roots,
+    /// Trust for recipient S/MIME certificates (`[smime] roots`).
+    smime_roots: Roots,
     pub(super) mta_sts: Option<MtaSts>,
     revocation: Revocation,
 }
@@ -73,7 +75,12 @@ impl Qualifier {
             None
         };
         let revocation = Revocation::new(&config.revocation, dns.clone())?;
+        let smime_roots = match &config.smime.roots {
+            Some(r) => Roots::load(r)?,
+            None => roots.clone(),
+        };
         Ok(Qualifier {
+            smime_roots,
             routes: std::sync::RwLock::new(Arc::new(config.routes.clone())),
             config,
             dns,
@@ -94,6 +101,14 @@ impl Qualifier {
 
     pub fn roots(&self) -> &Roots {
         &self.roots
+    }
+
+    pub fn smime_roots(&self) -> &Roots {
+        &self.smime_roots
+    }
+
+    pub(super) fn revocation(&self) -> &Revocation {
+        &self.revocation
     }
 
     /// The TLS client configuration for a connection to this host, whose

@@ -26,6 +26,7 @@ pub mod judge;
 pub mod mta_sts;
 pub mod pkix;
 pub mod probe;
+pub mod recipient;
 pub mod report;
 pub mod revocation;
 pub mod route;

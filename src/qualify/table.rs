@@ -117,6 +117,7 @@ fn requirement(class: RiskClass, accept_revocation_unavailable: bool) -> Require
     };
     Requirement {
         require_tls: false,
+        end_to_end: None,
         class,
         required,
         fallback,

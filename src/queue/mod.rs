@@ -309,6 +309,7 @@ impl Queue {
                                 action: None,
                                 reason_code: None,
                                 reason: None,
+                                end_to_end: None,
                                 outcome: RecipientResult::Delivered,
                                 status: "2.0.0".into(),
                                 remote: Some(entry.remote.clone()),
@@ -523,6 +524,7 @@ async fn attempt(
             action: decision.map(|(_, d)| d.action.name().to_string()),
             reason_code: decision.and_then(|(_, d)| d.action.reason().map(|r| r.code)),
             reason: decision.map(|(_, d)| d.action.reason_text()),
+            end_to_end: decision.and_then(|(_, d)| d.end_to_end.clone()),
             outcome: result_name,
             status: format!(
                 "{}.{}.{}",

@@ -101,6 +101,10 @@ pub struct AttemptRecipient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<ReasonCode>,
     pub reason: Option<String>,
+    /// What protects the content end to end when sealgate encrypted it
+    /// (S/MIME to the recipient's certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<String>,
     pub outcome: RecipientResult,
     /// Enhanced status code, `x.y.z`.
     pub status: String,

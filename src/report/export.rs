@@ -139,6 +139,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "observed_level",
     "refusals",
     "reason_code",
+    "end_to_end",
 ];
 
 /// The one encoder of a CSV cell: text a spreadsheet would run as a formula
@@ -194,6 +195,7 @@ pub fn csv(conn: &Connection, sel: &Selection<'_>, out: &mut dyn Write) -> anyho
                 level(v.map(|v| v.observed_level)),
                 &refusals.join(" "),
                 rc.reason_code.map(|c| c.name()).unwrap_or_default(),
+                rc.end_to_end.as_deref().unwrap_or_default(),
             ];
             w.write_record(row.map(|c| cell(c).into_owned()))
                 .map_err(std::io::Error::other)?;

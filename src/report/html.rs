@@ -32,6 +32,7 @@ struct Row {
     detail: String,
     checks: Vec<(String, String, String)>,
     tls: String,
+    end_to_end: Option<String>,
 }
 
 #[derive(Default)]
@@ -210,6 +211,9 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
             },
             esc(&r.detail)
         );
+        if let Some(e2e) = &r.end_to_end {
+            let _ = writeln!(out, "<p>content encrypted end to end: {}</p>", esc(e2e));
+        }
         if !r.checks.is_empty() {
             out.push_str("<table><tr><th>check</th><th>status</th><th>evidence</th></tr>\n");
             for (name, status, detail) in &r.checks {
@@ -282,6 +286,7 @@ fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
                 detail: rc.detail.clone(),
                 checks: checks.clone(),
                 tls: tls.clone(),
+                end_to_end: rc.end_to_end.clone(),
             });
         }
         Ok(())

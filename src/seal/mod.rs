@@ -5,13 +5,17 @@
 //! (the cryptographic container), [`content`] (what is inside), [`opener`]
 //! (the HTML page that opens it in a browser), [`notify`] (the mail that
 //! carries it), [`channel`] (how the password reaches the recipient).
+//! Where the recipient's certificate is known ([`certs`]), confidential
+//! mail is encrypted to it instead ([`smime`]) and needs no password.
 
+pub mod certs;
 pub mod channel;
 pub mod content;
 pub mod envelope;
 pub mod notify;
 pub mod opener;
 pub mod password;
+pub mod smime;
 
 use content::{Content, ContentError};
 use envelope::EnvelopeError;
