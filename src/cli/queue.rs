@@ -37,7 +37,7 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     match command {
         QueueCommand::List { json } => {
-            let list = spool.list()?;
+            let list = runtime.block_on(spool.list())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -62,7 +62,7 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             Ok(())
         }
         QueueCommand::Show { id, json } => {
-            let Some(m) = spool.show(id)? else {
+            let Some(m) = runtime.block_on(spool.show(id))? else {
                 bail!("{id}: no such message");
             };
             if json {

@@ -252,7 +252,7 @@ impl Queue {
         let mut recorded = 0;
         let mut complete = true;
         for entry in entries {
-            let job = match self.spool.load(entry.id, &entry.domain) {
+            let job = match self.spool.load(entry.id, &entry.domain).await {
                 Ok(Some(job)) => job,
                 Ok(None) => continue,
                 Err(e) => {
@@ -343,7 +343,7 @@ impl Queue {
     /// Runs until shutdown, then waits (bounded) for deliveries in flight.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut schedule = Schedule::default();
-        match self.spool.pending() {
+        match self.spool.pending().await {
             Ok(jobs) => {
                 let now = now();
                 tracing::info!(jobs = jobs.len(), "queue recovered from the spool");
@@ -482,7 +482,7 @@ async fn attempt(
     id: QueueId,
     domain: &str,
 ) -> (Option<i64>, Option<DueJob>) {
-    let job = match spool.load(id, domain) {
+    let job = match spool.load(id, domain).await {
         Ok(Some(job)) => job,
         Ok(None) => return (None, None),
         Err(e) => {

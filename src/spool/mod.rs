@@ -153,11 +153,15 @@ pub trait Spool: Send + Sync {
     /// Stores a message durably; when this returns `Ok`, the message survives a crash.
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>>;
     /// Loads a message with its pending recipients in `domain`; `None` if none are pending.
-    fn load(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError>;
+    fn load<'a>(
+        &'a self,
+        id: QueueId,
+        domain: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>>;
     /// Records an attempt's outcomes, the DSN it causes, and removes a finished message.
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>>;
     /// Every (message, domain) with pending recipients, with its due time: the queue on start.
-    fn pending(&self) -> Result<Vec<DueJob>, SpoolError>;
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
     /// Makes every pending recipient of a message due now; returns its jobs, empty if none.
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
     /// Makes every pending recipient due now (`sealgate queue flush`).
@@ -168,9 +172,9 @@ pub trait Spool: Send + Sync {
     /// Deletes the content of finished messages whose hold time is over.
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>>;
     /// Messages with pending recipients, oldest first.
-    fn list(&self) -> Result<Vec<MessageSummary>, SpoolError>;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
     /// One message's envelope and recipient states.
-    fn show(&self, id: QueueId) -> Result<Option<MessageDetail>, SpoolError>;
+    fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>>;
     /// Rotates the data key (and the key-encryption key, if asked), sealing
     /// every stored value again; mail keeps flowing meanwhile.
     fn rekey(

@@ -600,126 +600,28 @@ impl Spool for SqliteSpool {
         })
     }
 
-    fn load(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
-        self.read(|conn| {
-            let head = conn
-                .prepare_cached(
-                    "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                     expires_at, body, tls_request, content FROM messages WHERE id = ? AND purge_at IS NULL",
-                )?
-                .query_row([id.0 as i64], |row| {
-                    let (envelope, received_at, expires_at) =
-                        read_envelope_row(row, &self.cipher, id.0 as i64)?;
-                    let body = match row.get_ref("body")? {
-                        rusqlite::types::ValueRef::Null => None,
-                        _ => Some(opened(
-                            row,
-                            "body",
-                            &self.cipher,
-                            Field::Body,
-                            Row(id.0 as i64, 0),
-                        )?),
-                    };
-                    Ok((envelope, received_at, expires_at, body))
-                })
-                .optional()?;
-            let Some((envelope, received_at, expires_at, body)) = head else {
-                return Ok(None);
-            };
-            let body =
-                body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
-            let mut stmt = conn.prepare_cached(
-                "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
-                 WHERE message_id = ? AND domain = ? AND status = 0 ORDER BY idx",
-            )?;
-            let recipients = stmt
-                .query_map(params![id.0 as i64, domain], |r| {
-                    let at = Row(id.0 as i64, r.get(0)?);
-                    let cipher = &self.cipher;
-                    Ok(PendingRecipient {
-                        index: r.get(0)?,
-                        recipient: Recipient::new(
-                            opened_text(r, "address", cipher, Field::Address, at)?,
-                            opened_opt(r, "orcpt", cipher, Field::Orcpt, at)?,
-                            Notify::from_bits(r.get(3)?),
-                        )
-                        .with_class(class_of(r.get(5)?)),
-                        attempts: r.get(4)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            if recipients.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(LoadedJob {
-                id,
-                envelope,
-                received_at,
-                expires_at,
-                body,
-                recipients,
-            }))
-        })
+    fn load<'a>(
+        &'a self,
+        id: QueueId,
+        domain: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>> {
+        Box::pin(async move { self.load_now(id, domain) })
     }
 
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
-        let cipher = self.cipher.clone();
-        Box::pin(self.write(move |conn| {
-            let id = attempt.id.0 as i64;
-            // Logged even when the message was deleted meanwhile: the
-            // attempt happened.
-            crate::report::log::append(conn, &attempt.tenant.0, &attempt.events)
-                .map_err(classify)?;
-            let exists: bool = conn
-                .prepare_cached("SELECT 1 FROM messages WHERE id = ? AND purge_at IS NULL")?
-                .exists([id])?;
-            if !exists {
-                return Ok(RecordResult {
-                    finished: true,
-                    gone: true,
-                });
-            }
-            let mut update = conn.prepare_cached(
-                "UPDATE recipients SET status = ?, last_reply = ?, attempts = attempts + 1,
-                 next_attempt = ? WHERE message_id = ? AND idx = ? AND status = 0",
-            )?;
-            for (idx, outcome) in &attempt.outcomes {
-                let (status, reply, next) = match outcome {
-                    RecipientOutcome::Delivered { reply } => (DELIVERED, reply, attempt.now),
-                    RecipientOutcome::Failed { reply } => (FAILED, reply, attempt.now),
-                    RecipientOutcome::Deferred {
-                        reply,
-                        next_attempt,
-                    } => (PENDING, reply, *next_attempt),
-                };
-                let reply = cipher.seal_text(Field::LastReply, Row(id, *idx as i64), reply)?;
-                update.execute(params![status, reply, next, id, idx])?;
-            }
-            if let Some(dsn) = &attempt.dsn {
-                insert_message(conn, dsn, &seal_message(&cipher, dsn)?)?;
-            }
-            let pending: bool = conn
-                .prepare_cached(
-                    "SELECT 1 FROM recipients WHERE message_id = ? AND status = 0 LIMIT 1",
-                )?
-                .exists([id])?;
-            if !pending {
-                if attempt.purge_at <= attempt.now {
-                    delete_message(conn, id)?;
-                } else {
-                    conn.prepare_cached("UPDATE messages SET purge_at = ? WHERE id = ?")?
-                        .execute(params![attempt.purge_at, id])?;
-                }
-            }
-            Ok(RecordResult {
-                finished: !pending,
-                gone: false,
-            })
-        }))
+        self.record_now(attempt)
     }
 
-    fn pending(&self) -> Result<Vec<DueJob>, SpoolError> {
-        self.read(due_jobs)
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async move { self.read(due_jobs) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
+        Box::pin(async move { self.list_now() })
+    }
+
+    fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
+        Box::pin(async move { self.show_now(id) })
     }
 
     fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
@@ -788,7 +690,134 @@ impl Spool for SqliteSpool {
         }))
     }
 
-    fn list(&self) -> Result<Vec<MessageSummary>, SpoolError> {
+    fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
+        self.rekey_now(change)
+    }
+}
+
+impl SqliteSpool {
+    fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
+        self.read(|conn| {
+            let head = conn
+                .prepare_cached(
+                    "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
+                     expires_at, body, tls_request, content FROM messages WHERE id = ? AND purge_at IS NULL",
+                )?
+                .query_row([id.0 as i64], |row| {
+                    let (envelope, received_at, expires_at) =
+                        read_envelope_row(row, &self.cipher, id.0 as i64)?;
+                    let body = match row.get_ref("body")? {
+                        rusqlite::types::ValueRef::Null => None,
+                        _ => Some(opened(
+                            row,
+                            "body",
+                            &self.cipher,
+                            Field::Body,
+                            Row(id.0 as i64, 0),
+                        )?),
+                    };
+                    Ok((envelope, received_at, expires_at, body))
+                })
+                .optional()?;
+            let Some((envelope, received_at, expires_at, body)) = head else {
+                return Ok(None);
+            };
+            let body =
+                body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
+                 WHERE message_id = ? AND domain = ? AND status = 0 ORDER BY idx",
+            )?;
+            let recipients = stmt
+                .query_map(params![id.0 as i64, domain], |r| {
+                    let at = Row(id.0 as i64, r.get(0)?);
+                    let cipher = &self.cipher;
+                    Ok(PendingRecipient {
+                        index: r.get(0)?,
+                        recipient: Recipient::new(
+                            opened_text(r, "address", cipher, Field::Address, at)?,
+                            opened_opt(r, "orcpt", cipher, Field::Orcpt, at)?,
+                            Notify::from_bits(r.get(3)?),
+                        )
+                        .with_class(class_of(r.get(5)?)),
+                        attempts: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            if recipients.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(LoadedJob {
+                id,
+                envelope,
+                received_at,
+                expires_at,
+                body,
+                recipients,
+            }))
+        })
+    }
+
+    fn record_now(
+        &self,
+        attempt: AttemptRecord,
+    ) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
+        let cipher = self.cipher.clone();
+        Box::pin(self.write(move |conn| {
+            let id = attempt.id.0 as i64;
+            // Logged even when the message was deleted meanwhile: the
+            // attempt happened.
+            crate::report::log::append(conn, &attempt.tenant.0, &attempt.events)
+                .map_err(classify)?;
+            let exists: bool = conn
+                .prepare_cached("SELECT 1 FROM messages WHERE id = ? AND purge_at IS NULL")?
+                .exists([id])?;
+            if !exists {
+                return Ok(RecordResult {
+                    finished: true,
+                    gone: true,
+                });
+            }
+            let mut update = conn.prepare_cached(
+                "UPDATE recipients SET status = ?, last_reply = ?, attempts = attempts + 1,
+                 next_attempt = ? WHERE message_id = ? AND idx = ? AND status = 0",
+            )?;
+            for (idx, outcome) in &attempt.outcomes {
+                let (status, reply, next) = match outcome {
+                    RecipientOutcome::Delivered { reply } => (DELIVERED, reply, attempt.now),
+                    RecipientOutcome::Failed { reply } => (FAILED, reply, attempt.now),
+                    RecipientOutcome::Deferred {
+                        reply,
+                        next_attempt,
+                    } => (PENDING, reply, *next_attempt),
+                };
+                let reply = cipher.seal_text(Field::LastReply, Row(id, *idx as i64), reply)?;
+                update.execute(params![status, reply, next, id, idx])?;
+            }
+            if let Some(dsn) = &attempt.dsn {
+                insert_message(conn, dsn, &seal_message(&cipher, dsn)?)?;
+            }
+            let pending: bool = conn
+                .prepare_cached(
+                    "SELECT 1 FROM recipients WHERE message_id = ? AND status = 0 LIMIT 1",
+                )?
+                .exists([id])?;
+            if !pending {
+                if attempt.purge_at <= attempt.now {
+                    delete_message(conn, id)?;
+                } else {
+                    conn.prepare_cached("UPDATE messages SET purge_at = ? WHERE id = ?")?
+                        .execute(params![attempt.purge_at, id])?;
+                }
+            }
+            Ok(RecordResult {
+                finished: !pending,
+                gone: false,
+            })
+        }))
+    }
+
+    fn list_now(&self) -> Result<Vec<MessageSummary>, SpoolError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
@@ -823,7 +852,7 @@ impl Spool for SqliteSpool {
         })
     }
 
-    fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
+    fn rekey_now(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
         Box::pin(async move {
             let key_file = self.cipher.key_path().to_path_buf();
             let next = change.prepare(&key_file)?;
@@ -874,7 +903,7 @@ impl Spool for SqliteSpool {
         })
     }
 
-    fn show(&self, id: QueueId) -> Result<Option<MessageDetail>, SpoolError> {
+    fn show_now(&self, id: QueueId) -> Result<Option<MessageDetail>, SpoolError> {
         self.read(|conn| {
             let head = conn
                 .query_row(
@@ -1113,7 +1142,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let shown = spool.show(id).unwrap().unwrap();
+        let shown = spool.show(id).await.unwrap().unwrap();
         assert_eq!(shown.envelope.sender, "marker-sender@src.test");
         assert_eq!(shown.client, "marker-client");
         assert_eq!(
@@ -1121,7 +1150,7 @@ mod tests {
             Some("451 marker-reply")
         );
         assert_eq!(
-            spool.list().unwrap()[0].last_reply.as_deref(),
+            spool.list().await.unwrap()[0].last_reply.as_deref(),
             Some("451 marker-reply")
         );
         drop(spool);
@@ -1164,7 +1193,7 @@ mod tests {
         let e = SqliteSpool::open(&path, &reader).err().unwrap().to_string();
         assert!(e.contains("start the gateway once"), "{e}");
         let spool = open(&path);
-        let job = spool.load(QueueId(5), "one.test").unwrap().unwrap();
+        let job = spool.load(QueueId(5), "one.test").await.unwrap().unwrap();
         assert_eq!(job.body, b"Old body");
         assert_eq!(job.envelope.sender, "old@src.test");
         assert_eq!(job.recipients[0].recipient.address, "r@one.test");
@@ -1189,6 +1218,7 @@ mod tests {
 
         let job = spool
             .load(id, "one.test")
+            .await
             .unwrap()
             .expect("pending in one.test");
         assert_eq!(job.recipients.len(), 2);
@@ -1226,7 +1256,7 @@ mod tests {
         // A second open (a restart) sees the same queue.
         drop(spool);
         let spool = open(&path);
-        let mut due = spool.pending().unwrap();
+        let mut due = spool.pending().await.unwrap();
         due.sort_by(|a, b| a.domain.cmp(&b.domain));
         assert_eq!(
             due,
@@ -1272,10 +1302,10 @@ mod tests {
             .unwrap();
         assert!(result.finished);
         assert!(
-            spool.show(id).unwrap().is_none(),
+            spool.show(id).await.unwrap().is_none(),
             "finished content is deleted at once"
         );
-        let list = spool.list().unwrap();
+        let list = spool.list().await.unwrap();
         assert_eq!(list.len(), 1, "only the DSN is queued");
         assert_eq!(list[0].pending, 1);
     }
@@ -1305,14 +1335,14 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(spool.show(id).unwrap().is_some());
+        assert!(spool.show(id).await.unwrap().is_some());
         assert!(
-            spool.load(id, "one.test").unwrap().is_none(),
+            spool.load(id, "one.test").await.unwrap().is_none(),
             "a finished message is never delivered again"
         );
         assert_eq!(spool.purge(299).await.unwrap(), 0);
         assert_eq!(spool.purge(300).await.unwrap(), 1);
-        assert!(spool.show(id).unwrap().is_none());
+        assert!(spool.show(id).await.unwrap().is_none());
         // The end of the hold is in the log, in the same transaction.
         let log = Connection::open(&path).unwrap();
         let (kind, data): (String, String) = log
@@ -1341,6 +1371,6 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(spool.list().unwrap().len(), 200);
+        assert_eq!(spool.list().await.unwrap().len(), 200);
     }
 }
