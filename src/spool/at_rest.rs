@@ -233,29 +233,64 @@ impl fmt::Debug for Cipher {
 }
 
 impl Cipher {
-    /// Unwraps the spool's data keys with the key in `path`. With `create`
-    /// (the gateway starting), a spool without keys gets its first data key,
-    /// and a missing key file is made, but only then: a spool that has keys
-    /// and no key file is an error, never a fresh start.
+    /// Unwraps the spool's data keys (read from its SQLite database) with
+    /// the key in `path`; see [`Cipher::from_stored`].
     pub fn open(conn: &Connection, path: &Path, create: bool) -> Result<Cipher, AtRestError> {
         conn.execute_batch(SCHEMA)?;
-        let stored: Vec<(u32, String, Vec<u8>)> = conn
-            .prepare("SELECT id, kek, wrapped FROM spool_keys ORDER BY id")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        let stored: Vec<StoredKey> = conn
+            .prepare("SELECT id, kek, wrapped, created_at FROM spool_keys ORDER BY id")?
+            .query_map([], |r| {
+                Ok(StoredKey {
+                    id: r.get(0)?,
+                    kek: r.get(1)?,
+                    wrapped: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
+        let current: Option<u32> = conn
+            .query_row("SELECT current FROM spool_key_state", [], |r| r.get(0))
+            .optional()?;
+        let (cipher, first) = Cipher::from_stored(&stored, current, path, create)?;
+        if let Some(k) = first {
+            conn.execute(
+                "INSERT INTO spool_keys (id, kek, wrapped, created_at) VALUES (?, ?, ?, ?)",
+                params![k.id, k.kek, k.wrapped, k.created_at],
+            )?;
+            conn.execute(
+                "INSERT INTO spool_key_state (one, current) VALUES (1, ?)",
+                [k.id],
+            )?;
+        }
+        Ok(cipher)
+    }
+
+    /// Unwraps the data keys `stored` (whichever database holds them; the
+    /// current one is `current`) with the key in `path`. With `create`
+    /// (the gateway starting), a spool without keys gets its first data
+    /// key, returned for the caller to store, and a missing key file is
+    /// made, but only then: a spool that has keys and no key file is an
+    /// error, never a fresh start.
+    pub fn from_stored(
+        stored: &[StoredKey],
+        current: Option<u32>,
+        path: &Path,
+        create: bool,
+    ) -> Result<(Cipher, Option<StoredKey>), AtRestError> {
         let kek = match Kek::read(path)? {
             Some(k) => k,
             None if stored.is_empty() && create => Kek::create(path)?,
             // A reader of a spool that never stored anything: nothing to open.
             None if stored.is_empty() => {
-                return Ok(Cipher {
+                let cipher = Cipher {
                     keys: RwLock::new(Keys {
                         current: 0,
                         by_id: HashMap::new(),
                         kek: None,
                     }),
                     path: path.to_path_buf(),
-                });
+                };
+                return Ok((cipher, None));
             }
             None => {
                 return Err(AtRestError::Missing {
@@ -264,22 +299,20 @@ impl Cipher {
             }
         };
         let mut by_id = HashMap::new();
-        for (id, fingerprint, wrapped) in &stored {
-            if *fingerprint == kek.fingerprint {
-                let dek = kek.unwrap(*id, wrapped)?;
-                by_id.insert(*id, aead_key(&dek));
+        for k in stored {
+            if k.kek == kek.fingerprint {
+                let dek = kek.unwrap(k.id, &k.wrapped)?;
+                by_id.insert(k.id, aead_key(&dek));
             }
         }
         if !stored.is_empty() && by_id.is_empty() {
             return Err(AtRestError::WrongKey {
                 path: path.to_path_buf(),
                 found: kek.fingerprint.clone(),
-                expected: stored[0].1.clone(),
+                expected: stored[0].kek.clone(),
             });
         }
-        let current: Option<u32> = conn
-            .query_row("SELECT current FROM spool_key_state", [], |r| r.get(0))
-            .optional()?;
+        let mut first = None;
         let current = match current {
             Some(c) if by_id.contains_key(&c) => c,
             Some(c) => {
@@ -291,28 +324,27 @@ impl Cipher {
             None if create => {
                 let id = 1;
                 let dek = random_key()?;
-                conn.execute(
-                    "INSERT INTO spool_keys (id, kek, wrapped, created_at) VALUES (?, ?, ?, ?)",
-                    params![id, kek.fingerprint, kek.wrap(id, &dek)?, crate::util::now()],
-                )?;
-                conn.execute(
-                    "INSERT INTO spool_key_state (one, current) VALUES (1, ?)",
-                    [id],
-                )?;
+                first = Some(StoredKey {
+                    id,
+                    kek: kek.fingerprint.clone(),
+                    wrapped: kek.wrap(id, &dek)?,
+                    created_at: crate::util::now(),
+                });
                 by_id.insert(id, aead_key(&dek));
                 id
             }
             // Nothing was ever stored: a reader has nothing to open.
             None => 0,
         };
-        Ok(Cipher {
+        let cipher = Cipher {
             keys: RwLock::new(Keys {
                 current,
                 by_id,
                 kek: Some(kek),
             }),
             path: path.to_path_buf(),
-        })
+        };
+        Ok((cipher, first))
     }
 
     fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
@@ -395,48 +427,114 @@ impl Cipher {
     /// key-encryption key and, when given, under `next` too. New values are
     /// sealed under it from the commit on; old ones still open.
     pub fn add_data_key(&self, conn: &Connection, next: Option<&Kek>) -> Result<u32, AtRestError> {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let kek = keys.kek.as_ref().ok_or_else(|| AtRestError::Missing {
-            path: self.path.clone(),
-        })?;
         let id: u32 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM spool_keys", [], |r| {
                 r.get(0)
             })?;
-        let dek = random_key()?;
-        let now = crate::util::now();
+        let (rows, key) = self.new_data_key(id, next)?;
         let mut insert = conn
             .prepare("INSERT INTO spool_keys (id, kek, wrapped, created_at) VALUES (?, ?, ?, ?)")?;
-        insert.execute(params![id, kek.fingerprint, kek.wrap(id, &dek)?, now])?;
-        if let Some(next) = next {
-            insert.execute(params![id, next.fingerprint, next.wrap(id, &dek)?, now])?;
+        for k in &rows {
+            insert.execute(params![k.id, k.kek, k.wrapped, k.created_at])?;
         }
         conn.execute(
             "INSERT INTO spool_key_state (one, current) VALUES (1, ?1)
              ON CONFLICT (one) DO UPDATE SET current = ?1",
             [id],
         )?;
-        keys.by_id.insert(id, aead_key(&dek));
-        keys.current = id;
+        self.activate(key);
         Ok(id)
+    }
+
+    /// A new data key `id`, as the rows to store (wrapped under the
+    /// current key-encryption key and `next`), and the key to
+    /// [`Cipher::activate`] once they are committed.
+    pub fn new_data_key(
+        &self,
+        id: u32,
+        next: Option<&Kek>,
+    ) -> Result<(Vec<StoredKey>, NewDataKey), AtRestError> {
+        let keys = self.keys();
+        let kek = keys.kek.as_ref().ok_or_else(|| AtRestError::Missing {
+            path: self.path.clone(),
+        })?;
+        let dek = random_key()?;
+        let now = crate::util::now();
+        let mut rows = vec![StoredKey {
+            id,
+            kek: kek.fingerprint.clone(),
+            wrapped: kek.wrap(id, &dek)?,
+            created_at: now,
+        }];
+        if let Some(next) = next {
+            rows.push(StoredKey {
+                id,
+                kek: next.fingerprint.clone(),
+                wrapped: next.wrap(id, &dek)?,
+                created_at: now,
+            });
+        }
+        Ok((rows, NewDataKey { id, dek }))
+    }
+
+    /// Seals new values under `key` from now on.
+    pub fn activate(&self, key: NewDataKey) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys.by_id.insert(key.id, aead_key(&key.dek));
+        keys.current = key.id;
     }
 
     /// Last step: every data key but the current one is gone from the
     /// database, and with `kek`, only its wrapping of the current key stays.
     pub fn drop_old_keys(&self, conn: &Connection, kek: Option<Kek>) -> Result<(), AtRestError> {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let current = keys.current;
+        let current = self.keys().current;
         conn.execute("DELETE FROM spool_keys WHERE id != ?", [current])?;
-        if let Some(kek) = kek {
+        if let Some(kek) = &kek {
             conn.execute(
                 "DELETE FROM spool_keys WHERE kek != ?",
                 [kek.fingerprint.as_str()],
             )?;
+        }
+        self.forget_old_keys(kek);
+        Ok(())
+    }
+
+    /// After the old keys left the database: forget them here too, and
+    /// use `kek` (the new key-encryption key) from now on.
+    pub fn forget_old_keys(&self, kek: Option<Kek>) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let current = keys.current;
+        if let Some(kek) = kek {
             keys.kek = Some(kek);
         }
         keys.by_id.retain(|id, _| *id == current);
-        Ok(())
     }
+
+    /// The id of the key new values are sealed under.
+    pub fn current_key(&self) -> u32 {
+        self.keys().current
+    }
+
+    /// The fingerprint of the key-encryption key in use.
+    pub fn kek_fingerprint(&self) -> Option<String> {
+        self.keys().kek.as_ref().map(|k| k.fingerprint.clone())
+    }
+}
+
+/// A data key as a database stores it.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub id: u32,
+    /// Fingerprint of the key-encryption key this copy is wrapped under.
+    pub kek: String,
+    pub wrapped: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// A data key made by [`Cipher::new_data_key`], not yet in use.
+pub struct NewDataKey {
+    id: u32,
+    dek: Zeroizing<[u8; 32]>,
 }
 
 /// What a rotation does with the key-encryption key.
