@@ -56,6 +56,42 @@ pub fn record_hash(
     h.finalize().into()
 }
 
+/// One record of a chain, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: &'static str,
+    pub queue_id: String,
+    pub data: String,
+    pub prev: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+/// The records `events` become after the chain's head (`None`: an empty
+/// chain), whichever database stores them.
+pub fn link(head: Option<(i64, Vec<u8>)>, tenant: &str, events: &[Event]) -> Vec<Linked> {
+    let (mut seq, mut prev) = head.unwrap_or((0, vec![0; 32]));
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let queue_id = e.queue_id.to_string();
+        let data = e.data.to_json();
+        let kind = e.data.kind();
+        let hash = record_hash(&prev, tenant, seq, e.at, kind, &queue_id, &data);
+        out.push(Linked {
+            seq,
+            at: e.at,
+            kind,
+            queue_id,
+            data,
+            prev: std::mem::replace(&mut prev, hash.to_vec()),
+            hash,
+        });
+    }
+    out
+}
+
 /// Appends events to a tenant's chain; call inside the transaction of the
 /// change they describe.
 pub fn append(conn: &Connection, tenant: &str, events: &[Event]) -> rusqlite::Result<()> {
@@ -66,28 +102,21 @@ pub fn append(conn: &Connection, tenant: &str, events: &[Event]) -> rusqlite::Re
         .prepare_cached("SELECT seq, hash FROM txlog WHERE tenant = ? ORDER BY seq DESC LIMIT 1")?
         .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (mut seq, mut prev) = head.unwrap_or((0, vec![0; 32]));
     let mut insert = conn.prepare_cached(
         "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
-    for e in events {
-        seq += 1;
-        let queue_id = e.queue_id.to_string();
-        let data = e.data.to_json();
-        let kind = e.data.kind();
-        let hash = record_hash(&prev, tenant, seq, e.at, kind, &queue_id, &data);
+    for r in link(head, tenant, events) {
         insert.execute(params![
             tenant,
-            seq,
-            e.at,
-            kind,
-            queue_id,
-            data,
-            prev,
-            hash.as_slice()
+            r.seq,
+            r.at,
+            r.kind,
+            r.queue_id,
+            r.data,
+            r.prev,
+            r.hash.as_slice()
         ])?;
-        prev = hash.to_vec();
     }
     Ok(())
 }
