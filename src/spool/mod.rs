@@ -10,6 +10,7 @@
 pub mod at_rest;
 pub mod journal;
 mod sqlite;
+mod values;
 
 use std::future::Future;
 use std::pin::Pin;

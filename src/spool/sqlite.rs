@@ -9,16 +9,16 @@
 //! Reads use their own connections, which WAL lets run beside the writer.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::at_rest::{Cipher, Field, KekChange, RekeyDone, Row};
+use super::values::{
+    DELIVERED, FAILED, IdClock, PENDING, Sealed, class_of, seal_message, sealed_opt,
+};
 use super::*;
-use crate::policy::RiskClass;
 
 /// Most operations committed with one sync.
 const MAX_BATCH: usize = 256;
@@ -61,10 +61,6 @@ CREATE TABLE IF NOT EXISTS recipients (
 ) WITHOUT ROWID;
 ";
 
-const PENDING: i64 = 0;
-const DELIVERED: i64 = 1;
-const FAILED: i64 = 2;
-
 type Finish = Box<dyn FnOnce(Result<(), SpoolError>) + Send>;
 /// A write: applied inside the batch transaction, or given `None` when that
 /// transaction could not even begin.
@@ -75,7 +71,7 @@ pub struct SqliteSpool {
     writer: Mutex<mpsc::Sender<Op>>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
-    last_id: AtomicU64,
+    ids: IdClock,
     cipher: Arc<Cipher>,
 }
 
@@ -120,7 +116,7 @@ impl SqliteSpool {
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
-            last_id: AtomicU64::new(max_id.unwrap_or(0) as u64),
+            ids: IdClock::after(max_id.unwrap_or(0) as u64),
             cipher,
         }))
     }
@@ -376,56 +372,6 @@ fn seal_legacy_in(conn: &Connection, cipher: &Cipher) -> Result<usize, SpoolErro
     Ok(heads.len())
 }
 
-fn class_of(name: String) -> RiskClass {
-    // A name this version does not know is treated as the highest class:
-    // never less protection than the writer meant.
-    name.parse().unwrap_or(RiskClass::Confidential)
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// A message's values as they are stored, sealed (spool::at_rest).
-struct Sealed {
-    sender: Vec<u8>,
-    env_id: Option<Vec<u8>>,
-    client: Vec<u8>,
-    body: Vec<u8>,
-    /// Address and ORCPT of each recipient.
-    recipients: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-/// Seals a message's values; done before the writer thread is asked, so
-/// that the encryption of many sessions runs beside the one writer.
-fn seal_message(cipher: &Cipher, m: &NewMessage) -> Result<Sealed, SpoolError> {
-    let e = &m.envelope;
-    let id = m.id.0 as i64;
-    let at = Row(id, 0);
-    let recipients = e
-        .recipients
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let at = Row(id, i as i64);
-            Ok((
-                cipher.seal_text(Field::Address, at, &r.address)?,
-                sealed_opt(cipher, Field::Orcpt, at, r.orcpt.as_deref())?,
-            ))
-        })
-        .collect::<Result<_, SpoolError>>()?;
-    Ok(Sealed {
-        sender: cipher.seal_text(Field::Sender, at, &e.sender)?,
-        env_id: sealed_opt(cipher, Field::EnvId, at, e.env_id.as_deref())?,
-        client: cipher.seal_text(Field::Client, at, &m.client)?,
-        body: cipher.seal(Field::Body, at, &m.body)?,
-        recipients,
-    })
-}
-
 fn insert_message(conn: &Connection, m: &NewMessage, sealed: &Sealed) -> Result<(), SpoolError> {
     let e = &m.envelope;
     let id = m.id.0 as i64;
@@ -475,18 +421,6 @@ fn insert_message(conn: &Connection, m: &NewMessage, sealed: &Sealed) -> Result<
     }
     crate::report::log::append(conn, &e.tenant.0, &m.events).map_err(classify)?;
     Ok(())
-}
-
-fn sealed_opt(
-    cipher: &Cipher,
-    field: Field,
-    at: Row,
-    value: Option<&str>,
-) -> Result<Option<Vec<u8>>, SpoolError> {
-    Ok(match value {
-        Some(v) => Some(cipher.seal_text(field, at, v)?),
-        None => None,
-    })
 }
 
 /// A sealed column of a result row, opened.
@@ -574,22 +508,7 @@ fn jobs_of(conn: &Connection, id: QueueId) -> Result<Vec<DueJob>, SpoolError> {
 
 impl Spool for SqliteSpool {
     fn next_id(&self) -> QueueId {
-        // Time-ordered and unique within this process: at least one past the
-        // last id handed out, and never behind the clock.
-        let now = now_micros();
-        let mut prev = self.last_id.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self.last_id.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return QueueId(next),
-                Err(actual) => prev = actual,
-            }
-        }
+        self.ids.next()
     }
 
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>> {
