@@ -27,6 +27,10 @@ bash tests/peers/mtas.sh install target/tmp/peers/mtas-root 2>/dev/null || {
   bash tests/peers/mtas.sh install target/tmp/peers/mtas-root
 }
 
+# PostgreSQL for tests/storage.rs: the machine's own server on
+# 127.0.0.1:5432, else Debian's postgresql as a private cluster.
+bash tests/peers/postgres.sh url target/tmp/peers/postgres 24432 >/dev/null
+
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt --all -- --check)
 cargo clippy --all-targets -- -D warnings
@@ -50,6 +54,7 @@ bash tests/peers/pki.sh stop "$world/pki"
 for pid in "$world"/www/*/pid "$world"/rtls/pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
 for dir in target/tmp/peers/interop/*/; do bash tests/peers/mtas.sh stop "$dir"; done
 bash tests/peers/postfix.sh stop target/tmp/peers/interop/postfix-relay
+bash tests/peers/postgres.sh stop target/tmp/peers/postgres
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer), short and bounded: each
 # target FUZZ_SECONDS (default 30) from the committed seeds in fuzz/corpus

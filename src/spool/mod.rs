@@ -9,6 +9,7 @@
 
 pub mod at_rest;
 pub mod journal;
+mod postgres;
 mod sqlite;
 mod values;
 
@@ -23,6 +24,7 @@ pub use crate::message::{
     Content, Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId,
     TlsRequest, domain_of,
 };
+pub use postgres::PgSpool;
 pub use sqlite::{KeyFile, SqliteSpool};
 
 /// A boxed future, so that [`Spool`] can be used as a trait object.
@@ -141,6 +143,11 @@ pub enum SpoolError {
     Io(#[from] std::io::Error),
     #[error("spool writer has stopped")]
     Stopped,
+    #[error("storage database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The shared database cannot be reached or did not commit.
+    #[error("storage database unavailable: {0}")]
+    Unavailable(String),
     #[error("spool record is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]

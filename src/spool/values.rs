@@ -75,29 +75,70 @@ pub(super) fn sealed_opt(
     })
 }
 
-/// Queue ids: time-ordered (microseconds) and unique within this process.
+/// Queue ids: time-ordered (microseconds) and unique within this process;
+/// with a node slot, unique across the nodes of one database too (the
+/// slot is the low 8 bits).
 #[derive(Debug, Default)]
-pub(super) struct IdClock(AtomicU64);
+pub(super) struct IdClock {
+    last: AtomicU64,
+    slot: Option<u8>,
+}
 
 impl IdClock {
     /// Starting after the largest id the spool holds.
     pub fn after(last: u64) -> IdClock {
-        IdClock(AtomicU64::new(last))
+        IdClock {
+            last: AtomicU64::new(last),
+            slot: None,
+        }
+    }
+
+    /// Ids that end in `slot`.
+    pub fn with_slot(self, slot: u8) -> IdClock {
+        let last = self.last.into_inner() >> 8;
+        IdClock {
+            last: AtomicU64::new(last),
+            slot: Some(slot),
+        }
     }
 
     /// At least one past the last id handed out, and never behind the clock.
     pub fn next(&self) -> QueueId {
         let now = now_micros();
-        let mut prev = self.0.load(Ordering::Relaxed);
+        let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
             match self
-                .0
+                .last
                 .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => return QueueId(next),
+                Ok(_) => {
+                    return QueueId(match self.slot {
+                        Some(slot) => next << 8 | slot as u64,
+                        None => next,
+                    });
+                }
                 Err(actual) => prev = actual,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_grow_and_carry_the_slot() {
+        let plain = IdClock::after(u64::MAX >> 9);
+        let a = plain.next();
+        assert!(plain.next() > a);
+        let slotted = IdClock::after(0).with_slot(7);
+        let (x, y) = (slotted.next(), slotted.next());
+        assert!(y > x);
+        assert_eq!((x.0 & 0xff, y.0 & 0xff), (7, 7));
+        // Behind the largest stored id, a restart goes on after it.
+        let again = IdClock::after(y.0).with_slot(7);
+        assert!(again.next() > y);
     }
 }

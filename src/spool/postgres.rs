@@ -1,0 +1,963 @@
+//! The shared spool: PostgreSQL, so that several sealgate nodes keep one
+//! queue and one transaction log (`[storage] url`).
+//!
+//! It stores what the SQLite spool stores, sealed the same way
+//! (spool::values, spool::at_rest), and keeps its promise the same way:
+//! nothing is acknowledged before its transaction is committed. One
+//! writer task per node drains every waiting write into one transaction
+//! (group commit), each write in a savepoint so that one failing does not
+//! spoil the others; reads use pooled connections. A tenant's log chain
+//! is appended under a row lock on its head, so that two nodes appending
+//! at once serialize instead of forking it.
+//!
+//! The schema is versioned: migrations run at start under an advisory
+//! lock (so that nodes starting together do not race), and a database
+//! with a newer schema than this binary knows is refused.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{NoTls, Row as PgRow, Transaction};
+
+use super::at_rest::{Cipher, Field, KekChange, RekeyDone, Row, StoredKey};
+use super::values::{DELIVERED, FAILED, IdClock, PENDING, Sealed, class_of, seal_message};
+use super::*;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Connections per node: the writer, and readers for deliveries and commands.
+const POOL_SIZE: usize = 16;
+/// `pg_advisory_xact_lock` key that serializes migrations ("sealgate").
+const MIGRATION_LOCK: i64 = 0x7365_616c_6761_7465;
+
+/// The schema, one entry per version; never edit a published entry, add one.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE messages (
+    id          BIGINT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    sender      BYTEA NOT NULL,  -- sealed
+    env_id      BYTEA,           -- sealed
+    ret         TEXT,
+    smtputf8    BOOLEAN NOT NULL,
+    body_8bit   BOOLEAN NOT NULL,
+    received_at BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    client      BYTEA NOT NULL,  -- sealed
+    size        BIGINT NOT NULL,
+    body        BYTEA,           -- sealed
+    tls_request TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    -- the node that accepted it
+    node        TEXT NOT NULL,
+    -- set when no recipient is pending; the content is deleted at purge_at
+    purge_at    BIGINT
+);
+CREATE INDEX messages_purge ON messages (purge_at) WHERE purge_at IS NOT NULL;
+CREATE TABLE recipients (
+    message_id   BIGINT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    idx          INTEGER NOT NULL,
+    address      BYTEA NOT NULL,  -- sealed
+    domain       TEXT NOT NULL,
+    orcpt        BYTEA,           -- sealed
+    notify       INTEGER NOT NULL,
+    status       SMALLINT NOT NULL,   -- 0 pending, 1 delivered, 2 failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt BIGINT NOT NULL,
+    last_reply   BYTEA,           -- sealed
+    class        TEXT NOT NULL,
+    PRIMARY KEY (message_id, idx)
+);
+CREATE INDEX recipients_due ON recipients (next_attempt) WHERE status = 0;
+CREATE TABLE spool_keys (
+    id          INTEGER NOT NULL,
+    kek         TEXT NOT NULL,
+    wrapped     BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (id, kek)
+);
+CREATE TABLE spool_key_state (
+    one      INTEGER PRIMARY KEY CHECK (one = 1),
+    current  INTEGER NOT NULL
+);
+CREATE TABLE txlog (
+    tenant   TEXT NOT NULL,
+    seq      BIGINT NOT NULL,
+    at       BIGINT NOT NULL,
+    kind     TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    data     TEXT NOT NULL,
+    prev     BYTEA NOT NULL,
+    hash     BYTEA NOT NULL,
+    node     TEXT NOT NULL,
+    PRIMARY KEY (tenant, seq)
+);
+CREATE INDEX txlog_at ON txlog (at);
+-- each tenant's last record; its row lock orders appends across nodes
+CREATE TABLE txlog_heads (
+    tenant TEXT PRIMARY KEY,
+    seq    BIGINT NOT NULL,
+    hash   BYTEA NOT NULL
+);
+-- the nodes that used this database; the slot is part of the ids a node
+-- makes, so that two nodes never make the same one
+CREATE TABLE nodes (
+    name       TEXT PRIMARY KEY,
+    slot       SMALLINT NOT NULL UNIQUE CHECK (slot BETWEEN 0 AND 255),
+    started_at BIGINT NOT NULL
+);
+"];
+
+/// The PostgreSQL spool. Cheap to share: clone the `Arc`.
+pub struct PgSpool {
+    pool: Pool,
+    cipher: Arc<Cipher>,
+    ids: IdClock,
+    writer: mpsc::UnboundedSender<Write>,
+}
+
+/// A write the writer task applies inside its batch transaction.
+enum Op {
+    Store(Box<NewMessage>, Box<Sealed>),
+    Record(Box<AttemptRecord>),
+    Retry(QueueId, i64),
+    RetryAll(i64),
+    Delete(QueueId),
+    Purge(i64),
+}
+
+/// What a write gives back.
+enum Done {
+    Stored,
+    Recorded(RecordResult),
+    Jobs(Vec<DueJob>),
+    Deleted(bool),
+    Purged(usize),
+}
+
+struct Write {
+    op: Op,
+    reply: oneshot::Sender<Result<Done, SpoolError>>,
+}
+
+impl PgSpool {
+    /// Connects to `url`, brings the schema up to date, opens the data keys
+    /// (see [`Cipher::from_stored`]) and starts the writer task; `node`
+    /// names this node in what it writes.
+    pub async fn open(url: &str, key: &KeyFile, node: &str) -> Result<Arc<PgSpool>, SpoolError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| SpoolError::Unavailable(format!("storage url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| SpoolError::Unavailable(e.to_string()))?;
+        let mut client = pool.get().await.map_err(unavailable)?;
+        let tx = client.transaction().await?;
+        migrate(&tx).await?;
+        let stored: Vec<StoredKey> = tx
+            .query(
+                "SELECT id, kek, wrapped, created_at FROM spool_keys ORDER BY id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| StoredKey {
+                id: r.get::<_, i32>(0) as u32,
+                kek: r.get(1),
+                wrapped: r.get(2),
+                created_at: r.get(3),
+            })
+            .collect();
+        let current: Option<i32> = tx
+            .query_opt("SELECT current FROM spool_key_state", &[])
+            .await?
+            .map(|r| r.get(0));
+        let (cipher, first) =
+            Cipher::from_stored(&stored, current.map(|c| c as u32), &key.path, key.create)?;
+        if let Some(k) = first {
+            insert_keys(&tx, std::slice::from_ref(&k)).await?;
+            tx.execute(
+                "INSERT INTO spool_key_state (one, current) VALUES (1, $1)",
+                &[&(k.id as i32)],
+            )
+            .await?;
+        }
+        let slot = node_slot(&tx, node).await?;
+        let max_id: Option<i64> = tx
+            .query_one("SELECT MAX(id) FROM messages", &[])
+            .await?
+            .get(0);
+        tx.commit().await?;
+        drop(client);
+        let cipher = Arc::new(cipher);
+        let (writer, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer_loop(
+            pool.clone(),
+            cipher.clone(),
+            node.to_string(),
+            rx,
+        ));
+        Ok(Arc::new(PgSpool {
+            pool,
+            cipher,
+            ids: IdClock::after(max_id.unwrap_or(0) as u64).with_slot(slot),
+            writer,
+        }))
+    }
+
+    async fn write(&self, op: Op) -> Result<Done, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Write { op, reply })
+            .map_err(|_| SpoolError::Stopped)?;
+        rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
+        let client = self.client().await?;
+        let key = id.0 as i64;
+        let Some(head) = client
+            .query_opt(
+                "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
+                        expires_at, body, tls_request, content
+                 FROM messages WHERE id = $1 AND purge_at IS NULL",
+                &[&key],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (envelope, received_at, expires_at) = envelope_of(&head, &self.cipher, key)?;
+        let body: Option<Vec<u8>> = head.get("body");
+        let body = body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
+        let body = self.cipher.open_value(Field::Body, Row(key, 0), &body)?;
+        let rows = client
+            .query(
+                "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
+                 WHERE message_id = $1 AND domain = $2 AND status = 0 ORDER BY idx",
+                &[&key, &domain],
+            )
+            .await?;
+        let mut recipients = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let idx: i32 = r.get(0);
+            let at = Row(key, idx as i64);
+            recipients.push(PendingRecipient {
+                index: idx as u32,
+                recipient: Recipient::new(
+                    self.cipher.open_text(Field::Address, at, r.get(1))?,
+                    open_opt(&self.cipher, Field::Orcpt, at, r.get(2))?,
+                    Notify::from_bits(r.get::<_, i32>(3) as i64),
+                )
+                .with_class(class_of(r.get(5))),
+                attempts: r.get::<_, i32>(4) as u32,
+            });
+        }
+        if recipients.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(LoadedJob {
+            id,
+            envelope,
+            received_at,
+            expires_at,
+            body,
+            recipients,
+        }))
+    }
+
+    async fn list_now(&self) -> Result<Vec<MessageSummary>, SpoolError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
+                        COUNT(*) FILTER (WHERE r.status = 0), COUNT(*),
+                        MIN(r.next_attempt) FILTER (WHERE r.status = 0),
+                        (SELECT idx FROM recipients x WHERE x.message_id = m.id
+                           AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1),
+                        (SELECT last_reply FROM recipients x WHERE x.message_id = m.id
+                           AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
+                 FROM messages m JOIN recipients r ON r.message_id = m.id
+                 WHERE m.purge_at IS NULL GROUP BY m.id ORDER BY m.id",
+                &[],
+            )
+            .await?;
+        let cipher = &self.cipher;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let reply_at = Row(id, r.get::<_, Option<i32>>(8).unwrap_or(0) as i64);
+                Ok(MessageSummary {
+                    id: QueueId(id as u64),
+                    tenant: TenantId(r.get(1)),
+                    sender: cipher.open_text(Field::Sender, Row(id, 0), r.get(2))?,
+                    size: r.get::<_, i64>(3) as u64,
+                    received_at: r.get(4),
+                    pending: r.get::<_, i64>(5) as u32,
+                    recipients: r.get::<_, i64>(6) as u32,
+                    next_attempt: r.get(7),
+                    last_reply: open_opt(cipher, Field::LastReply, reply_at, r.get(9))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn show_now(&self, id: QueueId) -> Result<Option<MessageDetail>, SpoolError> {
+        let client = self.client().await?;
+        let key = id.0 as i64;
+        let Some(head) = client
+            .query_opt(
+                "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
+                        expires_at, client, size, tls_request, content
+                 FROM messages WHERE id = $1",
+                &[&key],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (mut envelope, received_at, expires_at) = envelope_of(&head, &self.cipher, key)?;
+        let client_text = self
+            .cipher
+            .open_text(Field::Client, Row(key, 0), head.get("client"))?;
+        let size: i64 = head.get("size");
+        let rows = client
+            .query(
+                "SELECT address, orcpt, notify, status, attempts, next_attempt, last_reply,
+                        class, idx
+                 FROM recipients WHERE message_id = $1 ORDER BY idx",
+                &[&key],
+            )
+            .await?;
+        let cipher = &self.cipher;
+        let mut recipients = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let at = Row(key, r.get::<_, i32>(8) as i64);
+            let address = cipher.open_text(Field::Address, at, r.get(0))?;
+            envelope.recipients.push(
+                Recipient::new(
+                    address.clone(),
+                    open_opt(cipher, Field::Orcpt, at, r.get(1))?,
+                    Notify::from_bits(r.get::<_, i32>(2) as i64),
+                )
+                .with_class(class_of(r.get(7))),
+            );
+            recipients.push(RecipientState {
+                address,
+                status: match r.get::<_, i16>(3) as i64 {
+                    PENDING => RecipientStatus::Pending,
+                    DELIVERED => RecipientStatus::Delivered,
+                    _ => RecipientStatus::Failed,
+                },
+                attempts: r.get::<_, i32>(4) as u32,
+                next_attempt: r.get(5),
+                last_reply: open_opt(cipher, Field::LastReply, at, r.get(6))?,
+            });
+        }
+        Ok(Some(MessageDetail {
+            id,
+            envelope,
+            received_at,
+            expires_at,
+            client: client_text,
+            size: size as u64,
+            recipients,
+        }))
+    }
+}
+
+impl Spool for PgSpool {
+    fn next_id(&self) -> QueueId {
+        self.ids.next()
+    }
+
+    fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>> {
+        Box::pin(async move {
+            let sealed = seal_message(&self.cipher, &message)?;
+            self.write(Op::Store(Box::new(message), Box::new(sealed)))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn load<'a>(
+        &'a self,
+        id: QueueId,
+        domain: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>> {
+        Box::pin(self.load_now(id, domain))
+    }
+
+    fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Record(Box::new(attempt))).await? {
+                Done::Recorded(r) => Ok(r),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            due_jobs(&**client, None).await
+        })
+    }
+
+    fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Retry(id, now)).await? {
+                Done::Jobs(j) => Ok(j),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::RetryAll(now)).await? {
+                Done::Jobs(j) => Ok(j),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Delete(id)).await? {
+                Done::Deleted(d) => Ok(d),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Purge(now)).await? {
+                Done::Purged(n) => Ok(n),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
+        Box::pin(self.list_now())
+    }
+
+    fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
+        Box::pin(self.show_now(id))
+    }
+
+    fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
+        Box::pin(async move {
+            let _ = change;
+            Err(SpoolError::Unavailable(
+                "sealgate spool rekey does not run on PostgreSQL storage yet".into(),
+            ))
+        })
+    }
+}
+
+/// Applies the schema versions this database lacks; refuses a newer one.
+async fn migrate(tx: &Transaction<'_>) -> Result<(), SpoolError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS sealgate_schema (
+             one INTEGER PRIMARY KEY CHECK (one = 1),
+             version INTEGER NOT NULL)",
+    )
+    .await?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM sealgate_schema", &[])
+        .await?
+        .map_or(0, |r| r.get(0));
+    let known = MIGRATIONS.len() as i32;
+    if version > known {
+        return Err(SpoolError::Corrupt(format!(
+            "the database's schema is version {version}, newer than this sealgate knows \
+             ({known}); refusing to start rather than misread it. Run the newer sealgate"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(step).await?;
+        tracing::info!(version = i + 1, "storage schema migrated");
+    }
+    tx.execute(
+        "INSERT INTO sealgate_schema (one, version) VALUES (1, $1)
+         ON CONFLICT (one) DO UPDATE SET version = $1",
+        &[&known],
+    )
+    .await?;
+    Ok(())
+}
+
+/// This node's slot: the one it had, else the lowest free one. Runs
+/// under the migration lock, so two nodes starting at once do not pick
+/// the same.
+async fn node_slot(tx: &Transaction<'_>, node: &str) -> Result<u8, SpoolError> {
+    let now = crate::util::now();
+    if let Some(r) = tx
+        .query_opt(
+            "UPDATE nodes SET started_at = $2 WHERE name = $1 RETURNING slot",
+            &[&node, &now],
+        )
+        .await?
+    {
+        return Ok(r.get::<_, i16>(0) as u8);
+    }
+    let free: Option<i32> = tx
+        .query_one(
+            "SELECT MIN(s) FROM generate_series(0, 255) AS s
+             WHERE s NOT IN (SELECT slot FROM nodes)",
+            &[],
+        )
+        .await?
+        .get(0);
+    let slot = free.ok_or_else(|| {
+        SpoolError::Unavailable(
+            "256 node names have used this database; remove old ones from its nodes table".into(),
+        )
+    })?;
+    tx.execute(
+        "INSERT INTO nodes (name, slot, started_at) VALUES ($1, $2, $3)",
+        &[&node, &(slot as i16), &now],
+    )
+    .await?;
+    Ok(slot as u8)
+}
+
+async fn insert_keys(tx: &Transaction<'_>, keys: &[StoredKey]) -> Result<(), SpoolError> {
+    for k in keys {
+        tx.execute(
+            "INSERT INTO spool_keys (id, kek, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+            &[&(k.id as i32), &k.kek, &k.wrapped, &k.created_at],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn writer_loop(
+    pool: Pool,
+    cipher: Arc<Cipher>,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        run_batch(&pool, &cipher, &node, batch).await;
+    }
+}
+
+/// One transaction for the batch; each write in a savepoint. Every writer
+/// is answered after the commit, or with the error that prevented it.
+async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) {
+    let mut client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let why = e.to_string();
+            for w in batch {
+                let _ = w.reply.send(Err(SpoolError::Unavailable(why.clone())));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome: Result<(), SpoolError> = async {
+        let mut tx = client.transaction().await?;
+        for w in &batch {
+            let sp = tx.savepoint("op").await?;
+            let r = apply(&sp, cipher, node, &w.op).await;
+            if r.is_ok() {
+                sp.commit().await?;
+            } else {
+                sp.rollback().await?;
+            }
+            results.push(r);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
+            for (w, r) in batch.into_iter().zip(results) {
+                let _ = w.reply.send(r);
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!("storage transaction failed: {why}");
+            for w in batch {
+                let _ = w.reply.send(Err(SpoolError::Unavailable(format!(
+                    "transaction failed: {why}"
+                ))));
+            }
+        }
+    }
+}
+
+async fn apply(
+    tx: &Transaction<'_>,
+    cipher: &Cipher,
+    node: &str,
+    op: &Op,
+) -> Result<Done, SpoolError> {
+    match op {
+        Op::Store(m, sealed) => {
+            insert_message(tx, node, m, sealed).await?;
+            Ok(Done::Stored)
+        }
+        Op::Record(a) => record(tx, cipher, node, a).await.map(Done::Recorded),
+        Op::Retry(id, now) => {
+            let key = id.0 as i64;
+            tx.execute(
+                "UPDATE recipients SET next_attempt = $1 WHERE message_id = $2 AND status = 0",
+                &[now, &key],
+            )
+            .await?;
+            due_jobs(tx, Some(*id)).await.map(Done::Jobs)
+        }
+        Op::RetryAll(now) => {
+            tx.execute(
+                "UPDATE recipients SET next_attempt = $1 WHERE status = 0 AND next_attempt > $1",
+                &[now],
+            )
+            .await?;
+            due_jobs(tx, None).await.map(Done::Jobs)
+        }
+        Op::Delete(id) => {
+            let key = id.0 as i64;
+            let tenant: Option<String> = tx
+                .query_opt(
+                    "DELETE FROM messages WHERE id = $1 RETURNING tenant",
+                    &[&key],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if let Some(tenant) = &tenant {
+                let event = deleted(*id, crate::util::now(), "operator (sealgate queue delete)");
+                append(tx, tenant, node, &[event]).await?;
+            }
+            Ok(Done::Deleted(tenant.is_some()))
+        }
+        Op::Purge(now) => {
+            let held = tx
+                .query(
+                    "DELETE FROM messages WHERE purge_at IS NOT NULL AND purge_at <= $1
+                     RETURNING id, tenant",
+                    &[now],
+                )
+                .await?;
+            for r in &held {
+                let id = QueueId(r.get::<_, i64>(0) as u64);
+                let event = deleted(id, *now, "retention (hold_delivered ended)");
+                append(tx, r.get(1), node, &[event]).await?;
+            }
+            Ok(Done::Purged(held.len()))
+        }
+    }
+}
+
+fn deleted(id: QueueId, at: i64, by: &str) -> crate::report::Event {
+    crate::report::Event {
+        queue_id: id,
+        at,
+        data: crate::report::EventData::Deleted(crate::report::event::Deleted {
+            v: crate::report::event::VERSION,
+            by: by.into(),
+        }),
+    }
+}
+
+async fn insert_message(
+    tx: &Transaction<'_>,
+    node: &str,
+    m: &NewMessage,
+    sealed: &Sealed,
+) -> Result<(), SpoolError> {
+    let e = &m.envelope;
+    let id = m.id.0 as i64;
+    let ret = e.ret.map(|r| match r {
+        Ret::Full => "full",
+        Ret::Headers => "hdrs",
+    });
+    tx.execute(
+        "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
+         received_at, expires_at, client, size, body, tls_request, content, node)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &id,
+            &e.tenant.0,
+            &sealed.sender,
+            &sealed.env_id,
+            &ret,
+            &e.smtputf8,
+            &e.body_8bit,
+            &m.received_at,
+            &m.expires_at,
+            &sealed.client,
+            &(m.body.len() as i64),
+            &sealed.body,
+            &e.tls_request.name(),
+            &e.content.name(),
+            &node,
+        ],
+    )
+    .await?;
+    // All recipients in one statement (one round trip).
+    let n = e.recipients.len();
+    let idx: Vec<i32> = (0..n as i32).collect();
+    let address: Vec<&[u8]> = sealed.recipients.iter().map(|r| r.0.as_slice()).collect();
+    let orcpt: Vec<Option<&[u8]>> = sealed.recipients.iter().map(|r| r.1.as_deref()).collect();
+    let domain: Vec<&str> = e.recipients.iter().map(|r| r.domain.as_str()).collect();
+    let notify: Vec<i32> = e
+        .recipients
+        .iter()
+        .map(|r| r.notify.to_bits() as i32)
+        .collect();
+    let class: Vec<&str> = e.recipients.iter().map(|r| r.class.name()).collect();
+    tx.execute(
+        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status,
+                                 next_attempt, class)
+         SELECT $1, u.idx, u.address, u.domain, u.orcpt, u.notify, 0, $2, u.class
+         FROM UNNEST($3::integer[], $4::bytea[], $5::text[], $6::bytea[], $7::integer[],
+                     $8::text[]) AS u(idx, address, domain, orcpt, notify, class)",
+        &[
+            &id,
+            &m.received_at,
+            &idx,
+            &address,
+            &domain,
+            &orcpt,
+            &notify,
+            &class,
+        ],
+    )
+    .await?;
+    append(tx, &e.tenant.0, node, &m.events).await
+}
+
+async fn record(
+    tx: &Transaction<'_>,
+    cipher: &Cipher,
+    node: &str,
+    a: &AttemptRecord,
+) -> Result<RecordResult, SpoolError> {
+    let id = a.id.0 as i64;
+    // Logged even when the message was deleted meanwhile: the attempt happened.
+    append(tx, &a.tenant.0, node, &a.events).await?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM messages WHERE id = $1 AND purge_at IS NULL FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(RecordResult {
+            finished: true,
+            gone: true,
+        });
+    }
+    let mut idx = Vec::with_capacity(a.outcomes.len());
+    let mut status = Vec::with_capacity(a.outcomes.len());
+    let mut reply = Vec::with_capacity(a.outcomes.len());
+    let mut next = Vec::with_capacity(a.outcomes.len());
+    for (i, outcome) in &a.outcomes {
+        let (s, text, n) = match outcome {
+            RecipientOutcome::Delivered { reply } => (DELIVERED, reply, a.now),
+            RecipientOutcome::Failed { reply } => (FAILED, reply, a.now),
+            RecipientOutcome::Deferred {
+                reply,
+                next_attempt,
+            } => (PENDING, reply, *next_attempt),
+        };
+        idx.push(*i as i32);
+        status.push(s as i16);
+        reply.push(cipher.seal_text(Field::LastReply, Row(id, *i as i64), text)?);
+        next.push(n);
+    }
+    tx.execute(
+        "UPDATE recipients r SET status = u.status, last_reply = u.reply,
+                attempts = r.attempts + 1, next_attempt = u.next
+         FROM UNNEST($2::integer[], $3::smallint[], $4::bytea[], $5::bigint[])
+              AS u(idx, status, reply, next)
+         WHERE r.message_id = $1 AND r.idx = u.idx AND r.status = 0",
+        &[&id, &idx, &status, &reply, &next],
+    )
+    .await?;
+    if let Some(dsn) = &a.dsn {
+        insert_message(tx, node, dsn, &seal_message(cipher, dsn)?).await?;
+    }
+    let pending = tx
+        .query_opt(
+            "SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0 LIMIT 1",
+            &[&id],
+        )
+        .await?
+        .is_some();
+    if !pending {
+        if a.purge_at <= a.now {
+            tx.execute("DELETE FROM messages WHERE id = $1", &[&id])
+                .await?;
+        } else {
+            tx.execute(
+                "UPDATE messages SET purge_at = $1 WHERE id = $2",
+                &[&a.purge_at, &id],
+            )
+            .await?;
+        }
+    }
+    Ok(RecordResult {
+        finished: !pending,
+        gone: false,
+    })
+}
+
+/// Appends `events` to the tenant's chain. The head row's lock, held to
+/// the commit, makes appends from several nodes take turns: each links to
+/// the head the previous one left.
+async fn append(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    node: &str,
+    events: &[crate::report::Event],
+) -> Result<(), SpoolError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO txlog_heads (tenant, seq, hash) VALUES ($1, 0, $2)
+         ON CONFLICT (tenant) DO NOTHING",
+        &[&tenant, &vec![0u8; 32]],
+    )
+    .await?;
+    let head = tx
+        .query_one(
+            "SELECT seq, hash FROM txlog_heads WHERE tenant = $1 FOR UPDATE",
+            &[&tenant],
+        )
+        .await?;
+    let linked = crate::report::log::link(Some((head.get(0), head.get(1))), tenant, events);
+    let seq: Vec<i64> = linked.iter().map(|r| r.seq).collect();
+    let at: Vec<i64> = linked.iter().map(|r| r.at).collect();
+    let kind: Vec<&str> = linked.iter().map(|r| r.kind).collect();
+    let queue_id: Vec<&str> = linked.iter().map(|r| r.queue_id.as_str()).collect();
+    let data: Vec<&str> = linked.iter().map(|r| r.data.as_str()).collect();
+    let prev: Vec<&[u8]> = linked.iter().map(|r| r.prev.as_slice()).collect();
+    let hash: Vec<&[u8]> = linked.iter().map(|r| r.hash.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
+         SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
+         FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                     $8::bytea[], $9::bytea[]) AS u(seq, at, kind, queue_id, data, prev, hash)",
+        &[
+            &tenant, &node, &seq, &at, &kind, &queue_id, &data, &prev, &hash,
+        ],
+    )
+    .await?;
+    if let Some(last) = linked.last() {
+        tx.execute(
+            "UPDATE txlog_heads SET seq = $2, hash = $3 WHERE tenant = $1",
+            &[&tenant, &last.seq, &last.hash.as_slice()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Every (message, domain) with pending recipients and when it is due;
+/// of one message when `only` is given.
+async fn due_jobs(
+    client: &impl tokio_postgres::GenericClient,
+    only: Option<QueueId>,
+) -> Result<Vec<DueJob>, SpoolError> {
+    let rows = match only {
+        Some(id) => {
+            client
+                .query(
+                    "SELECT message_id, domain, MIN(next_attempt) FROM recipients
+                     WHERE message_id = $1 AND status = 0 GROUP BY message_id, domain",
+                    &[&(id.0 as i64)],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    "SELECT message_id, domain, MIN(next_attempt) FROM recipients
+                     WHERE status = 0 GROUP BY message_id, domain",
+                    &[],
+                )
+                .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| DueJob {
+            id: QueueId(r.get::<_, i64>(0) as u64),
+            domain: r.get(1),
+            due: r.get(2),
+        })
+        .collect())
+}
+
+fn envelope_of(row: &PgRow, cipher: &Cipher, id: i64) -> Result<(Envelope, i64, i64), SpoolError> {
+    let at = Row(id, 0);
+    let ret: Option<&str> = row.get("ret");
+    Ok((
+        Envelope {
+            tenant: TenantId(row.get("tenant")),
+            sender: cipher.open_text(Field::Sender, at, row.get("sender"))?,
+            env_id: open_opt(cipher, Field::EnvId, at, row.get("env_id"))?,
+            ret: match ret {
+                Some("full") => Some(Ret::Full),
+                Some("hdrs") => Some(Ret::Headers),
+                _ => None,
+            },
+            smtputf8: row.get("smtputf8"),
+            body_8bit: row.get("body_8bit"),
+            tls_request: TlsRequest::from_name(row.get("tls_request")),
+            content: Content::from_name(row.get("content")),
+            recipients: Vec::new(),
+        },
+        row.get("received_at"),
+        row.get("expires_at"),
+    ))
+}
+
+fn open_opt(
+    cipher: &Cipher,
+    field: Field,
+    at: Row,
+    sealed: Option<&[u8]>,
+) -> Result<Option<String>, SpoolError> {
+    Ok(match sealed {
+        Some(v) => Some(cipher.open_text(field, at, v)?),
+        None => None,
+    })
+}
+
+fn unavailable(e: deadpool_postgres::PoolError) -> SpoolError {
+    SpoolError::Unavailable(e.to_string())
+}
