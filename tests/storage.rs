@@ -114,6 +114,7 @@ fn attempt(
 ) -> AttemptRecord {
     AttemptRecord {
         id,
+        domain: "one.test".into(),
         outcomes,
         dsn: None,
         now,
@@ -388,4 +389,69 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
             .contains("schema is version 99, newer than this sealgate knows"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_job_is_leased_to_one_node_and_taken_over_when_the_lease_runs_out() {
+    let url = database("lease").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = PgSpool::open(&url, &key(&dir, true), "node-a")
+        .await
+        .unwrap();
+    let b = PgSpool::open(&url, &key(&dir, false), "node-b")
+        .await
+        .unwrap();
+    assert!(a.shared());
+    let m = message(&*a, "t", &["x@one.test", "y@two.test"], "x");
+    let id = m.id;
+    a.store(m).await.unwrap();
+    let now = 1_000;
+    // Due and held by no one: both nodes see both jobs.
+    assert_eq!(b.unclaimed(now, 10).await.unwrap().len(), 2);
+    assert!(a.claim(id, "one.test", now, now + 60).await.unwrap());
+    assert!(
+        !b.claim(id, "one.test", now, now + 60).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        a.claim(id, "one.test", now, now + 60).await.unwrap(),
+        "a may claim again"
+    );
+    let seen = b.unclaimed(now, 10).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].domain, "two.test");
+    // a's heartbeat keeps it; once a stops renewing, the lease runs out.
+    a.renew(now + 120).await.unwrap();
+    assert!(!b.claim(id, "one.test", now + 100, now + 160).await.unwrap());
+    assert_eq!(b.unclaimed(now + 121, 10).await.unwrap().len(), 2);
+    assert!(
+        b.claim(id, "one.test", now + 121, now + 181).await.unwrap(),
+        "taken over"
+    );
+    assert!(
+        !a.claim(id, "one.test", now + 122, now + 182).await.unwrap(),
+        "a lost it"
+    );
+    // The record of b's attempt ends b's lease; a gone message cannot be claimed.
+    b.record(attempt(
+        id,
+        "t",
+        vec![(
+            0,
+            RecipientOutcome::Deferred {
+                reply: "451 later".into(),
+                next_attempt: now + 300,
+            },
+        )],
+        now + 130,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        a.claim(id, "one.test", now + 130, now + 190).await.unwrap(),
+        "free again"
+    );
+    assert!(a.delete(id).await.unwrap());
+    assert!(!b.claim(id, "two.test", now + 200, now + 260).await.unwrap());
+    assert!(a.unclaimed(now + 1_000, 10).await.unwrap().is_empty());
 }

@@ -276,6 +276,7 @@ impl Queue {
             );
             let record = AttemptRecord {
                 id: job.id,
+                domain: entry.domain.clone(),
                 outcomes: taken
                     .iter()
                     .map(|r| {
@@ -638,6 +639,7 @@ async fn attempt(
     };
     let record = AttemptRecord {
         id,
+        domain: domain.to_string(),
         outcomes,
         dsn,
         now,

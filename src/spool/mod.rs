@@ -59,6 +59,8 @@ pub enum RecipientOutcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub id: QueueId,
+    /// The job's domain: its lease (in a cluster) ends with the record.
+    pub domain: String,
     pub outcomes: Vec<(u32, RecipientOutcome)>,
     /// The DSN to queue for the failed recipients, if any.
     pub dsn: Option<NewMessage>,
@@ -183,6 +185,35 @@ pub trait Spool: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
     /// One message's envelope and recipient states.
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>>;
+    /// Whether several nodes share this spool: jobs are then claimed
+    /// before they run, and jobs no live node holds are looked for.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Takes the job (message and domain) for this node until `until`,
+    /// unless another node holds it; `false`: leave it to that node.
+    fn claim<'a>(
+        &'a self,
+        _id: QueueId,
+        _domain: &'a str,
+        _now: i64,
+        _until: i64,
+    ) -> BoxFuture<'a, Result<bool, SpoolError>> {
+        Box::pin(async { Ok(true) })
+    }
+    /// Extends every lease this node holds to `until` (its heartbeat).
+    fn renew(&self, _until: i64) -> BoxFuture<'_, Result<(), SpoolError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Up to `limit` jobs due by `now` that no live node holds: submitted
+    /// or retried on another node, or left by one that died.
+    fn unclaimed(
+        &self,
+        _now: i64,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Rotates the data key (and the key-encryption key, if asked), sealing
     /// every stored value again; mail keeps flowing meanwhile.
     fn rekey(

@@ -6,7 +6,11 @@
 //! nothing is acknowledged before its transaction is committed. One
 //! writer task per node drains every waiting write into one transaction
 //! (group commit), each write in a savepoint so that one failing does not
-//! spoil the others; reads use pooled connections. A tenant's log chain
+//! spoil the others; reads use pooled connections. A node delivers a job
+//! only while it holds its lease (`claim`, renewed by its heartbeat, ended
+//! by the record of the attempt); a job whose lease ran out, because its
+//! node died, is found by the others (`unclaimed`) and taken over. A
+//! tenant's log chain
 //! is appended under a row lock on its head, so that two nodes appending
 //! at once serialize instead of forking it.
 //!
@@ -106,11 +110,22 @@ CREATE TABLE nodes (
     slot       SMALLINT NOT NULL UNIQUE CHECK (slot BETWEEN 0 AND 255),
     started_at BIGINT NOT NULL
 );
+-- a job (a message's recipients in one domain) a node is delivering; an
+-- expired lease is anyone's to take
+CREATE TABLE leases (
+    message_id BIGINT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    domain     TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    until      BIGINT NOT NULL,
+    PRIMARY KEY (message_id, domain)
+);
+CREATE INDEX leases_owner ON leases (owner);
 "];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
 pub struct PgSpool {
     pool: Pool,
+    node: String,
     cipher: Arc<Cipher>,
     ids: IdClock,
     writer: mpsc::UnboundedSender<Write>,
@@ -207,6 +222,7 @@ impl PgSpool {
         ));
         Ok(Arc::new(PgSpool {
             pool,
+            node: node.to_string(),
             cipher,
             ids: IdClock::after(max_id.unwrap_or(0) as u64).with_slot(slot),
             writer,
@@ -458,6 +474,75 @@ impl Spool for PgSpool {
 
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
         Box::pin(self.show_now(id))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: QueueId,
+        domain: &'a str,
+        now: i64,
+        until: i64,
+    ) -> BoxFuture<'a, Result<bool, SpoolError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Taken when free, expired, or already ours; atomic, so two
+            // nodes asking at once cannot both get it.
+            let won = client
+                .query_opt(
+                    "INSERT INTO leases (message_id, domain, owner, until)
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = $1)
+                     ON CONFLICT (message_id, domain) DO UPDATE
+                       SET owner = EXCLUDED.owner, until = EXCLUDED.until
+                       WHERE leases.until < $5 OR leases.owner = EXCLUDED.owner
+                     RETURNING 1",
+                    &[&(id.0 as i64), &domain, &self.node, &until, &now],
+                )
+                .await?;
+            Ok(won.is_some())
+        })
+    }
+
+    fn renew(&self, until: i64) -> BoxFuture<'_, Result<(), SpoolError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "UPDATE leases SET until = $2 WHERE owner = $1",
+                    &[&self.node, &until],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn unclaimed(&self, now: i64, limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT r.message_id, r.domain, MIN(r.next_attempt) FROM recipients r
+                     WHERE r.status = 0 AND r.next_attempt <= $1
+                       AND NOT EXISTS (SELECT 1 FROM leases l
+                                       WHERE l.message_id = r.message_id
+                                         AND l.domain = r.domain AND l.until >= $1)
+                     GROUP BY r.message_id, r.domain
+                     ORDER BY MIN(r.next_attempt) LIMIT $2",
+                    &[&now, &(limit as i64)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| DueJob {
+                    id: QueueId(r.get::<_, i64>(0) as u64),
+                    domain: r.get(1),
+                    due: r.get(2),
+                })
+                .collect())
+        })
     }
 
     fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
@@ -766,6 +851,12 @@ async fn record(
     let id = a.id.0 as i64;
     // Logged even when the message was deleted meanwhile: the attempt happened.
     append(tx, &a.tenant.0, node, &a.events).await?;
+    // The job is no longer ours once its outcome is in.
+    tx.execute(
+        "DELETE FROM leases WHERE message_id = $1 AND domain = $2 AND owner = $3",
+        &[&id, &a.domain, &node],
+    )
+    .await?;
     let exists = tx
         .query_opt(
             "SELECT 1 FROM messages WHERE id = $1 AND purge_at IS NULL FOR UPDATE",

@@ -1046,6 +1046,7 @@ mod tests {
         spool
             .record(AttemptRecord {
                 id,
+                domain: "one.test".into(),
                 outcomes: vec![(
                     0,
                     RecipientOutcome::Deferred {
@@ -1147,6 +1148,7 @@ mod tests {
         let result = spool
             .record(AttemptRecord {
                 id,
+                domain: "one.test".into(),
                 outcomes: vec![
                     (
                         0,
@@ -1197,6 +1199,7 @@ mod tests {
         let result = spool
             .record(AttemptRecord {
                 id,
+                domain: "one.test".into(),
                 outcomes: vec![
                     (
                         1,
@@ -1240,6 +1243,7 @@ mod tests {
         spool
             .record(AttemptRecord {
                 id,
+                domain: "one.test".into(),
                 outcomes: vec![(
                     0,
                     RecipientOutcome::Delivered {
