@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use sealgate::message::{Content, Envelope, Notify, Recipient, Ret, TenantId, TlsRequest};
 use sealgate::report::event::{Deleted, VERSION};
+use sealgate::report::log::Verified;
 use sealgate::report::{Event, EventData};
 use sealgate::spool::{
     AttemptRecord, DueJob, KeyFile, NewMessage, PgSpool, QueueId, RecipientOutcome, Spool,
@@ -350,6 +351,25 @@ async fn two_nodes_appending_to_one_chain_take_turns() {
         a.list().await.unwrap().len(),
         2 * per_node,
         "both see one queue"
+    );
+
+    // What `report verify` says of it, and of it tampered with.
+    let verified = b.verify_log("acme", &|| {}).await.unwrap();
+    assert!(
+        matches!(verified, Verified::Intact { records, .. } if records == 2 * per_node as i64),
+        "{verified:?}"
+    );
+    client
+        .execute(
+            "UPDATE txlog SET data = replace(data, 'received', 'Received') WHERE seq = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    let verified = a.verify_log("acme", &|| {}).await.unwrap();
+    assert!(
+        matches!(&verified, Verified::Broken { seq: 7, why } if why.contains("was edited")),
+        "{verified:?}"
     );
 }
 

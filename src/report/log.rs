@@ -223,31 +223,83 @@ pub fn verify_with_progress(
         "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog WHERE tenant = ? ORDER BY seq",
     )?;
     let mut rows = stmt.query([tenant])?;
-    let mut expected_seq = 1;
-    let mut prev_hash = vec![0u8; 32];
-    let mut count = 0;
-    // Where the chain starts when retention removed its beginning: the
-    // record before the first one kept, and the hash that one had.
-    let mut start: Option<(i64, String)> = None;
-    // What the `pruned` records in the chain vouch for: the latest one.
-    let mut vouched: Option<(i64, String)> = None;
+    let mut walk = Walk::new(tenant);
     while let Some(r) = rows.next()? {
         progress();
-        let seq: i64 = r.get(0)?;
-        let at: i64 = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let queue_id: String = r.get(3)?;
-        let data: String = r.get(4)?;
-        let prev: Vec<u8> = r.get(5)?;
-        let hash: Vec<u8> = r.get(6)?;
-        if count == 0 && seq > 1 {
-            // Checked against the `pruned` records at the end.
-            start = Some((seq - 1, hex(&prev)));
-            expected_seq = seq;
-            prev_hash = prev.clone();
+        let record = Stored {
+            seq: r.get(0)?,
+            at: r.get(1)?,
+            kind: r.get(2)?,
+            queue_id: r.get(3)?,
+            data: r.get(4)?,
+            prev: r.get(5)?,
+            hash: r.get(6)?,
+        };
+        if let Some(broken) = walk.next(record) {
+            return Ok(broken);
         }
+    }
+    Ok(walk.end())
+}
+
+/// One record as a database holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub queue_id: String,
+    pub data: String,
+    pub prev: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// A walk along one tenant's chain, fed its records in `seq` order from
+/// whichever database holds them.
+pub struct Walk<'a> {
+    tenant: &'a str,
+    expected_seq: i64,
+    prev_hash: Vec<u8>,
+    count: i64,
+    /// Where the chain starts when retention removed its beginning: the
+    /// record before the first one kept, and the hash that one had.
+    start: Option<(i64, String)>,
+    /// What the `pruned` records in the chain vouch for: the latest one.
+    vouched: Option<(i64, String)>,
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(tenant: &'a str) -> Walk<'a> {
+        Walk {
+            tenant,
+            expected_seq: 1,
+            prev_hash: vec![0u8; 32],
+            count: 0,
+            start: None,
+            vouched: None,
+        }
+    }
+
+    /// The next record; `Some` when the chain breaks at it.
+    pub fn next(&mut self, r: Stored) -> Option<Verified> {
+        let Stored {
+            seq,
+            at,
+            kind,
+            queue_id,
+            data,
+            prev,
+            hash,
+        } = r;
+        if self.count == 0 && seq > 1 {
+            // Checked against the `pruned` records at the end.
+            self.start = Some((seq - 1, hex(&prev)));
+            self.expected_seq = seq;
+            self.prev_hash = prev.clone();
+        }
+        let expected_seq = self.expected_seq;
         if seq != expected_seq {
-            return Ok(Verified::Broken {
+            return Some(Verified::Broken {
                 seq: expected_seq,
                 why: if seq > expected_seq {
                     format!(
@@ -258,8 +310,8 @@ pub fn verify_with_progress(
                 },
             });
         }
-        if prev != prev_hash {
-            return Ok(Verified::Broken {
+        if prev != self.prev_hash {
+            return Some(Verified::Broken {
                 seq,
                 why: format!(
                     "record {seq} ({kind}) does not follow record {}: its predecessor's hash differs (a record was inserted, deleted or replaced before it)",
@@ -267,9 +319,9 @@ pub fn verify_with_progress(
                 ),
             });
         }
-        let computed = record_hash(&prev, tenant, seq, at, &kind, &queue_id, &data);
+        let computed = record_hash(&prev, self.tenant, seq, at, &kind, &queue_id, &data);
         if computed.as_slice() != hash.as_slice() {
-            return Ok(Verified::Broken {
+            return Some(Verified::Broken {
                 seq,
                 why: format!(
                     "record {seq} ({kind}, message {queue_id}) does not match its hash: it was edited"
@@ -277,58 +329,63 @@ pub fn verify_with_progress(
             });
         }
         if let Ok(EventData::Pruned(p)) = EventData::parse(&kind, &data) {
-            vouched = Some((p.through_seq, p.through_hash));
+            self.vouched = Some((p.through_seq, p.through_hash));
         }
-        prev_hash = hash;
-        expected_seq += 1;
-        count += 1;
+        self.prev_hash = hash;
+        self.expected_seq += 1;
+        self.count += 1;
+        None
     }
-    if let Some((before, hash)) = &start {
-        match &vouched {
-            Some((through, h)) if through == before && h == hash => {}
-            Some((through, _)) if through < before => {
-                return Ok(Verified::Broken {
-                    seq: through + 1,
-                    why: format!(
-                        "records {}–{before} are missing: retention removed records up to {through} only, the rest were deleted",
-                        through + 1
-                    ),
-                });
-            }
-            Some((through, _)) if through == before => {
-                return Ok(Verified::Broken {
-                    seq: before + 1,
-                    why: format!(
-                        "record {} does not follow the pruned record {before}: its predecessor's hash is not the one the pruning recorded",
-                        before + 1
-                    ),
-                });
-            }
-            Some((through, _)) => {
-                return Ok(Verified::Broken {
-                    seq: before + 1,
-                    why: format!(
-                        "the chain starts at record {} though the last pruning removed records up to {through}",
-                        before + 1
-                    ),
-                });
-            }
-            None => {
-                return Ok(Verified::Broken {
-                    seq: 1,
-                    why: format!(
-                        "records 1–{before} are missing and no pruned record accounts for them: records were deleted"
-                    ),
-                });
+
+    /// After the last record: the chain's state.
+    pub fn end(self) -> Verified {
+        if let Some((before, hash)) = &self.start {
+            match &self.vouched {
+                Some((through, h)) if through == before && h == hash => {}
+                Some((through, _)) if through < before => {
+                    return Verified::Broken {
+                        seq: through + 1,
+                        why: format!(
+                            "records {}–{before} are missing: retention removed records up to {through} only, the rest were deleted",
+                            through + 1
+                        ),
+                    };
+                }
+                Some((through, _)) if through == before => {
+                    return Verified::Broken {
+                        seq: before + 1,
+                        why: format!(
+                            "record {} does not follow the pruned record {before}: its predecessor's hash is not the one the pruning recorded",
+                            before + 1
+                        ),
+                    };
+                }
+                Some((through, _)) => {
+                    return Verified::Broken {
+                        seq: before + 1,
+                        why: format!(
+                            "the chain starts at record {} though the last pruning removed records up to {through}",
+                            before + 1
+                        ),
+                    };
+                }
+                None => {
+                    return Verified::Broken {
+                        seq: 1,
+                        why: format!(
+                            "records 1–{before} are missing and no pruned record accounts for them: records were deleted"
+                        ),
+                    };
+                }
             }
         }
+        let last = self.expected_seq - 1;
+        Verified::Intact {
+            records: self.count,
+            head: (self.count > 0).then(|| (last, hex(&self.prev_hash))),
+            pruned: self.start.map(|(before, _)| before),
+        }
     }
-    let last = expected_seq - 1;
-    Ok(Verified::Intact {
-        records: count,
-        head: (count > 0).then(|| (last, hex(&prev_hash))),
-        pruned: start.map(|(before, _)| before),
-    })
 }
 
 /// Every tenant that has records.

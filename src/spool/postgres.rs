@@ -241,6 +241,44 @@ impl PgSpool {
         self.pool.get().await.map_err(unavailable)
     }
 
+    /// Walks a tenant's log chain, as `sealgate report verify` does,
+    /// streaming the records in order; `progress` is called once per record.
+    pub async fn verify_log(
+        &self,
+        tenant: &str,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<crate::report::log::Verified, SpoolError> {
+        use crate::report::log::{Stored, Walk};
+        use futures_util::TryStreamExt;
+        let client = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
+        let rows = client
+            .query_raw(
+                "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog
+                 WHERE tenant = $1 ORDER BY seq",
+                params,
+            )
+            .await?;
+        futures_util::pin_mut!(rows);
+        let mut walk = Walk::new(tenant);
+        while let Some(r) = rows.try_next().await? {
+            progress();
+            let record = Stored {
+                seq: r.get(0),
+                at: r.get(1),
+                kind: r.get(2),
+                queue_id: r.get(3),
+                data: r.get(4),
+                prev: r.get(5),
+                hash: r.get(6),
+            };
+            if let Some(broken) = walk.next(record) {
+                return Ok(broken);
+            }
+        }
+        Ok(walk.end())
+    }
+
     async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
         let client = self.client().await?;
         let key = id.0 as i64;
