@@ -99,7 +99,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         memory,
         reporter.clone(),
     )?;
-    tokio::spawn(crate::report::retention(config.clone(), shutdown.clone()));
+    // The configuration in force for background work (retention), replaced by a reload.
+    let (in_force, in_force_rx) = watch::channel(config.clone());
+    tokio::spawn(crate::report::retention(in_force_rx, shutdown.clone()));
     // Stopped after the queue, so the last head written covers the last record.
     let (heads_stop, heads_shutdown) = watch::channel(false);
     let heads_task = (!config.report.head_interval.is_zero()).then(|| {
@@ -132,6 +134,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         policies,
         live: live.clone(),
         outbound: reload_outbound,
+        in_force,
     };
     tokio::spawn(reload.on_hangup(shutdown));
     let addresses: Vec<String> = listeners
@@ -176,8 +179,9 @@ struct Reload {
     path: Option<PathBuf>,
     policies: Arc<Policies>,
     live: Arc<LiveContext>,
-    /// Takes new routes.
+    /// Takes the new configuration for delivery (routes, tenants).
     outbound: Arc<Outbound>,
+    in_force: watch::Sender<Arc<Config>>,
 }
 
 impl Reload {
@@ -206,7 +210,7 @@ impl Reload {
                 tracing::error!("policy reload failed, the previous policy stays in force: {e}")
             }
         }
-        const RELOADED: &str = "configuration reloaded: tenants, limits, routes, queue, inbound certificate, users and DKIM keys";
+        const RELOADED: &str = "configuration reloaded: tenants (added, removed, changed), limits, routes, queue, inbound certificate, users and DKIM keys";
         match self.inbound() {
             Ok(restart) if restart.is_empty() => tracing::info!("{RELOADED}"),
             Ok(restart) => tracing::warn!(
@@ -233,12 +237,21 @@ impl Reload {
             None => ((*old.config).clone(), Vec::new()),
         };
         let InboundFiles { tls, users, dkim } = InboundFiles::load(&config)?;
+        // A broken contacts file is found now, not when a message is sealed.
+        for t in &config.tenants {
+            if let Some(file) = &t.seal.contacts_file {
+                crate::seal::channel::Contacts::load(file)
+                    .with_context(|| format!("tenant {}", t.id))?;
+            }
+        }
         // Everything loaded: from here on nothing fails, all goes in at once.
+        let config = Arc::new(config);
         old.dkim.replace(dkim);
-        self.outbound.set_routes(config.routes.clone());
-        old.queue.settings(config.queue.clone());
+        self.outbound.set_config(config.clone());
+        old.queue.settings(config.clone());
+        let _ = self.in_force.send(config.clone());
         self.live.replace(InboundContext {
-            config: Arc::new(config),
+            config,
             tls,
             users: Arc::new(users),
             auth_guard: old.auth_guard.clone(),

@@ -256,6 +256,55 @@ fn sighup_serves_a_renewed_certificate_keeps_open_sessions_and_refuses_a_broken_
     );
 }
 
+#[test]
+fn sighup_adds_and_removes_a_tenant_for_the_next_session_and_delivery() {
+    let tenants = "[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.1/32\"]\n";
+    let gw =
+        Gateway::start_with(|dir, relay, sub| format!("{}{tenants}", base_config(dir, relay, sub)));
+    let base = std::fs::read_to_string(&gw.config).unwrap();
+    let session = || {
+        let mut c = Client::connect_from("127.0.0.7", gw.relay);
+        c.cmd("EHLO client.test");
+        c
+    };
+    let rcpt_reply = |rcpt: &str| {
+        let mut c = session();
+        assert!(c.cmd("MAIL FROM:<a@acme.test>").starts_with("250"));
+        c.cmd(&format!("RCPT TO:<{rcpt}>"))
+    };
+    // 127.0.0.7 belongs to no tenant yet: no relay.
+    let refused = rcpt_reply(&format!("{}@dst.test", unique("before")));
+    assert!(refused.starts_with("554"), "{refused}");
+
+    // The MSP adds a customer: no restart, open sessions stay.
+    let added = format!(
+        "{base}[[tenant]]\nid = \"acme\"\nnetworks = [\"127.0.0.7/32\"]\n\
+         [tenant.view]\nheader = false\n"
+    );
+    std::fs::write(&gw.config, &added).unwrap();
+    gw.signal_hup();
+    wait_for(T, "the reload", || {
+        gw.log()
+            .contains("configuration reloaded: tenants")
+            .then_some(())
+    });
+    assert!(!gw.log().contains("after a restart"), "{}", gw.log());
+    let rcpt = format!("{}@dst.test", unique("acme"));
+    let queued = session().message("a@acme.test", &[&rcpt], message("acme", "x\r\n").as_bytes());
+    assert!(queued.starts_with("250"), "{queued}");
+    let line = wait_delivery_line(&gw, &rcpt, "sent");
+    assert_eq!(line["tenant"], "acme", "{line:?}");
+
+    // Removed again: its networks no longer relay.
+    std::fs::write(&gw.config, &base).unwrap();
+    gw.signal_hup();
+    wait_for(T, "the second reload", || {
+        (gw.log().matches("configuration reloaded: tenants").count() == 2).then_some(())
+    });
+    let refused = rcpt_reply(&format!("{}@dst.test", unique("after")));
+    assert!(refused.starts_with("554"), "{refused}");
+}
+
 /// SHA-256 of a public key's DER SubjectPublicKeyInfo, by openssl.
 fn spki_sha256(openssl_args: &str) -> String {
     let out = Command::new("bash")

@@ -1,8 +1,9 @@
 //! What a reload (SIGHUP) may change while the gateway runs.
 //!
 //! Accepting mail reads its settings per connection, so who may relay,
-//! limits, the inbound certificate and the users file change at once;
-//! routes and `[queue]` are handed to delivery and the scheduler. The rest
+//! tenants, limits, the inbound certificate and the users file change at
+//! once; routes, tenants and `[queue]` are handed to delivery and the
+//! scheduler, which read them per attempt. The rest
 //! of delivery, storage and the listeners were built from the
 //! configuration at start; a change there is named so that the operator
 //! knows to restart, and the running values stay.
@@ -37,7 +38,6 @@ impl Config {
         pending(differs(&self.spool, &new.spool), "spool");
         pending(differs(&self.policy, &new.policy), "policy.dir");
         pending(differs(&self.report, &new.report), "report");
-        pending(self.default_tenant != new.default_tenant, "default_tenant");
         pending(
             self.limits.max_connections != new.limits.max_connections,
             "limits.max_connections",
@@ -55,34 +55,13 @@ impl Config {
         // them to delivery and the queue).
         merged.routes = new.routes;
         merged.queue = new.queue;
-        // Delivery knows each tenant by id (its seal settings, retention,
-        // password store): who may relay as a tenant changes now, the rest
-        // of a tenant and the set of tenants at the next start.
-        let same_ids = self.tenants.len() == new.tenants.len()
-            && self
-                .tenants
-                .iter()
-                .zip(&new.tenants)
-                .all(|(a, b)| a.id == b.id);
-        if !same_ids {
-            restart.push("tenant (added, removed or reordered)");
-        } else {
-            let mut delivery_changed = false;
-            for (kept, next) in merged.tenants.iter_mut().zip(new.tenants) {
-                delivery_changed |= differs(&kept.seal, &next.seal)
-                    || differs(&kept.retention, &next.retention)
-                    || kept.view != next.view;
-                kept.networks = next.networks;
-                kept.users = next.users;
-                kept.client_certificates = next.client_certificates;
-                kept.m365_tenant_id = next.m365_tenant_id;
-                kept.sender_domains = next.sender_domains;
-                kept.dkim = next.dkim;
-            }
-            if delivery_changed {
-                restart.push("tenant.seal, tenant.retention or tenant.view");
-            }
-        }
+        // Tenants (who may relay as one, their seal, retention, view and
+        // DKIM settings) are read per session and per delivery: a tenant
+        // added, changed or removed applies to the next session and the
+        // next attempt. Mail of a removed tenant already queued is still
+        // delivered, under the general policy and defaults.
+        merged.tenants = new.tenants;
+        merged.default_tenant = new.default_tenant;
         (merged, restart)
     }
 }
@@ -116,11 +95,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_tenant_waits_for_a_restart() {
-        let old = parse("[[tenant]]\nid = \"a\"\n");
-        let new = parse("[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"b\"\n");
+    fn tenants_are_added_changed_and_removed_at_once() {
+        let old = parse("[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"gone\"\n");
+        let new = parse(
+            "[[tenant]]\nid = \"a\"\n[tenant.retention]\nlog_days = 30\n\
+             [[tenant]]\nid = \"b\"\nnetworks = [\"192.0.2.0/24\"]\n",
+        );
         let (merged, restart) = old.reloaded(new);
-        assert_eq!(merged.tenants.len(), 1);
-        assert_eq!(restart, ["tenant (added, removed or reordered)"]);
+        let ids: Vec<&str> = merged.tenants.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(merged.tenants[0].retention.log_days, 30);
+        assert!(restart.is_empty(), "{restart:?}");
     }
 }

@@ -64,7 +64,8 @@ impl Outbound {
     ) -> Result<Opened, ClientError> {
         let target = &c.target;
         let addr = SocketAddr::new(ip, target.port);
-        let helo = self.config.helo_name();
+        let config = self.config();
+        let helo = config.helo_name();
         let client = SmtpClient::connect(addr, &target.host, helo, self.timeouts()).await?;
         let (tls_config, evidence) = self.qualifier.verifier(c);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config));
@@ -123,7 +124,8 @@ impl Outbound {
         let mut timeouts = self.timeouts();
         timeouts.connect = timeouts.connect.min(PROBE_LIMIT);
         timeouts.command = timeouts.command.min(PROBE_LIMIT);
-        let helo = self.config.helo_name();
+        let config = self.config();
+        let helo = config.helo_name();
         let client = SmtpClient::connect(addr, host, helo, timeouts)
             .await
             .map_err(|e| ProbeError::Connect(e.to_string()))?;

@@ -43,7 +43,9 @@ use transact::deferred_by;
 
 /// The outbound side; shared by all delivery tasks.
 pub struct Outbound {
-    config: Arc<Config>,
+    /// Replaced as a whole by a reload (SIGHUP): tenants and their
+    /// settings apply from the next delivery on.
+    config: std::sync::RwLock<Arc<Config>>,
     qualifier: Qualifier,
     policies: Arc<Policies>,
     memory: Arc<DomainMemory>,
@@ -80,6 +82,21 @@ impl Outbound {
     pub fn set_routes(&self, routes: Vec<crate::config::Route>) {
         self.qualifier.set_routes(routes);
         self.close_idle(true);
+    }
+
+    /// The configuration in force.
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The configuration a reload put in force (`Config::reloaded`: only
+    /// what may change while running differs from the one at start).
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.set_routes(config.routes.clone());
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// DKIM keys for the notifications of sealed messages (none by default).
@@ -134,7 +151,7 @@ impl Outbound {
             .build()
             .map_err(|e| OutboundError::Seal(format!("webhook HTTP client: {e}")))?;
         Ok(Outbound {
-            config,
+            config: std::sync::RwLock::new(config),
             qualifier,
             policies,
             memory,
@@ -148,7 +165,7 @@ impl Outbound {
     }
 
     fn timeouts(&self) -> Timeouts {
-        let o = &self.config.outbound;
+        let o = &self.config().outbound;
         Timeouts {
             connect: o.connect_timeout,
             command: o.command_timeout,
@@ -384,7 +401,7 @@ impl Outbound {
             .with_content(
                 job.envelope.content,
                 requires,
-                self.config.policy.inline_pgp_counts,
+                self.config().policy.inline_pgp_counts,
             );
         let req = match note {
             Some(n) => n.apply(req, requires),
@@ -430,7 +447,9 @@ impl Outbound {
         if open.is_empty() {
             return None;
         }
-        let mut idle = self.pool.take(domain, self.config.outbound.idle_timeout)?;
+        let mut idle = self
+            .pool
+            .take(domain, self.config().outbound.idle_timeout)?;
         if !open.iter().all(|(_, r)| r.met_by(&idle.verdict)) {
             self.release(domain, idle);
             return None;
@@ -495,8 +514,8 @@ impl Outbound {
     }
 
     fn release(&self, domain: &str, idle: Idle) {
-        if idle.client.transactions >= self.config.outbound.max_messages_per_connection
-            || self.config.outbound.idle_timeout.is_zero()
+        if idle.client.transactions >= self.config().outbound.max_messages_per_connection
+            || self.config().outbound.idle_timeout.is_zero()
         {
             tokio::spawn(idle.client.quit());
             return;
@@ -506,6 +525,6 @@ impl Outbound {
 
     /// Closes connections idle for longer than the idle timeout; called periodically.
     pub fn close_idle(&self, all: bool) {
-        self.pool.close(self.config.outbound.idle_timeout, all);
+        self.pool.close(self.config().outbound.idle_timeout, all);
     }
 }

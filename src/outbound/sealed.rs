@@ -10,7 +10,7 @@
 //! logged or spooled.
 
 use super::*;
-use crate::config::{Tenant, TenantSeal};
+use crate::config::TenantSeal;
 use crate::message::Envelope;
 use crate::outbound::Direct;
 use crate::seal::channel::{self, Contacts, PasswordChannel, WebhookPayload};
@@ -52,12 +52,17 @@ impl Outbound {
             }
             return;
         };
-        let tenant = self.tenant(&job.envelope.tenant.0);
-        let seal = tenant.map(|t| t.seal.clone()).unwrap_or_default();
+        let seal = self
+            .config()
+            .tenants
+            .iter()
+            .find(|t| t.id == job.envelope.tenant.0)
+            .map(|t| t.seal.clone())
+            .unwrap_or_default();
         let lang = seal
             .language
             .clone()
-            .unwrap_or_else(|| self.config.seal.language.clone());
+            .unwrap_or_else(|| self.config().seal.language.clone());
         let texts = Texts::for_language(&lang).unwrap_or(crate::seal::opener::EN);
         let mut words = Words::for_language(&lang);
         if let Some(s) = &seal.notification_subject {
@@ -148,8 +153,8 @@ impl Outbound {
             Some(pw) => (pw, false),
             None => (Password::generate(), true),
         };
-        let iterations = self.config.seal.iterations;
-        let limit = self.config.seal.max_size;
+        let iterations = self.config().seal.iterations;
+        let limit = self.config().seal.max_size;
         let body = job.body.clone();
         let pw = password.clone();
         // PBKDF2 is deliberately slow: off the async workers.
@@ -183,11 +188,11 @@ impl Outbound {
         };
         tracing::info!(id = %job.id, to = %rcpt, "sealed; password: {how}");
         let from = if job.envelope.sender.is_empty() {
-            format!("postmaster@{}", self.config.hostname)
+            format!("postmaster@{}", self.config().hostname)
         } else {
             job.envelope.sender.clone()
         };
-        let message_id = format!("{}.{}.sealed@{}", job.id, p.index, self.config.hostname);
+        let message_id = format!("{}.{}.sealed@{}", job.id, p.index, self.config().hostname);
         let notification = notify::notification(
             &envelope,
             texts,
@@ -254,11 +259,11 @@ impl Outbound {
             .password_mail_requires
             .unwrap_or(crate::qualify::Level::Qualified);
         let mail = channel::password_mail(
-            &self.config.hostname,
+            &self.config().hostname,
             sender,
             rcpt,
             password,
-            &format!("{}.password@{}", job.id, self.config.hostname),
+            &format!("{}.password@{}", job.id, self.config().hostname),
             lang,
         );
         let level = self
@@ -277,9 +282,5 @@ impl Outbound {
             "mailed to the sender {sender} over a {} connection",
             level.name()
         ))
-    }
-
-    fn tenant(&self, id: &str) -> Option<&Tenant> {
-        self.config.tenants.iter().find(|t| t.id == id)
     }
 }

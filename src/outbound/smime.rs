@@ -49,7 +49,7 @@ impl Outbound {
     /// What encrypted content needs of the transport (`Sealed`: S/MIME
     /// would change nothing).
     pub(super) fn encrypted_content_requires(&self) -> Required {
-        self.config
+        self.config()
             .policy
             .encrypted_content_requires
             .map_or(Required::Sealed, Required::Level)
@@ -63,7 +63,7 @@ impl Outbound {
         let Some(store) = &self.certs else {
             return plan;
         };
-        if !self.config.smime.encrypt || requires == Required::Sealed {
+        if !self.config().smime.encrypt || requires == Required::Sealed {
             return plan;
         }
         let tenant = &job.envelope.tenant.0;

@@ -53,9 +53,9 @@ impl Outbound {
         let before = client.replies_read();
         // The recipient's view (crate::view): how this connection did,
         // above everything else (the DKIM signature does not cover it).
-        let body = match self.config.view(&job.envelope.tenant.0) {
+        let body = match self.config().view(&job.envelope.tenant.0) {
             Some(v) if v.header => {
-                let header = crate::view::transport_header(verdict, self.config.helo_name());
+                let header = crate::view::transport_header(verdict, self.config().helo_name());
                 std::borrow::Cow::Owned([header.as_bytes(), &job.body].concat())
             }
             _ => std::borrow::Cow::Borrowed(&job.body[..]),

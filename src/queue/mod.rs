@@ -45,8 +45,9 @@ enum Event {
     },
     /// The watchdog asks whether the scheduler still turns.
     Ping(tokio::sync::oneshot::Sender<()>),
-    /// A reload changed `[queue]`: limits and schedule from the next round.
-    Settings(crate::config::QueueConfig),
+    /// A reload: `[queue]` limits from the next round; the retry schedule,
+    /// lifetime and tenants' retention from the next attempt on.
+    Settings(Arc<Config>),
 }
 
 /// How the rest of the gateway tells the queue about work.
@@ -81,11 +82,11 @@ impl QueueHandle {
         self.tx.send(Event::Ping(done)).is_ok() && answer.await.is_ok()
     }
 
-    /// New `[queue]` settings (SIGHUP): concurrency limits apply from the
-    /// scheduler's next round, the retry schedule and lifetime from the
-    /// next attempt on.
-    pub fn settings(&self, queue: crate::config::QueueConfig) {
-        let _ = self.tx.send(Event::Settings(queue));
+    /// The configuration a reload put in force (SIGHUP): concurrency
+    /// limits apply from the scheduler's next round, the retry schedule,
+    /// lifetime and tenants' retention from the next attempt on.
+    pub fn settings(&self, config: Arc<Config>) {
+        let _ = self.tx.send(Event::Settings(config));
     }
 
     /// Jobs whose due time changed (recovery, `queue retry`).
@@ -398,11 +399,7 @@ impl Queue {
                     Some(Event::Ping(done)) => {
                         let _ = done.send(());
                     }
-                    Some(Event::Settings(queue)) => {
-                        let mut config = (*self.config).clone();
-                        config.queue = queue;
-                        self.config = Arc::new(config);
-                    }
+                    Some(Event::Settings(config)) => self.config = config,
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => {}

@@ -47,9 +47,10 @@ pub fn prune(
     Ok(pruned)
 }
 
-/// Hourly in the gateway: each tenant's `retention.log_days`.
+/// Hourly in the gateway: each tenant's `retention.log_days`, as the
+/// configuration in force says.
 pub async fn retention(
-    config: std::sync::Arc<crate::config::Config>,
+    in_force: tokio::sync::watch::Receiver<std::sync::Arc<crate::config::Config>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
@@ -58,6 +59,8 @@ pub async fn retention(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        // Tenants and their retention as the last reload left them.
+        let config = in_force.borrow().clone();
         for t in config.tenants.iter().filter(|t| t.retention.log_days > 0) {
             let now = crate::util::now();
             let before = now - i64::from(t.retention.log_days) * 86_400;
