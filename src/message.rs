@@ -320,6 +320,44 @@ impl LoadedJob {
     }
 }
 
+/// Where a message's header section ends (before the empty line), or the
+/// end of the message when it has no body.
+pub fn header_end(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(raw.len())
+}
+
+/// The fields of a header section (CRLF lines), each with its continuation
+/// lines and final CRLF.
+pub fn header_fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = head;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        loop {
+            match rest[end..].windows(2).position(|w| w == b"\r\n") {
+                Some(i) => {
+                    end += i + 2;
+                    if !matches!(rest.get(end), Some(b' ' | b'\t')) {
+                        break;
+                    }
+                }
+                None => {
+                    end = rest.len();
+                    break;
+                }
+            }
+        }
+        let (field, tail) = rest.split_at(end);
+        rest = tail;
+        Some(field)
+    })
+}
+
 /// Why an address from a client is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {

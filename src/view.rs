@@ -9,7 +9,7 @@
 //! hold, so nothing from a peer or a zone can end the line or the field.
 
 use crate::config::RecipientView;
-use crate::message::RiskClass;
+use crate::message::{RiskClass, header_end, header_fields};
 use crate::qualify::{Status, Verdict};
 
 pub const HEADER: &str = "Sealgate-Transport";
@@ -132,12 +132,29 @@ fn write_subject(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// Where the header section ends (before the empty line), or the end.
-fn header_end(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(raw.len())
+/// The message without any `Sealgate-Transport` field a sender put in
+/// its header (`None`: there was none): only the gateway says how a
+/// message travelled, and a forged "qualified" must not reach the
+/// recipient beside, or instead of, ours.
+pub fn strip_transport_headers(raw: &[u8]) -> Option<Vec<u8>> {
+    let end = header_end(raw);
+    let is_ours = |f: &[u8]| {
+        f.len() > HEADER.len()
+            && f[..HEADER.len()].eq_ignore_ascii_case(HEADER.as_bytes())
+            && f[HEADER.len()..]
+                .iter()
+                .find(|b| !matches!(b, b' ' | b'\t'))
+                == Some(&b':')
+    };
+    if !header_fields(&raw[..end]).any(is_ours) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for f in header_fields(&raw[..end]).filter(|f| !is_ours(f)) {
+        out.extend_from_slice(f);
+    }
+    out.extend_from_slice(&raw[end..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -153,6 +170,20 @@ mod tests {
             high_tag: None,
             confidential_tag: None,
         }
+    }
+
+    #[test]
+    fn a_transport_header_from_the_sender_is_removed_and_nothing_else() {
+        let m = b"Received: from x\r\nSealgate-Transport: qualified;\r\n\tmx=forged\r\n\
+                  Subject: hi\r\nsealgate-transport : qualified\r\nSealgate-Transports: kept\r\n\
+                  \r\nSealgate-Transport: in the body stays\r\n";
+        let clean = strip_transport_headers(m).expect("stripped");
+        assert_eq!(
+            String::from_utf8_lossy(&clean),
+            "Received: from x\r\nSubject: hi\r\nSealgate-Transports: kept\r\n\r\n\
+             Sealgate-Transport: in the body stays\r\n"
+        );
+        assert_eq!(strip_transport_headers(b"Subject: x\r\n\r\nbody\r\n"), None);
     }
 
     #[test]

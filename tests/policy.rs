@@ -578,20 +578,22 @@ fn the_recipient_sees_the_level_in_a_header_and_high_mail_is_tagged() {
         assert!(line.contains(check), "{line}");
     }
     assert!(line.ends_with("by=gw.test"), "{line}");
-    // Normal mail is not tagged (its level may be lower), but has the header.
+    // Normal mail is not tagged (its level may be lower), but has the
+    // header: ours only, whatever the sender wrote.
     let normal = format!("{}@good.pki.test", unique("plainview"));
-    relay_one(
-        gw.relay,
-        "sender@src.test",
-        &[&normal],
-        message("Lunch", "x\r\n").as_bytes(),
+    let forged = format!(
+        "Sealgate-Transport: qualified; mx=forged.example;\r\n\tchecks=dane:pass\r\n{}",
+        message("Lunch", "x\r\n")
     );
+    relay_one(gw.relay, "sender@src.test", &[&normal], forged.as_bytes());
     let mail = wait_mail(&normal);
     assert!(
         mail.lines().any(|l| l.trim_end() == "Subject: Lunch"),
         "{mail}"
     );
     assert!(mail.contains("Sealgate-Transport: qualified;"), "{mail}");
+    assert_eq!(mail.matches("Sealgate-Transport:").count(), 1, "{mail}");
+    assert!(!mail.contains("forged.example"), "{mail}");
 }
 
 fn pki_script() -> std::path::PathBuf {

@@ -1008,6 +1008,14 @@ impl Session {
         let mut body = Vec::with_capacity(received.len() + data.len() + 16);
         body.extend_from_slice(received.as_bytes());
         crlf_lines(&data, &mut body);
+        if let Some(clean) = crate::view::strip_transport_headers(&body) {
+            tracing::info!(
+                remote = %self.remote,
+                "removed the {} header the sender wrote: only the gateway says how a message travelled",
+                crate::view::HEADER
+            );
+            body = clean;
+        }
         let (recipients, classified) = self.classify(&tenant, &authorization, &tx, &mut body);
         let (tls_request, tls_request_note) = self.tls_request(&tx, &body, &recipients);
         let (content, content_note) = crate::policy::e2e::detect(&body);

@@ -141,7 +141,7 @@ fn split(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     };
     let mut outer = Vec::with_capacity(head.len());
     let mut inner = Vec::with_capacity(body.len() + 256);
-    for field in fields(head) {
+    for field in crate::message::header_fields(head) {
         let name = field.split(|&b| b == b':').next().unwrap_or_default();
         let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
         if name.starts_with("content-") {
@@ -153,34 +153,6 @@ fn split(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     inner.extend_from_slice(b"\r\n");
     inner.extend_from_slice(body);
     (outer, inner)
-}
-
-/// The header's fields, each with its continuation lines and final CRLF.
-fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = head;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = 0;
-        loop {
-            match rest[end..].windows(2).position(|w| w == b"\r\n") {
-                Some(i) => {
-                    end += i + 2;
-                    if !matches!(rest.get(end), Some(b' ' | b'\t')) {
-                        break;
-                    }
-                }
-                None => {
-                    end = rest.len();
-                    break;
-                }
-            }
-        }
-        let (field, tail) = rest.split_at(end);
-        rest = tail;
-        Some(field)
-    })
 }
 
 /// The `cms` builder's hook: gives one recipient the content key.
