@@ -4,8 +4,9 @@
 //! that certificate (`seal::smime`) instead, in a transaction of its own —
 //! so that no recipient learns another's certificate, as a Bcc recipient's
 //! would be — and then needs of the transport only what encrypted content
-//! needs (`[policy] encrypted_content_requires`). A certificate that is not
-//! used is named with the reason in the recipient's seal decision.
+//! needs (`[policy] encrypted_content_requires`), signed again with the
+//! tenant's DKIM key. A certificate that is not used is named with the
+//! reason in the recipient's seal decision.
 
 use std::collections::HashMap;
 
@@ -113,6 +114,7 @@ impl Outbound {
                         .and_then(|r| smime::encrypt(&job.body, &[r]));
                     match encrypted {
                         Ok(body) => {
+                            let body = self.sign_again(&job.envelope.tenant.0, body);
                             plan.jobs.push(LoadedJob {
                                 body,
                                 recipients: vec![p.clone()],
@@ -135,6 +137,27 @@ impl Outbound {
             plan.notes.insert(p.index, note);
         }
         plan
+    }
+}
+
+impl Outbound {
+    /// The tenant's DKIM signature, made at reception over the readable
+    /// message (it is then the message's first field: our `Received:`
+    /// comes right after it, and any upstream signature after that), no
+    /// longer verifies once the body is encrypted: it is made again over
+    /// what goes out.
+    fn sign_again(&self, tenant: &str, mut body: Vec<u8>) -> Vec<u8> {
+        const FIELD: &[u8] = b"dkim-signature:";
+        if body.len() > FIELD.len() && body[..FIELD.len()].eq_ignore_ascii_case(FIELD) {
+            let first = crate::message::header_fields(&body[..crate::message::header_end(&body)])
+                .next()
+                .map_or(0, <[u8]>::len);
+            body.drain(..first);
+        }
+        if let Some(signature) = self.dkim.sign(tenant, &body) {
+            body.splice(0..0, signature.into_bytes());
+        }
+        body
     }
 }
 
