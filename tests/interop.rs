@@ -301,59 +301,12 @@ fn independent_mtas_exchange_mail_byte_for_byte() {
     assert!(!received.contains("ERROR"), "{received}");
 }
 
-/// Runs dkimpy on `message` with `records` as the DNS it sees; its lines.
-fn dkimpy(dir: &Path, message: &[u8], records: &[String]) -> (bool, String) {
-    let (file, dns) = (dir.join(unique("msg")), dir.join(unique("dns")));
-    std::fs::write(&file, message).unwrap();
-    std::fs::write(&dns, records.join("\n")).unwrap();
-    let out = Command::new(mtas_root().join("venv/bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dkim_verify.py"))
-        .args([&file, &dns])
-        .output()
-        .expect("dkimpy (run the README test command)");
-    (out.status.success(), output_text(&out))
-}
-
-/// `sealgate dkim keygen`: the key file and the TXT record as
-/// `NAME VALUE` for dkim_verify.py.
-fn keygen(dir: &Path, domain: &str, algorithm: &str) -> (PathBuf, String) {
-    let key = dir.join(format!("{domain}.pem"));
-    let out = Command::new(bin())
-        .args([
-            "dkim",
-            "keygen",
-            domain,
-            "--selector",
-            "s1",
-            "--algorithm",
-            algorithm,
-        ])
-        .arg("--out")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let printed = String::from_utf8(out.stdout).unwrap();
-    let line = printed
-        .lines()
-        .find(|l| l.contains("._domainkey."))
-        .expect("the TXT record");
-    let (name, rest) = line.split_once(" IN TXT ").unwrap();
-    // ( "part" "part" ) → the concatenated value, as a resolver gives it.
-    let value: String = rest
-        .trim_matches(|c| c == '(' || c == ')' || c == ' ')
-        .split("\" \"")
-        .map(|p| p.trim_matches('"'))
-        .collect();
-    (key, format!("{name} {value}"))
-}
-
 #[test]
 fn dkim_signatures_made_at_the_gateway_verify_with_dkimpy() {
     let keys = tempfile::tempdir().unwrap();
-    let (rsa_key, rsa_txt) = keygen(keys.path(), "rsa.dkim.test", "rsa");
-    let (ed_key, ed_txt) = keygen(keys.path(), "ed.dkim.test", "ed25519");
-    let (other_key, other_txt) = keygen(keys.path(), "other.dkim.test", "ed25519");
+    let (rsa_key, rsa_txt) = dkim_keygen(keys.path(), "rsa.dkim.test", "rsa");
+    let (ed_key, ed_txt) = dkim_keygen(keys.path(), "ed.dkim.test", "ed25519");
+    let (other_key, other_txt) = dkim_keygen(keys.path(), "other.dkim.test", "ed25519");
     let tenants = format!(
         "[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\nusers = [\"alice\"]\n\
          [[tenant.dkim]]\ndomain = \"rsa.dkim.test\"\nselector = \"s1\"\nkey = \"{}\"\n\

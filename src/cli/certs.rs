@@ -40,27 +40,20 @@ pub(super) fn certs(config: Config, command: CertsCommand) -> anyhow::Result<()>
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = CertStore::open(&config.database_path())?;
-    let tenant_of = |t: Option<String>| -> anyhow::Result<String> {
-        let t = t.unwrap_or_else(|| config.default_tenant.clone());
-        if !config.tenants.iter().any(|x| x.id == t) {
-            bail!("no tenant `{t}` in the configuration");
-        }
-        Ok(t)
-    };
     match command {
         CertsCommand::Import {
             file,
             tenant,
             address,
         } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let chain = read_chain(&bytes).with_context(|| format!("{}", file.display()))?;
             import(config, &store, &tenant, chain, address.as_deref())
         }
         CertsCommand::List { tenant } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             let list = store.list(&tenant)?;
             let now = crate::util::now();
             for c in &list {
@@ -77,7 +70,7 @@ pub(super) fn certs(config: Config, command: CertsCommand) -> anyhow::Result<()>
             Ok(())
         }
         CertsCommand::Remove { what, tenant } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             let n = store.remove(&tenant, &what)?;
             if n == 0 {
                 bail!("no certificate of tenant {tenant} matches `{what}`");

@@ -360,6 +360,16 @@ fn report(answer: String) -> anyhow::Result<()> {
     }
 }
 
+/// The tenant a command names, or `default_tenant`; one the configuration
+/// does not have is an error.
+fn tenant_of(config: &Config, tenant: Option<String>) -> anyhow::Result<String> {
+    let t = tenant.unwrap_or_else(|| config.default_tenant.clone());
+    if !config.tenants.iter().any(|x| x.id == t) {
+        bail!("no tenant `{t}` in the configuration");
+    }
+    Ok(t)
+}
+
 fn time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| {

@@ -33,20 +33,13 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = PasswordStore::open(&config.database_path(), &config.passwords_key())?;
-    let tenant_of = |t: Option<String>| -> anyhow::Result<String> {
-        let t = t.unwrap_or_else(|| config.default_tenant.clone());
-        if !config.tenants.iter().any(|x| x.id == t) {
-            bail!("no tenant `{t}` in the configuration");
-        }
-        Ok(t)
-    };
     match command {
         PasswordsCommand::Set {
             address,
             tenant,
             generate,
         } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             if !address.contains('@') {
                 bail!("`{address}` is not an address");
             }
@@ -71,7 +64,7 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
             Ok(())
         }
         PasswordsCommand::Remove { address, tenant } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             if !store.remove(&tenant, &address)? {
                 bail!("{address} (tenant {tenant}) has no stored password");
             }
@@ -79,7 +72,7 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
             Ok(())
         }
         PasswordsCommand::List { tenant } => {
-            let tenant = tenant_of(tenant)?;
+            let tenant = tenant_of(&config, tenant)?;
             let list = store.list(&tenant)?;
             for (address, at) in &list {
                 println!("{address:<40}  set {}", time(*at));

@@ -572,14 +572,7 @@ impl Spool for PgSpool {
                     &[&now, &(limit as i64)],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| DueJob {
-                    id: QueueId(r.get::<_, i64>(0) as u64),
-                    domain: r.get(1),
-                    due: r.get(2),
-                })
-                .collect())
+            Ok(rows.iter().map(due_job).collect())
         })
     }
 
@@ -1041,14 +1034,16 @@ async fn due_jobs(
                 .await?
         }
     };
-    Ok(rows
-        .iter()
-        .map(|r| DueJob {
-            id: QueueId(r.get::<_, i64>(0) as u64),
-            domain: r.get(1),
-            due: r.get(2),
-        })
-        .collect())
+    Ok(rows.iter().map(due_job).collect())
+}
+
+/// A row of (message_id, domain, due) as a job.
+fn due_job(r: &PgRow) -> DueJob {
+    DueJob {
+        id: QueueId(r.get::<_, i64>(0) as u64),
+        domain: r.get(1),
+        due: r.get(2),
+    }
 }
 
 fn envelope_of(row: &PgRow, cipher: &Cipher, id: i64) -> Result<(Envelope, i64, i64), SpoolError> {

@@ -837,3 +837,50 @@ fn parse_fields(mut rest: &str) -> Option<std::collections::BTreeMap<String, Str
     }
     Some(fields)
 }
+
+/// Runs dkimpy on `message` with `records` as the DNS it sees; its lines.
+pub fn dkimpy(dir: &Path, message: &[u8], records: &[String]) -> (bool, String) {
+    let (file, dns) = (dir.join(unique("msg")), dir.join(unique("dns")));
+    std::fs::write(&file, message).unwrap();
+    std::fs::write(&dns, records.join("\n")).unwrap();
+    let out = Command::new(peers_dir().join("mtas-root/venv/bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dkim_verify.py"))
+        .args([&file, &dns])
+        .output()
+        .expect("dkimpy (run the README test command)");
+    (out.status.success(), output_text(&out))
+}
+
+/// `sealgate dkim keygen`: the key file and the TXT record as
+/// `NAME VALUE` for dkim_verify.py.
+pub fn dkim_keygen(dir: &Path, domain: &str, algorithm: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{domain}.pem"));
+    let out = Command::new(bin())
+        .args([
+            "dkim",
+            "keygen",
+            domain,
+            "--selector",
+            "s1",
+            "--algorithm",
+            algorithm,
+        ])
+        .arg("--out")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let line = printed
+        .lines()
+        .find(|l| l.contains("._domainkey."))
+        .expect("the TXT record");
+    let (name, rest) = line.split_once(" IN TXT ").unwrap();
+    // ( "part" "part" ) → the concatenated value, as a resolver gives it.
+    let value: String = rest
+        .trim_matches(|c| c == '(' || c == ')' || c == ' ')
+        .split("\" \"")
+        .map(|p| p.trim_matches('"'))
+        .collect();
+    (key, format!("{name} {value}"))
+}
