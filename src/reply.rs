@@ -38,6 +38,7 @@ impl Reply {
         SHUTTING_DOWN = 421, [4, 3, 2], "Service shutting down, try again later";
         STORAGE_FULL = 452, [4, 3, 1], "Insufficient system storage, try again later";
         STORAGE_ERROR = 451, [4, 3, 0], "Local error in processing, try again later";
+        STORAGE_DOWN = 451, [4, 3, 0], "Storage unavailable, try again later";
         TOO_MANY_RECIPIENTS = 452, [4, 5, 3], "Too many recipients";
         SYNTAX_ERROR = 500, [5, 5, 2], "Syntax error";
         LINE_TOO_LONG = 500, [5, 5, 2], "Line too long";

@@ -22,7 +22,7 @@ use crate::queue::Queue;
 use crate::report::heads;
 use crate::report::tlsrpt::Reporter;
 use crate::spool::journal::Journal;
-use crate::spool::{Spool, SqliteSpool};
+use crate::spool::{Opener, Spool, Storage};
 
 /// Runs the gateway with `config`, read from `path` (None: the embedded
 /// defaults); SIGHUP reads `path` again.
@@ -36,11 +36,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     crate::util::private_files();
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let spool: Arc<dyn Spool> = SqliteSpool::open(
-        &config.database_path(),
-        &crate::spool::KeyFile::of(&config, true),
-    )
-    .with_context(|| format!("cannot open the spool {}", config.database_path().display()))?;
+    let storage = Storage::open(&config, Opener::Gateway).await?;
+    let spool: Arc<dyn Spool> = storage.spool();
+    // In a cluster the heads name the node that wrote them.
+    let node = spool.shared().then(|| config.cluster.node.clone());
     let InboundFiles {
         tls,
         users,
@@ -101,12 +100,17 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     )?;
     // The configuration in force for background work (retention), replaced by a reload.
     let (in_force, in_force_rx) = watch::channel(config.clone());
-    tokio::spawn(crate::report::retention(in_force_rx, shutdown.clone()));
+    tokio::spawn(crate::report::retention(
+        storage.clone(),
+        in_force_rx,
+        shutdown.clone(),
+    ));
     // Stopped after the queue, so the last head written covers the last record.
     let (heads_stop, heads_shutdown) = watch::channel(false);
     let heads_task = (!config.report.head_interval.is_zero()).then(|| {
         tokio::spawn(heads::write_periodically(
-            config.database_path(),
+            storage.clone(),
+            node.clone(),
             config.report.head_interval,
             signer,
             heads_shutdown,
@@ -141,7 +145,17 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         .iter()
         .map(|(l, _)| format!("{} ({:?})", l.address, l.mode))
         .collect();
-    tracing::info!(data_dir = %config.data_dir.display(), "sealgate ready on {}", addresses.join(", "));
+    match &node {
+        Some(node) => tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "sealgate node {node} ready on {}; storage {}",
+            addresses.join(", "),
+            storage.describe(&config)
+        ),
+        None => {
+            tracing::info!(data_dir = %config.data_dir.display(), "sealgate ready on {}", addresses.join(", "))
+        }
+    }
     crate::systemd::ready(&format!("listening on {}", addresses.join(", ")));
     inbound::serve(live, listeners).await;
     let _ = queue_task.await;

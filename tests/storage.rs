@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sealgate::message::{Content, Envelope, Notify, Recipient, Ret, TenantId, TlsRequest};
 use sealgate::report::event::{Deleted, VERSION};
@@ -13,6 +14,8 @@ use sealgate::report::{Event, EventData};
 use sealgate::spool::{
     AttemptRecord, DueJob, KeyFile, NewMessage, PgSpool, QueueId, RecipientOutcome, Spool,
 };
+
+const LEASE: Option<Duration> = Some(Duration::from_secs(30));
 
 /// The server's URL (without a database).
 fn server() -> &'static str {
@@ -161,7 +164,7 @@ async fn verify_chain(client: &tokio_postgres::Client, tenant: &str) -> usize {
 async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
     let url = database("roundtrip").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let marker = "marker-7c1e0d5a in the body";
@@ -238,7 +241,7 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
 
     // A restart (a second open) sees the same queue, and the same keys.
     drop(spool);
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let mut due = spool.pending().await.unwrap();
@@ -306,10 +309,10 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
 async fn two_nodes_appending_to_one_chain_take_turns() {
     let url = database("chain").await;
     let dir = tempfile::tempdir().unwrap();
-    let a = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let a = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
-    let b = PgSpool::open(&url, &key(&dir, false), "node-b")
+    let b = PgSpool::open(&url, &key(&dir, false), "node-b", LEASE)
         .await
         .unwrap();
     // Ids made on two nodes in the same microsecond still differ.
@@ -377,7 +380,7 @@ async fn two_nodes_appending_to_one_chain_take_turns() {
 async fn a_newer_schema_or_a_missing_key_is_refused() {
     let url = database("refuse").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let m = message(&*spool, "t", &["x@one.test"], "kept");
@@ -386,7 +389,7 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
 
     // The key file gone: refused, nothing lost.
     let elsewhere = tempfile::tempdir().unwrap();
-    let err = PgSpool::open(&url, &key(&elsewhere, true), "node-a")
+    let err = PgSpool::open(&url, &key(&elsewhere, true), "node-a", LEASE)
         .await
         .err()
         .expect("refused");
@@ -400,7 +403,7 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
         .execute("UPDATE sealgate_schema SET version = 99", &[])
         .await
         .unwrap();
-    let err = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let err = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
         .await
         .err()
         .expect("refused");
@@ -412,66 +415,85 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
 }
 
 #[tokio::test]
-async fn a_job_is_leased_to_one_node_and_taken_over_when_the_lease_runs_out() {
-    let url = database("lease").await;
+async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_dies() {
+    let url = database("owner").await;
     let dir = tempfile::tempdir().unwrap();
-    let a = PgSpool::open(&url, &key(&dir, true), "node-a")
+    let lease = Some(Duration::from_secs(3));
+    let a = PgSpool::open(&url, &key(&dir, true), "node-a", lease)
         .await
         .unwrap();
-    let b = PgSpool::open(&url, &key(&dir, false), "node-b")
+    let b = PgSpool::open(&url, &key(&dir, false), "node-b", lease)
         .await
         .unwrap();
-    assert!(a.shared());
+    assert!(a.shared() && a.available());
     let m = message(&*a, "t", &["x@one.test", "y@two.test"], "x");
     let id = m.id;
     a.store(m).await.unwrap();
-    let now = 1_000;
-    // Due and held by no one: both nodes see both jobs.
-    assert_eq!(b.unclaimed(now, 10).await.unwrap().len(), 2);
-    assert!(a.claim(id, "one.test", now, now + 60).await.unwrap());
+    assert!(a.load(id, "one.test").await.unwrap().is_some());
     assert!(
-        !b.claim(id, "one.test", now, now + 60).await.unwrap(),
-        "held by a"
+        b.load(id, "one.test").await.unwrap().is_none(),
+        "a's message is a's to deliver"
+    );
+    assert_eq!(a.pending().await.unwrap().len(), 2);
+    assert!(b.pending().await.unwrap().is_empty());
+    let now = sealgate::util::now();
+    assert!(
+        b.adopt(now, 10).await.unwrap().is_empty(),
+        "a beats: nothing to take"
+    );
+
+    // A second live process named node-b is refused.
+    let err = PgSpool::open(&url, &key(&dir, false), "node-b", lease)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("another live node is named"),
+        "{err}"
+    );
+
+    // Seen from a time past a's lease, a is dead and b takes both jobs.
+    let mut taken = b.adopt(now + 60, 10).await.unwrap();
+    taken.sort_by(|x, y| x.domain.cmp(&y.domain));
+    assert_eq!(
+        taken.iter().map(|j| j.domain.as_str()).collect::<Vec<_>>(),
+        ["one.test", "two.test"]
     );
     assert!(
-        a.claim(id, "one.test", now, now + 60).await.unwrap(),
-        "a may claim again"
-    );
-    let seen = b.unclaimed(now, 10).await.unwrap();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].domain, "two.test");
-    // a's heartbeat keeps it; once a stops renewing, the lease runs out.
-    a.renew(now + 120).await.unwrap();
-    assert!(!b.claim(id, "one.test", now + 100, now + 160).await.unwrap());
-    assert_eq!(b.unclaimed(now + 121, 10).await.unwrap().len(), 2);
-    assert!(
-        b.claim(id, "one.test", now + 121, now + 181).await.unwrap(),
-        "taken over"
+        b.adopt(now + 60, 10).await.unwrap().is_empty(),
+        "taken once"
     );
     assert!(
-        !a.claim(id, "one.test", now + 122, now + 182).await.unwrap(),
-        "a lost it"
+        a.load(id, "one.test").await.unwrap().is_none(),
+        "no longer a's"
     );
-    // The record of b's attempt ends b's lease; a gone message cannot be claimed.
-    b.record(attempt(
-        id,
-        "t",
-        vec![(
-            0,
-            RecipientOutcome::Deferred {
-                reply: "451 later".into(),
-                next_attempt: now + 300,
-            },
-        )],
-        now + 130,
-    ))
-    .await
-    .unwrap();
-    assert!(
-        a.claim(id, "one.test", now + 130, now + 190).await.unwrap(),
-        "free again"
-    );
-    assert!(a.delete(id).await.unwrap());
-    assert!(!b.claim(id, "two.test", now + 200, now + 260).await.unwrap());
-    assert!(a.unclaimed(now + 1_000, 10).await.unwrap().is_empty());
+    assert!(b.load(id, "one.test").await.unwrap().is_some());
+
+    // `queue retry` on a makes it a's again, due now.
+    let jobs = a.retry(id, now).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(a.load(id, "two.test").await.unwrap().is_some());
+    assert!(b.load(id, "two.test").await.unwrap().is_none());
+
+    // `queue flush` on a: b's heartbeat sees it and b reads its queue again.
+    let before = b.flushes();
+    a.retry_all(now).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.flushes() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never saw the flush"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The command's view: no node name taken, every message listed.
+    let command = PgSpool::open(&url, &key(&dir, false), "node-a", None)
+        .await
+        .unwrap();
+    assert_eq!(command.list().await.unwrap().len(), 1);
+    let nodes = command.nodes(sealgate::util::now()).await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
+    assert_eq!(nodes.iter().map(|n| n.messages).sum::<u64>(), 1);
 }

@@ -19,6 +19,7 @@ use crate::util::rfc3339;
 
 mod certs;
 mod check;
+mod cluster;
 mod domains;
 mod envelope;
 mod manual;
@@ -83,6 +84,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// The nodes that share one storage database (docs/cluster.md).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// The spool's encryption at rest: rotate its keys.
     Spool {
@@ -280,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Queue { command } => queue(load_config(&cli.config)?, command),
+        Command::Cluster { command } => cluster::cluster(load_config(&cli.config)?, command),
         Command::Spool { command } => spool::spool(load_config(&cli.config)?, command),
         Command::User {
             command: UserCommand::Hash { name },

@@ -25,16 +25,15 @@ pub(super) enum QueueCommand {
 }
 
 pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()> {
-    let db = config.database_path();
-    if !db.exists() {
-        bail!(
-            "no spool at {} (has the gateway run with this data_dir?)",
-            db.display()
-        );
-    }
-    let spool = SqliteSpool::open(&db, &crate::spool::KeyFile::of(&config, false))
-        .with_context(|| format!("cannot open {}", db.display()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let spool = runtime
+        .block_on(crate::spool::Storage::open(
+            &config,
+            crate::spool::Opener::Command,
+        ))?
+        .spool();
     match command {
         QueueCommand::List { json } => {
             let list = runtime.block_on(spool.list())?;

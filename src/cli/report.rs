@@ -80,20 +80,69 @@ pub(super) enum ReportCommand {
     },
 }
 
+/// The log a command reads: a SQLite database (the gateway's, or `--db`),
+/// or, on a cluster's shared database, a local copy of the records asked
+/// for, which the same readers then read (spool::PgSpool::copy_log).
+struct Log {
+    conn: rusqlite::Connection,
+    /// Holds the copy; removed when the command ends.
+    _copy: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Log {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+}
+
+/// Opens the log, with the records `[from, to)` of `tenant` (or all) when it
+/// must be copied from the shared database.
+fn open_log(
+    config: &Config,
+    db: Option<PathBuf>,
+    (from, to): (i64, i64),
+    tenant: Option<&str>,
+) -> anyhow::Result<Log> {
+    if db.is_none()
+        && let Some(url) = config.storage_url()
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let storage = runtime.block_on(crate::spool::Storage::open(
+            config,
+            crate::spool::Opener::Command,
+        ))?;
+        let crate::spool::Storage::Postgres(pg) = storage else {
+            bail!(
+                "storage url {} did not open PostgreSQL",
+                crate::config::redact_url(&url)
+            );
+        };
+        let dir = tempfile::Builder::new().prefix("sealgate-log").tempdir()?;
+        let conn = rusqlite::Connection::open(dir.path().join("log.db"))?;
+        let total = runtime.block_on(pg.count_log(from, to, tenant))?;
+        let progress = super::progress::Progress::new(total, "reading the shared log");
+        runtime.block_on(pg.copy_log(&conn, from, to, tenant, &|| progress.tick()))?;
+        return Ok(Log {
+            conn,
+            _copy: Some(dir),
+        });
+    }
+    let path = db.unwrap_or_else(|| config.database_path());
+    if !path.exists() {
+        bail!("no database at {}", path.display());
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Log { conn, _copy: None })
+}
+
 pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> {
     use crate::report::{export, log};
-    let open = |db: Option<PathBuf>| -> anyhow::Result<rusqlite::Connection> {
-        let path = db.unwrap_or_else(|| config.database_path());
-        if !path.exists() {
-            bail!("no database at {}", path.display());
-        }
-        let conn = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(conn)
-    };
+    const ALL: (i64, i64) = (i64::MIN, i64::MAX);
     match command {
         ReportCommand::Domains { format, out } => {
             let db = config.database_path();
@@ -227,7 +276,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
                     None => bail!("{}", answer.trim_start_matches("error: ")),
                 };
             }
-            let conn = open(db)?;
+            let conn = open_log(&config, db, (day_start, day_start + 86_400), None)?;
             let by = tlsrpt::Submitter::from_config(&config);
             let days = tlsrpt::aggregate(&conn, day_start, day_start + 86_400)?;
             let mut w = std::io::BufWriter::new(std::io::stdout().lock());
@@ -242,13 +291,23 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
         ReportCommand::Prune { before, tenant } => {
             let before = crate::config::parse_instant(&before, crate::config::DayEdge::Start)
                 .map_err(anyhow::Error::msg)?;
-            let db = config.database_path();
-            let tenants = match tenant {
-                Some(t) => vec![t],
-                None => log::tenants(&open(None)?)?,
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let storage = runtime.block_on(crate::spool::Storage::open(
+                &config,
+                crate::spool::Opener::Command,
+            ))?;
+            let tenants = match (tenant, &storage) {
+                (Some(t), _) => vec![t],
+                (None, crate::spool::Storage::Postgres(pg)) => {
+                    runtime.block_on(pg.log_tenants())?
+                }
+                (None, _) => log::tenants(&open_log(&config, None, ALL, None)?.conn)?,
             };
             for t in &tenants {
-                match crate::report::prune(&db, t, before, crate::util::now())? {
+                let now = crate::util::now();
+                match runtime.block_on(crate::report::prune_stored(&storage, t, before, now))? {
                     Some(p) => println!(
                         "tenant {t}: records {}–{} removed; a pruned record vouches for them",
                         p.from, p.through
@@ -274,7 +333,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             heads,
             public_key,
         } => {
-            let conn = open(db)?;
+            let conn = open_log(&config, db, ALL, tenant.as_deref())?;
             let mut head_problems = Vec::new();
             if let Some(path) = heads {
                 use base64::Engine;
@@ -367,7 +426,6 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             db,
             out,
         } => {
-            let conn = open(db)?;
             let when = |s: &Option<String>, default: i64| -> anyhow::Result<i64> {
                 match s {
                     None => Ok(default),
@@ -381,6 +439,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
                 tenant: tenant.as_deref(),
                 progress: None,
             };
+            let conn = open_log(&config, db, (sel.from, sel.to), sel.tenant)?;
             let progress = super::progress::Progress::new(export::count(&conn, &sel)?, "export");
             let tick = || progress.tick();
             sel.progress = Some(&tick);

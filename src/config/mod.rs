@@ -20,11 +20,13 @@ mod listen;
 mod read;
 mod reload;
 mod show;
+mod storage;
 mod tenant;
 
 pub use delivery::*;
 pub use listen::*;
 pub use read::*;
+pub use storage::*;
 pub use tenant::*;
 
 /// The whole configuration, as read from one file.
@@ -48,6 +50,8 @@ pub struct Config {
     pub smime: SmimeConfig,
     pub seal: SealConfig,
     pub spool: SpoolConfig,
+    pub storage: StorageConfig,
+    pub cluster: ClusterConfig,
     pub policy: PolicyConfig,
     pub report: ReportConfig,
     #[serde(rename = "route")]
@@ -89,6 +93,8 @@ impl Default for Config {
             smime: SmimeConfig::default(),
             seal: SealConfig::default(),
             spool: SpoolConfig::default(),
+            storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
             policy: PolicyConfig::default(),
             report: ReportConfig::default(),
             routes: Vec::new(),
@@ -110,7 +116,7 @@ impl Default for Config {
     }
 }
 
-fn default_hostname() -> String {
+pub(super) fn default_hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
@@ -195,6 +201,17 @@ impl Config {
         if self.queue.max_concurrency == 0 || self.queue.max_per_destination == 0 {
             return Err(
                 "queue.max_concurrency and queue.max_per_destination must be at least 1".into(),
+            );
+        }
+        let node = &self.cluster.node;
+        if node.is_empty() || node.len() > 63 || !node.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "cluster.node {node:?} must be 1 to 63 visible ASCII characters: it names this node in the log and to the other nodes"
+            ));
+        }
+        if self.cluster.lease < Duration::from_secs(3) {
+            return Err(
+                "cluster.lease must be at least 3s: a node renews it a few times per lease, and a busy node must not lose its queue to a short pause".into(),
             );
         }
         let mut ids = std::collections::HashSet::new();

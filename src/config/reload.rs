@@ -36,6 +36,8 @@ impl Config {
         pending(differs(&self.smime, &new.smime), "smime");
         pending(differs(&self.seal, &new.seal), "seal");
         pending(differs(&self.spool, &new.spool), "spool");
+        pending(differs(&self.storage, &new.storage), "storage");
+        pending(differs(&self.cluster, &new.cluster), "cluster");
         pending(differs(&self.policy, &new.policy), "policy.dir");
         pending(differs(&self.report, &new.report), "report");
         pending(

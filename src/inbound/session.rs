@@ -763,6 +763,11 @@ impl Session {
                 },
             );
         }
+        // Said now rather than after DATA: a shared database that is down
+        // could commit nothing, and the client may try another node at once.
+        if !self.ctx.spool.available() {
+            return self.error(Reply::STORAGE_DOWN);
+        }
         let limit = self.ctx.config.limits.max_message_size;
         if from.size > limit {
             return self.error(

@@ -360,6 +360,8 @@ impl Queue {
             HashMap::new();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u64;
+        // A flush asked on any node of a cluster shows as a new count.
+        let mut flushes = self.spool.flushes();
         loop {
             let now = now();
             schedule.promote(now);
@@ -411,6 +413,9 @@ impl Queue {
                     {
                         tracing::warn!("purging held messages failed: {e}");
                     }
+                    if self.spool.shared() {
+                        self.cluster_work(&mut schedule, &mut flushes, now).await;
+                    }
                 }
                 _ = shutdown.changed() => break,
             }
@@ -437,6 +442,33 @@ impl Queue {
             );
         }
         self.outbound.close_idle(true);
+    }
+
+    /// In a cluster: takes over messages of nodes that died (a batch a
+    /// second, so a large queue comes over without stalling this loop),
+    /// and reads this node's queue again after a flush on any node.
+    async fn cluster_work(&self, schedule: &mut Schedule, flushes: &mut u64, now: i64) {
+        const ADOPT_BATCH: usize = 500;
+        match self.spool.adopt(now, ADOPT_BATCH).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    schedule.add(job, now);
+                }
+            }
+            Err(e) => tracing::warn!("cannot look for the queues of dead nodes: {e}"),
+        }
+        let seen = self.spool.flushes();
+        if seen != *flushes {
+            match self.spool.pending().await {
+                Ok(jobs) => {
+                    *flushes = seen;
+                    for job in jobs {
+                        schedule.add(job, now);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read the queue after a flush: {e}"),
+            }
+        }
     }
 
     fn spawn_delete(

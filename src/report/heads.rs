@@ -83,12 +83,23 @@ pub fn keygen(path: &Path) -> Result<String, HeadError> {
     Ok(public)
 }
 
-/// The line for one head.
-pub fn line(tenant: &str, seq: i64, hash: &str, at: i64, signer: Option<&Signer>) -> String {
-    let signed = format!(
+/// The line for one head; in a cluster it names the node that signed.
+pub fn line(
+    tenant: &str,
+    seq: i64,
+    hash: &str,
+    at: i64,
+    node: Option<&str>,
+    signer: Option<&Signer>,
+) -> String {
+    let mut signed = format!(
         "tenant={tenant} seq={seq} hash={hash} at={}",
         crate::util::rfc3339(at)
     );
+    if let Some(node) = node {
+        signed.push_str(" node=");
+        signed.push_str(node);
+    }
     let sig = signer.map_or_else(
         || "-".to_string(),
         |s| B64.encode(s.0.sign(signed.as_bytes())),
@@ -193,10 +204,32 @@ fn current(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
     .collect()
 }
 
+/// Every tenant's current head, wherever the log is.
+async fn current_stored(
+    storage: &crate::spool::Storage,
+) -> anyhow::Result<Vec<(String, i64, Vec<u8>)>> {
+    use crate::spool::Storage;
+    match storage {
+        Storage::Postgres(pg) => Ok(pg.log_heads().await?),
+        Storage::Sqlite(s) => {
+            let db = s.path().to_path_buf();
+            Ok(tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
+                let conn =
+                    Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                conn.busy_timeout(Duration::from_secs(5))?;
+                current(&conn)
+            })
+            .await??)
+        }
+    }
+}
+
 /// In the gateway: every `interval`, and once at shutdown, each tenant's
-/// head that moved since it was last written.
+/// head that moved since it was last written. In a cluster each node
+/// writes the heads it sees, with its name.
 pub async fn write_periodically(
-    db: std::path::PathBuf,
+    storage: crate::spool::Storage,
+    node: Option<String>,
     interval: Duration,
     signer: Option<Signer>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -208,16 +241,8 @@ pub async fn write_periodically(
             _ = tick.tick() => false,
             _ = shutdown.changed() => true,
         };
-        let db = db.clone();
-        let heads = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
-            let conn =
-                Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            current(&conn)
-        })
-        .await;
-        match heads {
-            Ok(Ok(heads)) => {
+        match current_stored(&storage).await {
+            Ok(heads) => {
                 for (tenant, seq, hash) in heads {
                     if written.get(&tenant) == Some(&seq) {
                         continue;
@@ -227,14 +252,14 @@ pub async fn write_periodically(
                         seq,
                         &log::hex(&hash),
                         crate::util::now(),
+                        node.as_deref(),
                         signer.as_ref(),
                     );
                     tracing::info!(target: "sealgate::chain", "{text}");
                     written.insert(tenant, seq);
                 }
             }
-            Ok(Err(e)) => tracing::warn!("cannot read the chain heads: {e}"),
-            Err(e) => tracing::warn!("cannot read the chain heads: {e}"),
+            Err(e) => tracing::warn!("cannot read the chain heads: {e:#}"),
         }
         if last {
             return;
@@ -272,7 +297,14 @@ mod tests {
         let (_, seq, hash) = &heads[0];
         let text = format!(
             "2026-11-23T10:00:00Z INFO sealgate::chain: {}\nunrelated line\n",
-            line("t", *seq, &log::hex(hash), 1_800_000_000, Some(&signer))
+            line(
+                "t",
+                *seq,
+                &log::hex(hash),
+                1_800_000_000,
+                None,
+                Some(&signer)
+            )
         );
         let parsed = parse(&text);
         assert_eq!(parsed.len(), 1);

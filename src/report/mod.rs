@@ -47,9 +47,28 @@ pub fn prune(
     Ok(pruned)
 }
 
+/// Removes a tenant's log records older than `before`, wherever the log is.
+pub async fn prune_stored(
+    storage: &crate::spool::Storage,
+    tenant: &str,
+    before: i64,
+    now: i64,
+) -> anyhow::Result<Option<log::Pruned>> {
+    use crate::spool::Storage;
+    match storage {
+        Storage::Postgres(pg) => Ok(pg.prune_log(tenant, before, now).await?),
+        Storage::Sqlite(s) => {
+            let (db, tenant) = (s.path().to_path_buf(), tenant.to_string());
+            tokio::task::spawn_blocking(move || prune(&db, &tenant, before, now)).await?
+        }
+    }
+}
+
 /// Hourly in the gateway: each tenant's `retention.log_days`, as the
-/// configuration in force says.
+/// configuration in force says. In a cluster every node does it; the
+/// second finds nothing left to remove.
 pub async fn retention(
+    storage: crate::spool::Storage,
     in_force: tokio::sync::watch::Receiver<std::sync::Arc<crate::config::Config>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -64,16 +83,14 @@ pub async fn retention(
         for t in config.tenants.iter().filter(|t| t.retention.log_days > 0) {
             let now = crate::util::now();
             let before = now - i64::from(t.retention.log_days) * 86_400;
-            let (db, id) = (config.database_path(), t.id.clone());
-            match tokio::task::spawn_blocking(move || prune(&db, &id, before, now)).await {
-                Ok(Ok(Some(p))) => tracing::info!(
+            match prune_stored(&storage, &t.id, before, now).await {
+                Ok(Some(p)) => tracing::info!(
                     tenant = %t.id,
                     "retention: log records {}–{} removed (older than {} days); a pruned record vouches for them",
                     p.from, p.through, t.retention.log_days
                 ),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(tenant = %t.id, "retention: {e:#}"),
-                Err(e) => tracing::warn!(tenant = %t.id, "retention: {e}"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(tenant = %t.id, "retention: {e:#}"),
             }
         }
     }

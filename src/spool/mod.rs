@@ -15,6 +15,7 @@ mod values;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -24,8 +25,77 @@ pub use crate::message::{
     Content, Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId,
     TlsRequest, domain_of,
 };
-pub use postgres::PgSpool;
+pub use postgres::{NodeStatus, PgSpool};
 pub use sqlite::{KeyFile, SqliteSpool};
+
+/// Where the queue and the log live: the embedded SQLite database in
+/// `data_dir`, or the PostgreSQL database a cluster shares
+/// (`[storage] url`). Readers of the log and the CLI take it from here.
+#[derive(Clone)]
+pub enum Storage {
+    Sqlite(Arc<SqliteSpool>),
+    Postgres(Arc<PgSpool>),
+}
+
+/// Who opens the storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// `sealgate serve`: makes keys on first start, and in a cluster takes
+    /// the node's name and beats.
+    Gateway,
+    /// A command: never makes keys, takes no node name.
+    Command,
+}
+
+impl Storage {
+    /// Opens what `config` names; the SQLite database must exist for a command.
+    pub async fn open(config: &crate::config::Config, opener: Opener) -> anyhow::Result<Storage> {
+        use anyhow::Context;
+        let gateway = opener == Opener::Gateway;
+        let key = KeyFile::of(config, gateway);
+        match config.storage_url() {
+            Some(url) => {
+                let lease = gateway.then_some(config.cluster.lease);
+                let spool = PgSpool::open(&url, &key, &config.cluster.node, lease)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open the storage database {}",
+                            crate::config::redact_url(&url)
+                        )
+                    })?;
+                Ok(Storage::Postgres(spool))
+            }
+            None => {
+                let db = config.database_path();
+                if !gateway && !db.exists() {
+                    anyhow::bail!(
+                        "no spool at {} (has the gateway run with this data_dir?)",
+                        db.display()
+                    );
+                }
+                let spool = SqliteSpool::open(&db, &key)
+                    .with_context(|| format!("cannot open the spool {}", db.display()))?;
+                Ok(Storage::Sqlite(spool))
+            }
+        }
+    }
+
+    pub fn spool(&self) -> Arc<dyn Spool> {
+        match self {
+            Storage::Sqlite(s) => s.clone(),
+            Storage::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// What to call it in messages: a path, or the URL without its password.
+    pub fn describe(&self, config: &crate::config::Config) -> String {
+        match (self, config.storage_url()) {
+            (Storage::Postgres(_), Some(url)) => crate::config::redact_url(&url),
+            _ => config.database_path().display().to_string(),
+        }
+    }
+}
 
 /// A boxed future, so that [`Spool`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -150,6 +220,11 @@ pub enum SpoolError {
     /// The shared database cannot be reached or did not commit.
     #[error("storage database unavailable: {0}")]
     Unavailable(String),
+    /// `[cluster] node`: another process on the shared database has it.
+    #[error(
+        "another live node is named {0:?} on this database (it holds the node lock): give this node its own [cluster] node name"
+    )]
+    NodeInUse(String),
     #[error("spool record is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -185,33 +260,26 @@ pub trait Spool: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
     /// One message's envelope and recipient states.
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>>;
-    /// Whether several nodes share this spool: jobs are then claimed
-    /// before they run, and jobs no live node holds are looked for.
+    /// Whether several nodes share this spool (docs/cluster.md): each
+    /// node then delivers the messages it owns (those it accepted, retried
+    /// or took over), and takes over those of nodes that stopped beating.
     fn shared(&self) -> bool {
         false
     }
-    /// Takes the job (message and domain) for this node until `until`,
-    /// unless another node holds it; `false`: leave it to that node.
-    fn claim<'a>(
-        &'a self,
-        _id: QueueId,
-        _domain: &'a str,
-        _now: i64,
-        _until: i64,
-    ) -> BoxFuture<'a, Result<bool, SpoolError>> {
-        Box::pin(async { Ok(true) })
+    /// Whether writes can be committed now; while not, sessions are told
+    /// to try again later before they send a message.
+    fn available(&self) -> bool {
+        true
     }
-    /// Extends every lease this node holds to `until` (its heartbeat).
-    fn renew(&self, _until: i64) -> BoxFuture<'_, Result<(), SpoolError>> {
-        Box::pin(async { Ok(()) })
+    /// How many times any node asked for the whole queue to be tried now
+    /// (`sealgate queue flush`): when it changes, this node reads its
+    /// jobs again.
+    fn flushes(&self) -> u64 {
+        0
     }
-    /// Up to `limit` jobs due by `now` that no live node holds: submitted
-    /// or retried on another node, or left by one that died.
-    fn unclaimed(
-        &self,
-        _now: i64,
-        _limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+    /// Takes over up to `limit` messages of nodes whose heartbeat is older
+    /// than their lease, and returns their jobs; empty when none are left.
+    fn adopt(&self, _now: i64, _limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
     /// Rotates the data key (and the key-encryption key, if asked), sealing

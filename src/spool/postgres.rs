@@ -19,6 +19,8 @@
 //! with a newer schema than this binary knows is refused.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
@@ -34,9 +36,15 @@ const MAX_BATCH: usize = 256;
 const POOL_SIZE: usize = 16;
 /// `pg_advisory_xact_lock` key that serializes migrations ("sealgate").
 const MIGRATION_LOCK: i64 = 0x7365_616c_6761_7465;
+/// First half of the session lock a live node holds on its slot ("SGND").
+const NODE_LOCK: i32 = 0x5347_4e44;
+/// Longest wait between heartbeats, whatever the lease: how soon a node
+/// notices that the database is gone, and refuses mail.
+const MAX_BEAT: Duration = Duration::from_secs(5);
 
 /// The schema, one entry per version; never edit a published entry, add one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE messages (
     id          BIGINT PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -120,7 +128,23 @@ CREATE TABLE leases (
     PRIMARY KEY (message_id, domain)
 );
 CREATE INDEX leases_owner ON leases (owner);
-"];
+",
+    "
+-- Version 2: a message belongs to one live node at a time (the one that
+-- accepted it, retried it or took it over), and a node is alive while its
+-- heartbeat is younger than its lease. One row per node is renewed, not
+-- one per job, and a dead node's messages are taken in batches.
+DROP TABLE leases;
+ALTER TABLE messages ADD COLUMN owner TEXT;
+UPDATE messages SET owner = node;
+ALTER TABLE messages ALTER COLUMN owner SET NOT NULL;
+CREATE INDEX messages_owner ON messages (owner) WHERE purge_at IS NULL;
+ALTER TABLE nodes ADD COLUMN heartbeat BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN lease BIGINT NOT NULL DEFAULT 30;
+-- raised by `sealgate queue flush` on any node: every node reads its queue again
+ALTER TABLE nodes ADD COLUMN flush BIGINT NOT NULL DEFAULT 0;
+",
+];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
 pub struct PgSpool {
@@ -129,6 +153,15 @@ pub struct PgSpool {
     cipher: Arc<Cipher>,
     ids: IdClock,
     writer: mpsc::UnboundedSender<Write>,
+    health: Arc<Health>,
+    /// Dropped with the spool: the heartbeat stops and the node lock goes.
+    _beat: oneshot::Sender<()>,
+}
+
+/// What the heartbeat last saw.
+struct Health {
+    up: AtomicBool,
+    flushes: AtomicU64,
 }
 
 /// A write the writer task applies inside its batch transaction.
@@ -157,14 +190,26 @@ struct Write {
 
 impl PgSpool {
     /// Connects to `url`, brings the schema up to date, opens the data keys
-    /// (see [`Cipher::from_stored`]) and starts the writer task; `node`
-    /// names this node in what it writes.
-    pub async fn open(url: &str, key: &KeyFile, node: &str) -> Result<Arc<PgSpool>, SpoolError> {
-        let config: tokio_postgres::Config = url
+    /// (see [`Cipher::from_stored`]), takes this node's name (refused while
+    /// another live node has it) and starts the writer and the heartbeat;
+    /// `node` names this node in what it writes, and the others take over
+    /// its messages when its heartbeat is older than `lease`. Without a
+    /// lease it is a command's view (`sealgate queue`, `report`): no node
+    /// lock, no heartbeat, no ids of its own.
+    pub async fn open(
+        url: &str,
+        key: &KeyFile,
+        node: &str,
+        lease: Option<Duration>,
+    ) -> Result<Arc<PgSpool>, SpoolError> {
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| SpoolError::Unavailable(format!("storage url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(MAX_BEAT);
+        }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -205,13 +250,32 @@ impl PgSpool {
             )
             .await?;
         }
-        let slot = node_slot(&tx, node).await?;
+        let slot = match lease {
+            Some(lease) => node_slot(&tx, node, lease).await?,
+            None => 0,
+        };
         let max_id: Option<i64> = tx
             .query_one("SELECT MAX(id) FROM messages", &[])
             .await?
             .get(0);
         tx.commit().await?;
         drop(client);
+        let health = Arc::new(Health {
+            up: AtomicBool::new(true),
+            flushes: AtomicU64::new(0),
+        });
+        let (stop_beat, stopped) = oneshot::channel();
+        if let Some(lease) = lease {
+            let beat = Beat {
+                config,
+                node: node.to_string(),
+                slot,
+                lease,
+                health: health.clone(),
+            };
+            let lock = beat.first_connect().await?;
+            tokio::spawn(beat.run(lock, stopped));
+        }
         let cipher = Arc::new(cipher);
         let (writer, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer_loop(
@@ -226,7 +290,39 @@ impl PgSpool {
             cipher,
             ids: IdClock::after(max_id.unwrap_or(0) as u64).with_slot(slot),
             writer,
+            health,
+            _beat: stop_beat,
         }))
+    }
+
+    /// The nodes that have used this database, for `sealgate cluster status`.
+    pub async fn nodes(&self, now: i64) -> Result<Vec<NodeStatus>, SpoolError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT n.name, n.slot, n.started_at, n.heartbeat, n.lease,
+                        (SELECT COUNT(*) FROM messages m
+                          WHERE m.owner = n.name AND m.purge_at IS NULL)
+                 FROM nodes n ORDER BY n.name",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let heartbeat: i64 = r.get(3);
+                let lease: i64 = r.get(4);
+                NodeStatus {
+                    name: r.get(0),
+                    slot: r.get::<_, i16>(1) as u8,
+                    started_at: r.get(2),
+                    heartbeat: (heartbeat > 0).then_some(heartbeat),
+                    lease_until: heartbeat + lease,
+                    alive: heartbeat + lease >= now,
+                    messages: r.get::<_, i64>(5) as u64,
+                }
+            })
+            .collect())
     }
 
     async fn write(&self, op: Op) -> Result<Done, SpoolError> {
@@ -279,6 +375,155 @@ impl PgSpool {
         Ok(walk.end())
     }
 
+    /// Copies the log records `[from, to)`, of one tenant or all, into the
+    /// SQLite database `dest`: the log's readers (exports, the HTML report,
+    /// TLS-RPT, verify) then read a cluster's log as they read one node's.
+    /// Streams, so the copy costs disk, not memory. Returns the count.
+    pub async fn copy_log(
+        &self,
+        dest: &rusqlite::Connection,
+        from: i64,
+        to: i64,
+        tenant: Option<&str>,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<u64, SpoolError> {
+        use futures_util::TryStreamExt;
+        crate::report::log::init(dest)?;
+        let client = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&from, &to, &tenant];
+        let rows = client
+            .query_raw(
+                "SELECT tenant, seq, at, kind, queue_id, data, prev, hash FROM txlog
+                 WHERE at >= $1 AND at < $2 AND ($3::text IS NULL OR tenant = $3)",
+                params,
+            )
+            .await?;
+        futures_util::pin_mut!(rows);
+        let tx = dest.unchecked_transaction()?;
+        let mut n = 0;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            while let Some(r) = rows.try_next().await? {
+                progress();
+                insert.execute(rusqlite::params![
+                    r.get::<_, &str>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, &str>(3),
+                    r.get::<_, &str>(4),
+                    r.get::<_, &str>(5),
+                    r.get::<_, &[u8]>(6),
+                    r.get::<_, &[u8]>(7),
+                ])?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// How many log records a copy of `[from, to)` would take.
+    pub async fn count_log(
+        &self,
+        from: i64,
+        to: i64,
+        tenant: Option<&str>,
+    ) -> Result<u64, SpoolError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM txlog
+                 WHERE at >= $1 AND at < $2 AND ($3::text IS NULL OR tenant = $3)",
+                &[&from, &to, &tenant],
+            )
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    /// Each tenant's last record: (tenant, seq, hash).
+    pub async fn log_heads(&self) -> Result<Vec<(String, i64, Vec<u8>)>, SpoolError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT tenant, seq, hash FROM txlog_heads WHERE seq > 0 ORDER BY tenant",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Every tenant with records.
+    pub async fn log_tenants(&self) -> Result<Vec<String>, SpoolError> {
+        Ok(self.log_heads().await?.into_iter().map(|h| h.0).collect())
+    }
+
+    /// What `report::log::prune` does, on the shared log: the tenant's
+    /// records older than `before` go, after a `pruned` record that
+    /// vouches for them is appended (under the head's lock, so appends
+    /// from other nodes wait).
+    pub async fn prune_log(
+        &self,
+        tenant: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<Option<crate::report::log::Pruned>, SpoolError> {
+        use crate::report::event::{Pruned as PrunedEvent, VERSION};
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let bounds = tx
+            .query_one(
+                "SELECT MIN(seq), MAX(seq), MIN(seq) FILTER (WHERE at >= $2)
+                 FROM txlog WHERE tenant = $1",
+                &[&tenant, &before],
+            )
+            .await?;
+        let (first, head, first_kept): (Option<i64>, Option<i64>, Option<i64>) =
+            (bounds.get(0), bounds.get(1), bounds.get(2));
+        let (Some(first), Some(head)) = (first, head) else {
+            return Ok(None);
+        };
+        let through = first_kept.map_or(head, |k| k - 1);
+        if through < first {
+            return Ok(None);
+        }
+        let hash: Vec<u8> = tx
+            .query_one(
+                "SELECT hash FROM txlog WHERE tenant = $1 AND seq = $2",
+                &[&tenant, &through],
+            )
+            .await?
+            .get(0);
+        let record = crate::report::Event {
+            queue_id: QueueId(0),
+            at: now,
+            data: crate::report::EventData::Pruned(PrunedEvent {
+                v: VERSION,
+                from_seq: first,
+                through_seq: through,
+                through_hash: crate::report::log::hex(&hash),
+                older_than: crate::util::rfc3339(before),
+            }),
+        };
+        append(&tx, tenant, &self.node, &[record]).await?;
+        tx.execute(
+            "DELETE FROM txlog WHERE tenant = $1 AND seq <= $2",
+            &[&tenant, &through],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(crate::report::log::Pruned {
+            from: first,
+            through,
+        }))
+    }
+
     async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
         let client = self.client().await?;
         let key = id.0 as i64;
@@ -286,8 +531,8 @@ impl PgSpool {
             .query_opt(
                 "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
                         expires_at, body, tls_request, content
-                 FROM messages WHERE id = $1 AND purge_at IS NULL",
-                &[&key],
+                 FROM messages WHERE id = $1 AND purge_at IS NULL AND owner = $2",
+                &[&key, &self.node],
             )
             .await?
         else {
@@ -466,7 +711,7 @@ impl Spool for PgSpool {
     fn pending(&self) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            due_jobs(&**client, None).await
+            due_jobs(&**client, &self.node, None).await
         })
     }
 
@@ -518,61 +763,53 @@ impl Spool for PgSpool {
         true
     }
 
-    fn claim<'a>(
-        &'a self,
-        id: QueueId,
-        domain: &'a str,
-        now: i64,
-        until: i64,
-    ) -> BoxFuture<'a, Result<bool, SpoolError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            // Taken when free, expired, or already ours; atomic, so two
-            // nodes asking at once cannot both get it.
-            let won = client
-                .query_opt(
-                    "INSERT INTO leases (message_id, domain, owner, until)
-                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = $1)
-                     ON CONFLICT (message_id, domain) DO UPDATE
-                       SET owner = EXCLUDED.owner, until = EXCLUDED.until
-                       WHERE leases.until < $5 OR leases.owner = EXCLUDED.owner
-                     RETURNING 1",
-                    &[&(id.0 as i64), &domain, &self.node, &until, &now],
-                )
-                .await?;
-            Ok(won.is_some())
-        })
+    fn available(&self) -> bool {
+        self.health.up.load(Ordering::Relaxed)
     }
 
-    fn renew(&self, until: i64) -> BoxFuture<'_, Result<(), SpoolError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "UPDATE leases SET until = $2 WHERE owner = $1",
-                    &[&self.node, &until],
-                )
-                .await?;
-            Ok(())
-        })
+    fn flushes(&self) -> u64 {
+        self.health.flushes.load(Ordering::Relaxed)
     }
 
-    fn unclaimed(&self, now: i64, limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
+    fn adopt(&self, now: i64, limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let rows = client
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // SKIP LOCKED: nodes adopting at once take different messages,
+            // and none waits for a message a writer holds.
+            let taken = tx
                 .query(
-                    "SELECT r.message_id, r.domain, MIN(r.next_attempt) FROM recipients r
-                     WHERE r.status = 0 AND r.next_attempt <= $1
-                       AND NOT EXISTS (SELECT 1 FROM leases l
-                                       WHERE l.message_id = r.message_id
-                                         AND l.domain = r.domain AND l.until >= $1)
-                     GROUP BY r.message_id, r.domain
-                     ORDER BY MIN(r.next_attempt) LIMIT $2",
-                    &[&now, &(limit as i64)],
+                    "WITH dead AS (SELECT name FROM nodes
+                                   WHERE heartbeat + lease < $1 AND name <> $2),
+                          taken AS (SELECT id, owner FROM messages
+                                    WHERE owner IN (SELECT name FROM dead) AND purge_at IS NULL
+                                    LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE messages m SET owner = $2 FROM taken
+                     WHERE m.id = taken.id RETURNING m.id, taken.owner",
+                    &[&now, &self.node, &(limit as i64)],
                 )
                 .await?;
-            Ok(rows.iter().map(due_job).collect())
+            if taken.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<i64> = taken.iter().map(|r| r.get(0)).collect();
+            let mut from: Vec<String> = taken.iter().map(|r| r.get(1)).collect();
+            from.sort();
+            from.dedup();
+            let jobs = tx
+                .query(
+                    "SELECT message_id, domain, MIN(next_attempt) FROM recipients
+                     WHERE message_id = ANY($1) AND status = 0 GROUP BY message_id, domain",
+                    &[&ids],
+                )
+                .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                messages = ids.len(),
+                "took over the queue of node {} (no heartbeat within its lease)",
+                from.join(", ")
+            );
+            Ok(jobs.iter().map(due_job).collect())
         })
     }
 
@@ -623,12 +860,13 @@ async fn migrate(tx: &Transaction<'_>) -> Result<(), SpoolError> {
 /// This node's slot: the one it had, else the lowest free one. Runs
 /// under the migration lock, so two nodes starting at once do not pick
 /// the same.
-async fn node_slot(tx: &Transaction<'_>, node: &str) -> Result<u8, SpoolError> {
+async fn node_slot(tx: &Transaction<'_>, node: &str, lease: Duration) -> Result<u8, SpoolError> {
     let now = crate::util::now();
+    let lease = lease.as_secs() as i64;
     if let Some(r) = tx
         .query_opt(
-            "UPDATE nodes SET started_at = $2 WHERE name = $1 RETURNING slot",
-            &[&node, &now],
+            "UPDATE nodes SET started_at = $2, lease = $3 WHERE name = $1 RETURNING slot",
+            &[&node, &now, &lease],
         )
         .await?
     {
@@ -648,8 +886,8 @@ async fn node_slot(tx: &Transaction<'_>, node: &str) -> Result<u8, SpoolError> {
         )
     })?;
     tx.execute(
-        "INSERT INTO nodes (name, slot, started_at) VALUES ($1, $2, $3)",
-        &[&node, &(slot as i16), &now],
+        "INSERT INTO nodes (name, slot, started_at, lease) VALUES ($1, $2, $3, $4)",
+        &[&node, &(slot as i16), &now, &lease],
     )
     .await?;
     Ok(slot as u8)
@@ -746,12 +984,19 @@ async fn apply(
         Op::Record(a) => record(tx, cipher, node, a).await.map(Done::Recorded),
         Op::Retry(id, now) => {
             let key = id.0 as i64;
+            // The node that was asked delivers it: the owner's schedule
+            // does not know it is due now, and finds it gone at its time.
+            tx.execute(
+                "UPDATE messages SET owner = $1 WHERE id = $2 AND purge_at IS NULL",
+                &[&node, &key],
+            )
+            .await?;
             tx.execute(
                 "UPDATE recipients SET next_attempt = $1 WHERE message_id = $2 AND status = 0",
                 &[now, &key],
             )
             .await?;
-            due_jobs(tx, Some(*id)).await.map(Done::Jobs)
+            due_jobs(tx, node, Some(*id)).await.map(Done::Jobs)
         }
         Op::RetryAll(now) => {
             tx.execute(
@@ -759,7 +1004,10 @@ async fn apply(
                 &[now],
             )
             .await?;
-            due_jobs(tx, None).await.map(Done::Jobs)
+            // Each node reads its own queue again when its heartbeat sees this.
+            tx.execute("UPDATE nodes SET flush = flush + 1", &[])
+                .await?;
+            due_jobs(tx, node, None).await.map(Done::Jobs)
         }
         Op::Delete(id) => {
             let key = id.0 as i64;
@@ -819,8 +1067,8 @@ async fn insert_message(
     });
     tx.execute(
         "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
-         received_at, expires_at, client, size, body, tls_request, content, node)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         received_at, expires_at, client, size, body, tls_request, content, node, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
         &[
             &id,
             &e.tenant.0,
@@ -882,12 +1130,6 @@ async fn record(
     let id = a.id.0 as i64;
     // Logged even when the message was deleted meanwhile: the attempt happened.
     append(tx, &a.tenant.0, node, &a.events).await?;
-    // The job is no longer ours once its outcome is in.
-    tx.execute(
-        "DELETE FROM leases WHERE message_id = $1 AND domain = $2 AND owner = $3",
-        &[&id, &a.domain, &node],
-    )
-    .await?;
     let exists = tx
         .query_opt(
             "SELECT 1 FROM messages WHERE id = $1 AND purge_at IS NULL FOR UPDATE",
@@ -1008,10 +1250,11 @@ async fn append(
     Ok(())
 }
 
-/// Every (message, domain) with pending recipients and when it is due;
-/// of one message when `only` is given.
+/// Every (message, domain) of `node`'s messages with pending recipients,
+/// and when it is due; of one message when `only` is given.
 async fn due_jobs(
     client: &impl tokio_postgres::GenericClient,
+    node: &str,
     only: Option<QueueId>,
 ) -> Result<Vec<DueJob>, SpoolError> {
     let rows = match only {
@@ -1027,9 +1270,11 @@ async fn due_jobs(
         None => {
             client
                 .query(
-                    "SELECT message_id, domain, MIN(next_attempt) FROM recipients
-                     WHERE status = 0 GROUP BY message_id, domain",
-                    &[],
+                    "SELECT r.message_id, r.domain, MIN(r.next_attempt)
+                     FROM messages m JOIN recipients r ON r.message_id = m.id
+                     WHERE m.owner = $1 AND m.purge_at IS NULL AND r.status = 0
+                     GROUP BY r.message_id, r.domain",
+                    &[&node],
                 )
                 .await?
         }
@@ -1084,4 +1329,119 @@ fn open_opt(
 
 fn unavailable(e: deadpool_postgres::PoolError) -> SpoolError {
     SpoolError::Unavailable(e.to_string())
+}
+
+/// One node among those sharing the database (`sealgate cluster status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub slot: u8,
+    pub started_at: i64,
+    /// Its last heartbeat; none before its first.
+    pub heartbeat: Option<i64>,
+    /// When the others may take its messages, unless it beats again.
+    pub lease_until: i64,
+    pub alive: bool,
+    /// Messages with pending recipients that it owns.
+    pub messages: u64,
+}
+
+/// The heartbeat: one row renewed every few seconds on a connection of its
+/// own, which also holds the node lock (a session advisory lock on the
+/// node's slot), so that a second live process with this node's name is
+/// refused, and the lock goes the moment this process or its connection
+/// dies.
+struct Beat {
+    config: tokio_postgres::Config,
+    node: String,
+    slot: u8,
+    lease: Duration,
+    health: Arc<Health>,
+}
+
+impl Beat {
+    /// A connection holding the node lock.
+    async fn connect(&self) -> Result<tokio_postgres::Client, SpoolError> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&NODE_LOCK, &i32::from(self.slot)],
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Err(SpoolError::NodeInUse(self.node.clone()));
+        }
+        Ok(client)
+    }
+
+    /// At start: a process of this name that just stopped may take a
+    /// moment to let go of the lock.
+    async fn first_connect(&self) -> Result<tokio_postgres::Client, SpoolError> {
+        let mut tries = 0;
+        loop {
+            match self.connect().await {
+                Err(SpoolError::NodeInUse(_)) if tries < 6 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn once(&self, lock: &mut Option<tokio_postgres::Client>) -> Result<i64, SpoolError> {
+        let client = match lock.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        let row = client
+            .query_one(
+                "UPDATE nodes SET heartbeat = $2 WHERE name = $1 RETURNING flush",
+                &[&self.node, &crate::util::now()],
+            )
+            .await?;
+        *lock = Some(client);
+        Ok(row.get(0))
+    }
+
+    async fn run(self, first: tokio_postgres::Client, mut stop: oneshot::Receiver<()>) {
+        let every = (self.lease / 3).min(MAX_BEAT);
+        let mut lock = Some(first);
+        loop {
+            let beat = match tokio::time::timeout(every, self.once(&mut lock)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    lock = None;
+                    Err(SpoolError::Unavailable(format!(
+                        "no answer within {} s",
+                        every.as_secs()
+                    )))
+                }
+            };
+            match beat {
+                Ok(flush) => {
+                    self.health.flushes.store(flush as u64, Ordering::Relaxed);
+                    if !self.health.up.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("storage database reachable again: accepting mail");
+                    }
+                }
+                Err(e) => {
+                    if self.health.up.swap(false, Ordering::Relaxed) {
+                        tracing::error!(
+                            "storage database unreachable ({e}): new mail is refused with 451 4.3.0 until it is back"
+                        );
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
 }

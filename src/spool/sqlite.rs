@@ -95,6 +95,11 @@ impl KeyFile {
 }
 
 impl SqliteSpool {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path, key: &KeyFile) -> Result<Arc<SqliteSpool>, SpoolError> {
         if let Some(dir) = path.parent() {
