@@ -439,7 +439,7 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     let now = sealgate::util::now();
     assert!(
         b.adopt(now, 10).await.unwrap().is_empty(),
-        "a beats: nothing to take"
+        "within a lease of its start a node takes nothing: the others may not have beaten yet"
     );
 
     // A second live process named node-b is refused.

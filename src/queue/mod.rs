@@ -413,7 +413,7 @@ impl Queue {
                     {
                         tracing::warn!("purging held messages failed: {e}");
                     }
-                    if self.spool.shared() {
+                    if self.spool.shared() && self.spool.available() {
                         self.cluster_work(&mut schedule, &mut flushes, now).await;
                     }
                 }
@@ -503,6 +503,16 @@ impl Queue {
     }
 }
 
+/// When to try a job again whose storage failed: the first retry wait,
+/// so that mail flows again soon after the database is back.
+fn storage_retry(config: &Config) -> i64 {
+    config
+        .queue
+        .retry_schedule
+        .first()
+        .map_or(60, |d| d.as_secs().max(1) as i64)
+}
+
 /// One delivery attempt of one job, recorded. Returns the job's next due
 /// time, if recipients remain, and the bounce it queued, if any.
 async fn attempt(
@@ -517,7 +527,7 @@ async fn attempt(
         Ok(None) => return (None, None),
         Err(e) => {
             tracing::error!(%id, %domain, "cannot load job: {e}");
-            return (Some(now() + 60), None);
+            return (Some(now() + storage_retry(config)), None);
         }
     };
     let result = outbound.deliver(&job).await;
@@ -686,7 +696,7 @@ async fn attempt(
         Err(e) => {
             // The spool still holds the old state: the job runs again later.
             tracing::error!(%id, %domain, "cannot record the attempt: {e}");
-            (Some(now + 60), None)
+            (Some(now + storage_retry(config)), None)
         }
     }
 }

@@ -19,7 +19,7 @@
 //! with a newer schema than this binary knows is refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -154,6 +154,8 @@ pub struct PgSpool {
     ids: IdClock,
     writer: mpsc::UnboundedSender<Write>,
     health: Arc<Health>,
+    /// A node's lease; none for a command's view.
+    lease: Option<Duration>,
     /// Dropped with the spool: the heartbeat stops and the node lock goes.
     _beat: oneshot::Sender<()>,
 }
@@ -162,6 +164,8 @@ pub struct PgSpool {
 struct Health {
     up: AtomicBool,
     flushes: AtomicU64,
+    /// Unix seconds since when the database has answered without a break.
+    up_since: AtomicI64,
 }
 
 /// A write the writer task applies inside its batch transaction.
@@ -263,6 +267,7 @@ impl PgSpool {
         let health = Arc::new(Health {
             up: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
+            up_since: AtomicI64::new(crate::util::now()),
         });
         let (stop_beat, stopped) = oneshot::channel();
         if let Some(lease) = lease {
@@ -291,6 +296,7 @@ impl PgSpool {
             ids: IdClock::after(max_id.unwrap_or(0) as u64).with_slot(slot),
             writer,
             health,
+            lease,
             _beat: stop_beat,
         }))
     }
@@ -773,6 +779,15 @@ impl Spool for PgSpool {
 
     fn adopt(&self, now: i64, limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async move {
+            // After a start or an outage the others need a lease's time to
+            // beat again: until then an old heartbeat proves nothing.
+            let Some(lease) = self.lease else {
+                return Ok(Vec::new());
+            };
+            let steady = now - self.health.up_since.load(Ordering::Relaxed);
+            if !self.available() || steady < lease.as_secs() as i64 {
+                return Ok(Vec::new());
+            }
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             // SKIP LOCKED: nodes adopting at once take different messages,
@@ -1427,6 +1442,9 @@ impl Beat {
                 Ok(flush) => {
                     self.health.flushes.store(flush as u64, Ordering::Relaxed);
                     if !self.health.up.swap(true, Ordering::Relaxed) {
+                        self.health
+                            .up_since
+                            .store(crate::util::now(), Ordering::Relaxed);
                         tracing::warn!("storage database reachable again: accepting mail");
                     }
                 }

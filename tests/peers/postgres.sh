@@ -8,7 +8,8 @@
 #       postgres user, since PostgreSQL refuses to run as root.
 #       SEALGATE_TEST_PG_PRIVATE=1 makes the private cluster even so.
 #   postgres.sh stop DIR
-#       stops the private cluster, or drops the tests' databases
+#       stops the private cluster (at once, as a crash would: the next
+#       start recovers from its WAL), or drops the tests' databases
 #       (sealgate_test_*) from the machine's server.
 set -euo pipefail
 cmd=$1 dir=$(realpath -m "$2")

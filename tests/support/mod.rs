@@ -884,3 +884,91 @@ pub fn dkim_keygen(dir: &Path, domain: &str, algorithm: &str) -> (PathBuf, Strin
         .collect();
     (key, format!("{name} {value}"))
 }
+
+/// The PostgreSQL server the tests share (tests/peers/postgres.sh: the
+/// machine's own, or a private cluster); its URL without a database.
+pub fn pg_server() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| pg_script_url(&peers_dir().join("postgres"), 24432, false))
+}
+
+fn pg_script_url(dir: &Path, port: u16, private: bool) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postgres.sh"))
+        .arg("url")
+        .arg(dir)
+        .arg(port.to_string());
+    if private {
+        cmd.env("SEALGATE_TEST_PG_PRIVATE", "1");
+    }
+    let out = cmd.output().expect("postgres.sh");
+    assert!(out.status.success(), "postgres.sh: {}", output_text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A fresh, empty database on `server` for one test; its URL.
+pub fn pg_database(server: &str, name: &str) -> String {
+    let db = format!("sealgate_test_{name}_{}", std::process::id());
+    // Each its own command: neither runs inside a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        let out = Command::new("psql")
+            .args([&format!("{server}/postgres"), "-qc", &sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{sql}: {}", output_text(&out));
+    }
+    format!("{server}/{db}")
+}
+
+/// One SQL query's rows as text (psql, unaligned, `|` between columns).
+pub fn pg_query(url: &str, sql: &str) -> Vec<String> {
+    let out = Command::new("psql")
+        .args([url, "-tAc", sql])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{sql}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A PostgreSQL cluster of a test's own, which it may stop and start.
+pub struct PrivatePg {
+    dir: PathBuf,
+    port: u16,
+    pub url: String,
+}
+
+impl PrivatePg {
+    pub fn start(name: &str, port: u16) -> PrivatePg {
+        let dir = peers_dir().join(name);
+        let url = pg_script_url(&dir, port, true);
+        PrivatePg { dir, port, url }
+    }
+
+    /// Stops it at once, as a crash would.
+    pub fn halt(&self) {
+        let out = Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postgres.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output()
+            .expect("postgres.sh stop");
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+
+    /// Starts it again; it recovers what was committed from its WAL.
+    pub fn resume(&self) {
+        pg_script_url(&self.dir, self.port, true);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

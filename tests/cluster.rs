@@ -1,0 +1,327 @@
+//! Several sealgate nodes on one PostgreSQL (`[storage] url`): real
+//! processes, the real shared Postfix destination, a real PostgreSQL
+//! server. A node killed with SIGKILL leaves its queue to the others; a
+//! PostgreSQL that stops under load costs no acknowledged message, and the
+//! nodes refuse mail while it is away and take it again when it is back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The lease the test nodes run with: short, so that takeover is quick.
+const LEASE: &str = "4s";
+/// Deliveries a node runs at once: at most this many can be in flight when
+/// it is killed, so at most this many can arrive twice.
+const CONCURRENCY: usize = 20;
+
+/// A node of the cluster on `url`, named `name`, trying deferred mail
+/// again after `retry`; every node reads the spool's key-encryption key
+/// from `shared`.
+fn node(url: &str, shared: &Path, name: &str, retry: &str) -> Gateway {
+    Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[storage]\nurl = \"{url}\"\n\n[cluster]\nnode = \"{name}\"\nlease = \"{LEASE}\"\n\n[spool]\nkey_file = \"{}\"\n",
+            base_config(dir, relay, sub).replace(
+                "retry_schedule = [\"1s\"]",
+                &format!("retry_schedule = [\"{retry}\"]\nmax_concurrency = {CONCURRENCY}"),
+            ),
+            shared.join("spool.key").display()
+        )
+    })
+}
+
+fn text(message_id: &str, rcpt: &str) -> String {
+    format!(
+        "From: load@src.test\r\nTo: {rcpt}\r\nSubject: cluster\r\nMessage-ID: {message_id}\r\n\r\nload\r\n"
+    )
+}
+
+/// How often each Message-ID arrived at the destination for `rcpts`.
+fn arrivals(rcpts: &[String]) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for r in rcpts {
+        for m in dest().mails(r) {
+            let text = String::from_utf8_lossy(&m);
+            if let Some(id) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Message-ID: "))
+                .map(|s| s.trim().to_string())
+            {
+                *seen.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+fn delivered_count(rcpts: &[String]) -> usize {
+    rcpts
+        .iter()
+        .map(|r| {
+            std::fs::read_dir(dest().dir.join("mail").join(r))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Waits until every acknowledged Message-ID arrived; the arrivals.
+fn wait_all(acked: &[String], rcpts: &[String], limit: Duration) -> BTreeMap<String, usize> {
+    let start = Instant::now();
+    loop {
+        if delivered_count(rcpts) >= acked.len() {
+            let seen = arrivals(rcpts);
+            let missing: Vec<&String> = acked.iter().filter(|m| !seen.contains_key(*m)).collect();
+            if missing.is_empty() {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} acknowledged message(s) never arrived, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{} of {} acknowledged messages arrived within {limit:?}",
+            delivered_count(rcpts),
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cli_ok(gw: &Gateway, args: &[&str]) -> String {
+    let out = gw.cli(args);
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn three_nodes_share_the_queue_and_finish_what_a_killed_node_held() {
+    let url = pg_database(pg_server(), "cluster");
+    let shared = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| node(&url, shared.path(), name, "5s"))
+        .collect();
+    let rcpts: Vec<String> = (0..4)
+        .map(|d| format!("{}@d{d}.cluster.test", unique("node")))
+        .collect();
+    // The destination defers them while they are sent, so that every node
+    // holds a queue when one is killed.
+    let local = rcpts[0].split('@').next().unwrap().to_string();
+    let rule = format!("/^{local}@/ 451 4.3.0 Not yet");
+    dest().add_rule(&rule);
+    dest().wait_rcpt_reply(&rcpts[0], "451");
+
+    // 3,000 messages, round-robin over the three nodes, one session each.
+    let total = 3_000;
+    let tag = unique("c");
+    let senders: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, gw)| {
+            let (port, tag, rcpts) = (gw.relay, tag.clone(), rcpts.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                c.cmd("EHLO load.test");
+                let mut acked = Vec::new();
+                for i in (n..total).step_by(3) {
+                    let id = format!("<{tag}.{i}@cluster.test>");
+                    let rcpt = &rcpts[i % rcpts.len()];
+                    let reply = c.message("load@src.test", &[rcpt], text(&id, rcpt).as_bytes());
+                    assert!(reply.starts_with("250"), "node {n}: {reply}");
+                    acked.push(id);
+                }
+                c.cmd("QUIT");
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<String> = senders
+        .into_iter()
+        .flat_map(|t| t.join().expect("sender"))
+        .collect();
+    assert_eq!(acked.len(), total);
+    dest().remove_rule(&rule);
+    dest().wait_rcpt_reply(&rcpts[0], "250");
+
+    // While they deliver, n2 dies with no chance to clean up.
+    wait_for(Duration::from_secs(120), "deliveries to begin", || {
+        (delivered_count(&rcpts) >= 300).then_some(())
+    });
+    nodes[1].kill9();
+    let killed_at = Instant::now();
+
+    let seen = wait_all(&acked, &rcpts, Duration::from_secs(600));
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "cluster: {total} acknowledged, all arrived {:.1} s after the kill, {duplicates} duplicate(s)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        duplicates <= CONCURRENCY,
+        "{duplicates} duplicates: more than the killed node's deliveries in flight ({CONCURRENCY})"
+    );
+    assert!(
+        seen.keys().all(|k| acked.contains(k)),
+        "a message arrived that nobody sent"
+    );
+    let took_over = nodes
+        .iter()
+        .filter(|g| g.log().contains("took over the queue of node n2"))
+        .count();
+    let status = cli_ok(&nodes[0], &["cluster", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let by_name = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert_eq!(by_name("n2")["alive"], false, "{status}");
+    assert_eq!(
+        by_name("n2")["messages"],
+        0,
+        "n2's queue was taken: {status}"
+    );
+    assert_eq!(by_name("n1")["alive"], true, "{status}");
+    eprintln!("cluster: {took_over} node(s) took over n2's queue");
+
+    // One chain per tenant across the three nodes: it verifies, and every
+    // node wrote into it.
+    let verify = cli_ok(&nodes[2], &["report", "verify"]);
+    assert!(verify.contains("tenant default: intact"), "{verify}");
+    let writers = pg_query(
+        &url,
+        "SELECT node, COUNT(*) FROM txlog WHERE tenant = 'default' GROUP BY node ORDER BY node",
+    );
+    assert_eq!(writers.len(), 3, "records from every node: {writers:?}");
+    let export = cli_ok(&nodes[0], &["report", "export", "--format", "csv"]);
+    assert!(
+        export.lines().count() > total,
+        "one row per recipient per attempt: {} lines",
+        export.lines().count()
+    );
+}
+
+#[test]
+fn a_postgresql_restart_under_load_loses_nothing_and_the_nodes_resume_by_themselves() {
+    let pg = PrivatePg::start("postgres-restart", 24433);
+    let url = pg_database(&pg.url, "restart");
+    let shared = tempfile::tempdir().unwrap();
+    let nodes: Vec<Gateway> = ["r1", "r2"]
+        .iter()
+        .map(|name| node(&url, shared.path(), name, "1s"))
+        .collect();
+    let rcpts = vec![format!("{}@restart.test", unique("pg"))];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tag = unique("r");
+    // One sender per node until told to stop; it keeps what was
+    // acknowledged, and counts what was refused.
+    let senders: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, gw)| {
+            let (port, rcpt, tag) = (gw.relay, rcpts[0].clone(), tag.clone());
+            let (stop, refused) = (stop.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = Client::connect(port);
+                    c.cmd("EHLO load.test");
+                    loop {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        i += 1;
+                        let id = format!("<{tag}.{n}.{i}@restart.test>");
+                        let mail = c.cmd("MAIL FROM:<load@src.test>");
+                        if !mail.starts_with("250") {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(100));
+                            if mail.starts_with("421") || mail.is_empty() {
+                                break;
+                            }
+                            continue;
+                        }
+                        assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+                        assert!(c.cmd("DATA").starts_with("354"));
+                        c.send(text(&id, &rcpt).as_bytes());
+                        c.send(b".\r\n");
+                        let reply = c.reply();
+                        if reply.starts_with("250") {
+                            acked.push(id);
+                        } else {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+
+    wait_for(Duration::from_secs(60), "mail to flow", || {
+        (delivered_count(&rcpts) >= 100).then_some(())
+    });
+    pg.halt();
+    // Both nodes notice, and say so to new sessions before any data.
+    for gw in &nodes {
+        wait_for(Duration::from_secs(30), "a node to refuse mail", || {
+            let mut c = Client::connect(gw.relay);
+            c.cmd("EHLO probe.test");
+            let reply = c.cmd("MAIL FROM:<probe@src.test>");
+            reply.starts_with("451 4.3.0").then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    pg.resume();
+    for gw in &nodes {
+        wait_for(Duration::from_secs(60), "a node to take mail again", || {
+            let mut c = Client::connect(gw.relay);
+            c.cmd("EHLO probe.test");
+            let reply = c.cmd("MAIL FROM:<probe@src.test>");
+            c.cmd("QUIT");
+            reply.starts_with("250").then_some(())
+        });
+    }
+    let resumed = delivered_count(&rcpts);
+    wait_for(Duration::from_secs(60), "mail to flow again", || {
+        (delivered_count(&rcpts) >= resumed + 100).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = senders
+        .into_iter()
+        .flat_map(|t| t.join().expect("sender"))
+        .collect();
+    assert!(
+        refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the senders never met a refusal while PostgreSQL was down"
+    );
+    let seen = wait_all(&acked, &rcpts, Duration::from_secs(300));
+    eprintln!(
+        "restart: {} acknowledged, all arrived; {} refused while down; {} duplicate(s)",
+        acked.len(),
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        seen.values().map(|n| n - 1).sum::<usize>()
+    );
+    for gw in &nodes {
+        let log = gw.log();
+        assert!(log.contains("storage database unreachable"), "{log}");
+        assert!(log.contains("storage database reachable again"), "{log}");
+    }
+    let verify = cli_ok(&nodes[0], &["report", "verify"]);
+    assert!(verify.contains("tenant default: intact"), "{verify}");
+}
