@@ -22,8 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use deadpool_postgres::Transaction as PoolTx;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row as PgRow, Transaction};
 
 use super::at_rest::{Cipher, Field, KekChange, RekeyDone, Row, StoredKey};
@@ -533,28 +535,27 @@ impl PgSpool {
     async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
         let client = self.client().await?;
         let key = id.0 as i64;
-        let Some(head) = client
-            .query_opt(
+        let head = client
+            .prepare_cached(
                 "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
                         expires_at, body, tls_request, content
                  FROM messages WHERE id = $1 AND purge_at IS NULL AND owner = $2",
-                &[&key, &self.node],
             )
-            .await?
-        else {
+            .await?;
+        let Some(head) = client.query_opt(&head, &[&key, &self.node]).await? else {
             return Ok(None);
         };
         let (envelope, received_at, expires_at) = envelope_of(&head, &self.cipher, key)?;
         let body: Option<Vec<u8>> = head.get("body");
         let body = body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
         let body = self.cipher.open_value(Field::Body, Row(key, 0), &body)?;
-        let rows = client
-            .query(
+        let pending = client
+            .prepare_cached(
                 "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
                  WHERE message_id = $1 AND domain = $2 AND status = 0 ORDER BY idx",
-                &[&key, &domain],
             )
             .await?;
+        let rows = client.query(&pending, &[&key, &domain]).await?;
         let mut recipients = Vec::with_capacity(rows.len());
         for r in &rows {
             let idx: i32 = r.get(0);
@@ -985,12 +986,7 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
     }
 }
 
-async fn apply(
-    tx: &Transaction<'_>,
-    cipher: &Cipher,
-    node: &str,
-    op: &Op,
-) -> Result<Done, SpoolError> {
+async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<Done, SpoolError> {
     match op {
         Op::Store(m, sealed) => {
             insert_message(tx, node, m, sealed).await?;
@@ -1001,38 +997,40 @@ async fn apply(
             let key = id.0 as i64;
             // The node that was asked delivers it: the owner's schedule
             // does not know it is due now, and finds it gone at its time.
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE messages SET owner = $1 WHERE id = $2 AND purge_at IS NULL",
                 &[&node, &key],
             )
             .await?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE recipients SET next_attempt = $1 WHERE message_id = $2 AND status = 0",
                 &[now, &key],
             )
             .await?;
-            due_jobs(tx, node, Some(*id)).await.map(Done::Jobs)
+            due_jobs(&**tx, node, Some(*id)).await.map(Done::Jobs)
         }
         Op::RetryAll(now) => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE recipients SET next_attempt = $1 WHERE status = 0 AND next_attempt > $1",
                 &[now],
             )
             .await?;
             // Each node reads its own queue again when its heartbeat sees this.
-            tx.execute("UPDATE nodes SET flush = flush + 1", &[])
-                .await?;
-            due_jobs(tx, node, None).await.map(Done::Jobs)
+            exec(tx, "UPDATE nodes SET flush = flush + 1", &[]).await?;
+            due_jobs(&**tx, node, None).await.map(Done::Jobs)
         }
         Op::Delete(id) => {
             let key = id.0 as i64;
-            let tenant: Option<String> = tx
-                .query_opt(
-                    "DELETE FROM messages WHERE id = $1 RETURNING tenant",
-                    &[&key],
-                )
-                .await?
-                .map(|r| r.get(0));
+            let tenant: Option<String> = opt(
+                tx,
+                "DELETE FROM messages WHERE id = $1 RETURNING tenant",
+                &[&key],
+            )
+            .await?
+            .map(|r| r.get(0));
             if let Some(tenant) = &tenant {
                 let event = deleted(*id, crate::util::now(), "operator (sealgate queue delete)");
                 append(tx, tenant, node, &[event]).await?;
@@ -1040,13 +1038,13 @@ async fn apply(
             Ok(Done::Deleted(tenant.is_some()))
         }
         Op::Purge(now) => {
-            let held = tx
-                .query(
-                    "DELETE FROM messages WHERE purge_at IS NOT NULL AND purge_at <= $1
+            let held = rows(
+                tx,
+                "DELETE FROM messages WHERE purge_at IS NOT NULL AND purge_at <= $1
                      RETURNING id, tenant",
-                    &[now],
-                )
-                .await?;
+                &[now],
+            )
+            .await?;
             for r in &held {
                 let id = QueueId(r.get::<_, i64>(0) as u64);
                 let event = deleted(id, *now, "retention (hold_delivered ended)");
@@ -1069,7 +1067,7 @@ fn deleted(id: QueueId, at: i64, by: &str) -> crate::report::Event {
 }
 
 async fn insert_message(
-    tx: &Transaction<'_>,
+    tx: &PoolTx<'_>,
     node: &str,
     m: &NewMessage,
     sealed: &Sealed,
@@ -1080,7 +1078,8 @@ async fn insert_message(
         Ret::Full => "full",
         Ret::Headers => "hdrs",
     });
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
          received_at, expires_at, client, size, body, tls_request, content, node, owner)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
@@ -1115,7 +1114,8 @@ async fn insert_message(
         .map(|r| r.notify.to_bits() as i32)
         .collect();
     let class: Vec<&str> = e.recipients.iter().map(|r| r.class.name()).collect();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status,
                                  next_attempt, class)
          SELECT $1, u.idx, u.address, u.domain, u.orcpt, u.notify, 0, $2, u.class
@@ -1137,7 +1137,7 @@ async fn insert_message(
 }
 
 async fn record(
-    tx: &Transaction<'_>,
+    tx: &PoolTx<'_>,
     cipher: &Cipher,
     node: &str,
     a: &AttemptRecord,
@@ -1145,13 +1145,13 @@ async fn record(
     let id = a.id.0 as i64;
     // Logged even when the message was deleted meanwhile: the attempt happened.
     append(tx, &a.tenant.0, node, &a.events).await?;
-    let exists = tx
-        .query_opt(
-            "SELECT 1 FROM messages WHERE id = $1 AND purge_at IS NULL FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .is_some();
+    let exists = opt(
+        tx,
+        "SELECT 1 FROM messages WHERE id = $1 AND purge_at IS NULL FOR UPDATE",
+        &[&id],
+    )
+    .await?
+    .is_some();
     if !exists {
         return Ok(RecordResult {
             finished: true,
@@ -1176,7 +1176,8 @@ async fn record(
         reply.push(cipher.seal_text(Field::LastReply, Row(id, *i as i64), text)?);
         next.push(n);
     }
-    tx.execute(
+    exec(
+        tx,
         "UPDATE recipients r SET status = u.status, last_reply = u.reply,
                 attempts = r.attempts + 1, next_attempt = u.next
          FROM UNNEST($2::integer[], $3::smallint[], $4::bytea[], $5::bigint[])
@@ -1188,19 +1189,19 @@ async fn record(
     if let Some(dsn) = &a.dsn {
         insert_message(tx, node, dsn, &seal_message(cipher, dsn)?).await?;
     }
-    let pending = tx
-        .query_opt(
-            "SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0 LIMIT 1",
-            &[&id],
-        )
-        .await?
-        .is_some();
+    let pending = opt(
+        tx,
+        "SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0 LIMIT 1",
+        &[&id],
+    )
+    .await?
+    .is_some();
     if !pending {
         if a.purge_at <= a.now {
-            tx.execute("DELETE FROM messages WHERE id = $1", &[&id])
-                .await?;
+            exec(tx, "DELETE FROM messages WHERE id = $1", &[&id]).await?;
         } else {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE messages SET purge_at = $1 WHERE id = $2",
                 &[&a.purge_at, &id],
             )
@@ -1217,7 +1218,7 @@ async fn record(
 /// the commit, makes appends from several nodes take turns: each links to
 /// the head the previous one left.
 async fn append(
-    tx: &Transaction<'_>,
+    tx: &PoolTx<'_>,
     tenant: &str,
     node: &str,
     events: &[crate::report::Event],
@@ -1225,18 +1226,15 @@ async fn append(
     if events.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    // One statement creates the head if needed and locks it to the commit.
+    let head = one(
+        tx,
         "INSERT INTO txlog_heads (tenant, seq, hash) VALUES ($1, 0, $2)
-         ON CONFLICT (tenant) DO NOTHING",
+         ON CONFLICT (tenant) DO UPDATE SET tenant = EXCLUDED.tenant
+         RETURNING seq, hash",
         &[&tenant, &vec![0u8; 32]],
     )
     .await?;
-    let head = tx
-        .query_one(
-            "SELECT seq, hash FROM txlog_heads WHERE tenant = $1 FOR UPDATE",
-            &[&tenant],
-        )
-        .await?;
     let linked = crate::report::log::link(Some((head.get(0), head.get(1))), tenant, events);
     let seq: Vec<i64> = linked.iter().map(|r| r.seq).collect();
     let at: Vec<i64> = linked.iter().map(|r| r.at).collect();
@@ -1245,7 +1243,8 @@ async fn append(
     let data: Vec<&str> = linked.iter().map(|r| r.data.as_str()).collect();
     let prev: Vec<&[u8]> = linked.iter().map(|r| r.prev.as_slice()).collect();
     let hash: Vec<&[u8]> = linked.iter().map(|r| r.hash.as_slice()).collect();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
          SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
          FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
@@ -1256,7 +1255,8 @@ async fn append(
     )
     .await?;
     if let Some(last) = linked.last() {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE txlog_heads SET seq = $2, hash = $3 WHERE tenant = $1",
             &[&tenant, &last.seq, &last.hash.as_slice()],
         )
@@ -1295,6 +1295,45 @@ async fn due_jobs(
         }
     };
     Ok(rows.iter().map(due_job).collect())
+}
+
+/// Statements of the hot paths are prepared once per connection (the
+/// pool keeps them): otherwise each would cost a parse, a plan and a
+/// round trip more.
+async fn exec(
+    tx: &PoolTx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, SpoolError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&statement, params).await?)
+}
+
+async fn one(
+    tx: &PoolTx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<PgRow, SpoolError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&statement, params).await?)
+}
+
+async fn opt(
+    tx: &PoolTx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<PgRow>, SpoolError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&statement, params).await?)
+}
+
+async fn rows(
+    tx: &PoolTx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<PgRow>, SpoolError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&statement, params).await?)
 }
 
 /// A row of (message_id, domain, due) as a job.

@@ -6,7 +6,9 @@
 #       postgres), otherwise a private cluster in DIR on 127.0.0.1:PORT,
 #       made with Debian's postgresql (installed if missing) and run as the
 #       postgres user, since PostgreSQL refuses to run as root.
-#       SEALGATE_TEST_PG_PRIVATE=1 makes the private cluster even so.
+#       SEALGATE_TEST_PG_PRIVATE=1 makes the private cluster even so;
+#       SEALGATE_TEST_PG_OPTIONS adds server options to it (the bench
+#       loads pg_stat_statements to count statements).
 #   postgres.sh stop DIR
 #       stops the private cluster (at once, as a crash would: the next
 #       start recovers from its WAL), or drops the tests' databases
@@ -56,6 +58,6 @@ if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc 'select 1' >/dev/
   fi
   chown -R postgres: "$dir"
   runuser -u postgres -- "$b/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=on" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=on ${SEALGATE_TEST_PG_OPTIONS:-}" start >/dev/null
 fi
 echo "postgres://postgres@127.0.0.1:$port"

@@ -277,6 +277,16 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (relay, submission) = (free_port(), free_port());
         let mut text = make(dir.path(), relay, submission);
+        // The suite again on the cluster backend: every gateway on a
+        // PostgreSQL database of its own.
+        if std::env::var("SEALGATE_TEST_STORAGE").as_deref() == Ok("postgres")
+            && !text.contains("[storage]")
+        {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = pg_database(pg_server(), &format!("gw{n}"));
+            text.push_str(&format!("\n[storage]\nurl = \"{url}\"\n"));
+        }
         if !text.contains("[[tenant]]") {
             text.push_str("\n[[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\nusers = [\"alice\"]\n");
         }
