@@ -44,6 +44,12 @@ export SEALGATE_DEB
 
 status=0
 cargo test --all-targets --no-fail-fast || status=$?
+# The suites whose gateways queue and deliver mail, again with every
+# gateway on PostgreSQL (the cluster backend, docs/cluster.md): both
+# backends must behave alike. tests/report.rs edits the SQLite file on
+# purpose and stays single-backend; tests/storage.rs and tests/cluster.rs
+# cover the PostgreSQL log.
+SEALGATE_TEST_STORAGE=postgres cargo test --no-fail-fast --test relay --test faults --test operations || status=$?
 
 # Stop the peers the integration tests started and left for each other.
 bash tests/peers/postfix.sh stop target/tmp/peers/postfix-dest
@@ -55,6 +61,7 @@ for pid in "$world"/www/*/pid "$world"/rtls/pid; do [ -f "$pid" ] && kill "$(cat
 for dir in target/tmp/peers/interop/*/; do bash tests/peers/mtas.sh stop "$dir"; done
 bash tests/peers/postfix.sh stop target/tmp/peers/interop/postfix-relay
 bash tests/peers/postgres.sh stop target/tmp/peers/postgres
+bash tests/peers/postgres.sh stop target/tmp/peers/postgres-restart
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer), short and bounded: each
 # target FUZZ_SECONDS (default 30) from the committed seeds in fuzz/corpus

@@ -116,7 +116,12 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             heads_shutdown,
         ))
     });
-    if config.report.tlsrpt {
+    if config.report.tlsrpt && spool.shared() {
+        // Each node would send the same day's reports from its own state.
+        tracing::warn!(
+            "report.tlsrpt: TLS-RPT reports are not sent from a cluster yet; `sealgate report tlsrpt` prints them from the shared log (docs/cluster.md)"
+        );
+    } else if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
     }
     let control_task = tokio::spawn(control.run(shutdown.clone()));

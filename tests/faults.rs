@@ -258,10 +258,11 @@ fn a_full_spool_disk_answers_452_and_recovers_when_space_returns() {
     let data = disk.0.path().to_path_buf();
     // Space to give back later.
     std::fs::write(data.join("filler"), vec![0u8; 1536 * 1024]).unwrap();
+    // The disk under test is the SQLite spool's, whatever backend the run uses.
     let mut gw = Gateway::start_with(|dir, relay, sub| {
         base_config(dir, relay, sub).replacen(
             &format!("data_dir = \"{}\"", dir.display()),
-            &format!("data_dir = \"{}\"", data.display()),
+            &format!("# storage: sqlite\ndata_dir = \"{}\"", data.display()),
             1,
         )
     });
