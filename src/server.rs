@@ -100,8 +100,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     )?;
     // The configuration in force for background work (retention), replaced by a reload.
     let (in_force, in_force_rx) = watch::channel(config.clone());
+    let log_store: Arc<dyn crate::report::LogStore> = Arc::new(storage.clone());
     tokio::spawn(crate::report::retention(
-        storage.clone(),
+        log_store.clone(),
         in_force_rx,
         shutdown.clone(),
     ));
@@ -109,7 +110,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let (heads_stop, heads_shutdown) = watch::channel(false);
     let heads_task = (!config.report.head_interval.is_zero()).then(|| {
         tokio::spawn(heads::write_periodically(
-            storage.clone(),
+            log_store.clone(),
             node.clone(),
             config.report.head_interval,
             signer,

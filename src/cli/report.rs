@@ -141,7 +141,7 @@ fn open_log(
 }
 
 pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::Result<()> {
-    use crate::report::{export, log};
+    use crate::report::{LogStore, export, log};
     const ALL: (i64, i64) = (i64::MIN, i64::MAX);
     match command {
         ReportCommand::Domains { format, out } => {
@@ -307,7 +307,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             };
             for t in &tenants {
                 let now = crate::util::now();
-                match runtime.block_on(crate::report::prune_stored(&storage, t, before, now))? {
+                match runtime.block_on(storage.prune(t, before, now))? {
                     Some(p) => println!(
                         "tenant {t}: records {}–{} removed; a pruned record vouches for them",
                         p.from, p.through

@@ -204,31 +204,18 @@ fn current(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
     .collect()
 }
 
-/// Every tenant's current head, wherever the log is.
-async fn current_stored(
-    storage: &crate::spool::Storage,
-) -> anyhow::Result<Vec<(String, i64, Vec<u8>)>> {
-    use crate::spool::Storage;
-    match storage {
-        Storage::Postgres(pg) => Ok(pg.log_heads().await?),
-        Storage::Sqlite(s) => {
-            let db = s.path().to_path_buf();
-            Ok(tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
-                let conn =
-                    Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-                conn.busy_timeout(Duration::from_secs(5))?;
-                current(&conn)
-            })
-            .await??)
-        }
-    }
+/// Every tenant's current head in the SQLite database at `db`.
+pub fn current_in(db: &Path) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    current(&conn)
 }
 
 /// In the gateway: every `interval`, and once at shutdown, each tenant's
 /// head that moved since it was last written. In a cluster each node
 /// writes the heads it sees, with its name.
 pub async fn write_periodically(
-    storage: crate::spool::Storage,
+    storage: std::sync::Arc<dyn super::LogStore>,
     node: Option<String>,
     interval: Duration,
     signer: Option<Signer>,
@@ -241,7 +228,7 @@ pub async fn write_periodically(
             _ = tick.tick() => false,
             _ = shutdown.changed() => true,
         };
-        match current_stored(&storage).await {
+        match storage.heads().await {
             Ok(heads) => {
                 for (tenant, seq, hash) in heads {
                     if written.get(&tenant) == Some(&seq) {

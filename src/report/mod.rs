@@ -47,28 +47,29 @@ pub fn prune(
     Ok(pruned)
 }
 
-/// Removes a tenant's log records older than `before`, wherever the log is.
-pub async fn prune_stored(
-    storage: &crate::spool::Storage,
-    tenant: &str,
-    before: i64,
-    now: i64,
-) -> anyhow::Result<Option<log::Pruned>> {
-    use crate::spool::Storage;
-    match storage {
-        Storage::Postgres(pg) => Ok(pg.prune_log(tenant, before, now).await?),
-        Storage::Sqlite(s) => {
-            let (db, tenant) = (s.path().to_path_buf(), tenant.to_string());
-            tokio::task::spawn_blocking(move || prune(&db, &tenant, before, now)).await?
-        }
-    }
+/// The log as the gateway's background work reads and trims it, wherever
+/// it is kept (spool::Storage: SQLite or the cluster's PostgreSQL).
+pub trait LogStore: Send + Sync {
+    /// Every tenant's last record: (tenant, seq, hash).
+    fn heads(&self) -> LogFuture<'_, Vec<(String, i64, Vec<u8>)>>;
+    /// Removes the tenant's records older than `before` behind a `pruned`
+    /// record ([`log::prune`]).
+    fn prune<'a>(
+        &'a self,
+        tenant: &'a str,
+        before: i64,
+        now: i64,
+    ) -> LogFuture<'a, Option<log::Pruned>>;
 }
+
+pub type LogFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send + 'a>>;
 
 /// Hourly in the gateway: each tenant's `retention.log_days`, as the
 /// configuration in force says. In a cluster every node does it; the
 /// second finds nothing left to remove.
 pub async fn retention(
-    storage: crate::spool::Storage,
+    storage: std::sync::Arc<dyn LogStore>,
     in_force: tokio::sync::watch::Receiver<std::sync::Arc<crate::config::Config>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -83,7 +84,7 @@ pub async fn retention(
         for t in config.tenants.iter().filter(|t| t.retention.log_days > 0) {
             let now = crate::util::now();
             let before = now - i64::from(t.retention.log_days) * 86_400;
-            match prune_stored(&storage, &t.id, before, now).await {
+            match storage.prune(&t.id, before, now).await {
                 Ok(Some(p)) => tracing::info!(
                     tenant = %t.id,
                     "retention: log records {}–{} removed (older than {} days); a pruned record vouches for them",

@@ -97,6 +97,43 @@ impl Storage {
     }
 }
 
+impl crate::report::LogStore for Storage {
+    fn heads(&self) -> crate::report::LogFuture<'_, Vec<(String, i64, Vec<u8>)>> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.log_heads().await?),
+                Storage::Sqlite(s) => {
+                    let db = s.path().to_path_buf();
+                    Ok(
+                        tokio::task::spawn_blocking(move || crate::report::heads::current_in(&db))
+                            .await??,
+                    )
+                }
+            }
+        })
+    }
+
+    fn prune<'a>(
+        &'a self,
+        tenant: &'a str,
+        before: i64,
+        now: i64,
+    ) -> crate::report::LogFuture<'a, Option<crate::report::log::Pruned>> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.prune_log(tenant, before, now).await?),
+                Storage::Sqlite(s) => {
+                    let (db, tenant) = (s.path().to_path_buf(), tenant.to_string());
+                    tokio::task::spawn_blocking(move || {
+                        crate::report::prune(&db, &tenant, before, now)
+                    })
+                    .await?
+                }
+            }
+        })
+    }
+}
+
 /// A boxed future, so that [`Spool`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
