@@ -497,3 +497,118 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
     assert_eq!(nodes.iter().map(|n| n.messages).sum::<u64>(), 1);
 }
+
+#[tokio::test]
+async fn messages_stored_together_go_in_one_statement_and_a_bad_one_spoils_only_itself() {
+    let url = database("batch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+        .await
+        .unwrap();
+    // Queued before the writer runs (one thread): one batch of three.
+    let first = message(&*spool, "t", &["x@one.test", "y@two.test"], "one");
+    let mut twin = message(&*spool, "t", &["y@one.test"], "two");
+    twin.id = first.id;
+    let third = message(&*spool, "u", &["z@one.test"], "three");
+    let (ids, third_id) = (first.id, third.id);
+    let (a, b, c) = tokio::join!(spool.store(first), spool.store(twin), spool.store(third));
+    assert!(a.is_ok(), "{a:?}");
+    assert!(b.is_err(), "a second message with the same id is refused");
+    assert!(c.is_ok(), "{c:?}");
+    let job = spool.load(ids, "two.test").await.unwrap().expect("stored");
+    assert_eq!(job.body, b"one");
+    assert_eq!(
+        spool
+            .load(third_id, "one.test")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        b"three"
+    );
+    let client = raw(&url).await;
+    assert_eq!(verify_chain(&client, "t").await, 1);
+    assert_eq!(verify_chain(&client, "u").await, 1);
+
+    // Many at once, as busy sessions give them: every one stored, in one chain.
+    let stores: Vec<_> = (0..40)
+        .map(|i| message(&*spool, "t", &[&format!("r{i}@many.test")], "m"))
+        .collect();
+    let results = futures_util::future::join_all(stores.into_iter().map(|m| spool.store(m))).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(verify_chain(&client, "t").await, 41);
+    assert_eq!(spool.list().await.unwrap().len(), 42);
+}
+
+#[tokio::test]
+async fn attempts_recorded_together_keep_each_ones_outcome() {
+    let url = database("records").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+        .await
+        .unwrap();
+    let ms: Vec<NewMessage> = (0..3)
+        .map(|i| message(&*spool, "t", &[&format!("r{i}@one.test")], "x"))
+        .collect();
+    let ids: Vec<QueueId> = ms.iter().map(|m| m.id).collect();
+    for m in ms {
+        spool.store(m).await.unwrap();
+    }
+    assert!(spool.delete(ids[2]).await.unwrap());
+    let now = 500;
+    let delivered = attempt(
+        ids[0],
+        "t",
+        vec![(
+            0,
+            RecipientOutcome::Delivered {
+                reply: "250 ok".into(),
+            },
+        )],
+        now,
+    );
+    let deferred = attempt(
+        ids[1],
+        "t",
+        vec![(
+            0,
+            RecipientOutcome::Deferred {
+                reply: "451 later".into(),
+                next_attempt: now + 60,
+            },
+        )],
+        now,
+    );
+    let late = attempt(
+        ids[2],
+        "t",
+        vec![(
+            0,
+            RecipientOutcome::Delivered {
+                reply: "250 ok".into(),
+            },
+        )],
+        now,
+    );
+    // One thread: the three are queued before the writer runs, one batch.
+    let (a, b, c) = tokio::join!(
+        spool.record(delivered),
+        spool.record(deferred),
+        spool.record(late)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert!(a.finished && !a.gone, "{a:?}");
+    assert!(!b.finished && !b.gone, "{b:?}");
+    assert!(c.gone, "{c:?}");
+    assert!(
+        spool.show(ids[0]).await.unwrap().is_none(),
+        "finished, purged at once"
+    );
+    let kept = spool.show(ids[1]).await.unwrap().expect("still queued");
+    assert_eq!(kept.recipients[0].attempts, 1);
+    assert_eq!(kept.recipients[0].next_attempt, now + 60);
+    assert_eq!(kept.recipients[0].last_reply.as_deref(), Some("451 later"));
+    let client = raw(&url).await;
+    // 3 received, 1 deleted, 3 attempts (the late one too: it happened).
+    assert_eq!(verify_chain(&client, "t").await, 7);
+}

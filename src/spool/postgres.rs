@@ -951,10 +951,68 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
             return;
         }
     };
-    let mut results = Vec::with_capacity(batch.len());
+    let mut results: Vec<Option<Result<Done, SpoolError>>> = batch.iter().map(|_| None).collect();
     let outcome: Result<(), SpoolError> = async {
         let mut tx = client.transaction().await?;
-        for w in &batch {
+        // New messages, the bulk of the work: all in one statement per
+        // table and one chain append per tenant. Should that fail (one bad
+        // row spoils it), each is tried on its own below.
+        let stores: Vec<(usize, &NewMessage, &Sealed)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match &w.op {
+                Op::Store(m, sealed) => Some((i, &**m, &**sealed)),
+                _ => None,
+            })
+            .collect();
+        if stores.len() > 1 {
+            let sp = tx.savepoint("bulk").await?;
+            match insert_messages(&sp, node, &stores).await {
+                Ok(()) => {
+                    sp.commit().await?;
+                    for (i, _, _) in &stores {
+                        results[*i] = Some(Ok(Done::Stored));
+                    }
+                }
+                Err(e) => {
+                    sp.rollback().await?;
+                    tracing::warn!(
+                        "storing {} messages at once failed ({e}); one by one",
+                        stores.len()
+                    );
+                }
+            }
+        }
+        let records: Vec<(usize, &AttemptRecord)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match &w.op {
+                Op::Record(a) => Some((i, &**a)),
+                _ => None,
+            })
+            .collect();
+        if records.len() > 1 {
+            let sp = tx.savepoint("records").await?;
+            match record_many(&sp, cipher, node, &records).await {
+                Ok(done) => {
+                    sp.commit().await?;
+                    for (i, r) in done {
+                        results[i] = Some(Ok(Done::Recorded(r)));
+                    }
+                }
+                Err(e) => {
+                    sp.rollback().await?;
+                    tracing::warn!(
+                        "recording {} attempts at once failed ({e}); one by one",
+                        records.len()
+                    );
+                }
+            }
+        }
+        for (w, slot) in batch.iter().zip(results.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
             let sp = tx.savepoint("op").await?;
             let r = apply(&sp, cipher, node, &w.op).await;
             if r.is_ok() {
@@ -962,7 +1020,7 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
             } else {
                 sp.rollback().await?;
             }
-            results.push(r);
+            *slot = Some(r);
         }
         tx.commit().await?;
         Ok(())
@@ -971,7 +1029,7 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
     match outcome {
         Ok(()) => {
             for (w, r) in batch.into_iter().zip(results) {
-                let _ = w.reply.send(r);
+                let _ = w.reply.send(r.unwrap_or(Err(SpoolError::Stopped)));
             }
         }
         Err(e) => {
@@ -1134,6 +1192,248 @@ async fn insert_message(
     )
     .await?;
     append(tx, &e.tenant.0, node, &m.events).await
+}
+
+/// Many new messages in one statement per table, and their log records
+/// in one append per tenant (in the order given).
+async fn insert_messages(
+    tx: &PoolTx<'_>,
+    node: &str,
+    items: &[(usize, &NewMessage, &Sealed)],
+) -> Result<(), SpoolError> {
+    let n = items.len();
+    let mut id = Vec::with_capacity(n);
+    let mut tenant = Vec::with_capacity(n);
+    let mut sender = Vec::with_capacity(n);
+    let mut env_id = Vec::with_capacity(n);
+    let mut ret = Vec::with_capacity(n);
+    let mut smtputf8 = Vec::with_capacity(n);
+    let mut body_8bit = Vec::with_capacity(n);
+    let mut received_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut client = Vec::with_capacity(n);
+    let mut size = Vec::with_capacity(n);
+    let mut body = Vec::with_capacity(n);
+    let mut tls_request = Vec::with_capacity(n);
+    let mut content = Vec::with_capacity(n);
+    let (mut r_id, mut r_idx, mut r_address, mut r_domain) = (vec![], vec![], vec![], vec![]);
+    let (mut r_orcpt, mut r_notify, mut r_next, mut r_class) = (vec![], vec![], vec![], vec![]);
+    // Per tenant, in order of first appearance.
+    let mut events: Vec<(&str, Vec<crate::report::Event>)> = Vec::new();
+    for (_, m, sealed) in items {
+        let e = &m.envelope;
+        let key = m.id.0 as i64;
+        id.push(key);
+        tenant.push(e.tenant.0.as_str());
+        sender.push(sealed.sender.as_slice());
+        env_id.push(sealed.env_id.as_deref());
+        ret.push(e.ret.map(|r| match r {
+            Ret::Full => "full",
+            Ret::Headers => "hdrs",
+        }));
+        smtputf8.push(e.smtputf8);
+        body_8bit.push(e.body_8bit);
+        received_at.push(m.received_at);
+        expires_at.push(m.expires_at);
+        client.push(sealed.client.as_slice());
+        size.push(m.body.len() as i64);
+        body.push(sealed.body.as_slice());
+        tls_request.push(e.tls_request.name());
+        content.push(e.content.name());
+        for (i, (r, (address, orcpt))) in e.recipients.iter().zip(&sealed.recipients).enumerate() {
+            r_id.push(key);
+            r_idx.push(i as i32);
+            r_address.push(address.as_slice());
+            r_domain.push(r.domain.as_str());
+            r_orcpt.push(orcpt.as_deref());
+            r_notify.push(r.notify.to_bits() as i32);
+            r_next.push(m.received_at);
+            r_class.push(r.class.name());
+        }
+        match events.iter_mut().find(|(t, _)| *t == e.tenant.0) {
+            Some((_, list)) => list.extend(m.events.iter().cloned()),
+            None => events.push((e.tenant.0.as_str(), m.events.clone())),
+        }
+    }
+    exec(
+        tx,
+        "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
+             received_at, expires_at, client, size, body, tls_request, content, node, owner)
+         SELECT u.*, $15, $15
+         FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::text[],
+                     $6::boolean[], $7::boolean[], $8::bigint[], $9::bigint[], $10::bytea[],
+                     $11::bigint[], $12::bytea[], $13::text[], $14::text[]) AS u",
+        &[
+            &id,
+            &tenant,
+            &sender,
+            &env_id,
+            &ret,
+            &smtputf8,
+            &body_8bit,
+            &received_at,
+            &expires_at,
+            &client,
+            &size,
+            &body,
+            &tls_request,
+            &content,
+            &node,
+        ],
+    )
+    .await?;
+    exec(
+        tx,
+        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status,
+                                 next_attempt, class)
+         SELECT u.id, u.idx, u.address, u.domain, u.orcpt, u.notify, 0, u.next, u.class
+         FROM UNNEST($1::bigint[], $2::integer[], $3::bytea[], $4::text[], $5::bytea[],
+                     $6::integer[], $7::bigint[], $8::text[])
+              AS u(id, idx, address, domain, orcpt, notify, next, class)",
+        &[
+            &r_id, &r_idx, &r_address, &r_domain, &r_orcpt, &r_notify, &r_next, &r_class,
+        ],
+    )
+    .await?;
+    // Heads are locked in name order, as every batch does: two nodes
+    // locking two tenants' heads in opposite orders would deadlock.
+    events.sort_by(|a, b| a.0.cmp(b.0));
+    for (tenant, events) in &events {
+        append(tx, tenant, node, events).await?;
+    }
+    Ok(())
+}
+
+/// Many attempts' outcomes at once: their log records (one append per
+/// tenant), every recipient's new state in one statement, their bounces,
+/// and the messages they finished. What [`record`] does for one.
+async fn record_many(
+    tx: &PoolTx<'_>,
+    cipher: &Cipher,
+    node: &str,
+    records: &[(usize, &AttemptRecord)],
+) -> Result<Vec<(usize, RecordResult)>, SpoolError> {
+    let mut events: Vec<(&str, Vec<crate::report::Event>)> = Vec::new();
+    for (_, a) in records {
+        match events.iter_mut().find(|(t, _)| *t == a.tenant.0) {
+            Some((_, list)) => list.extend(a.events.iter().cloned()),
+            None => events.push((a.tenant.0.as_str(), a.events.clone())),
+        }
+    }
+    events.sort_by(|a, b| a.0.cmp(b.0));
+    // Logged even for a message deleted meanwhile: the attempt happened.
+    for (tenant, events) in &events {
+        append(tx, tenant, node, events).await?;
+    }
+    let mut ids: Vec<i64> = records.iter().map(|(_, a)| a.id.0 as i64).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let live: std::collections::HashSet<i64> = rows(
+        tx,
+        "SELECT id FROM messages WHERE id = ANY($1) AND purge_at IS NULL ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let (mut id, mut idx, mut status, mut reply, mut next) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut dsns = Vec::new();
+    for (_, a) in records {
+        let key = a.id.0 as i64;
+        if !live.contains(&key) {
+            continue;
+        }
+        for (i, outcome) in &a.outcomes {
+            let (s, text, n) = match outcome {
+                RecipientOutcome::Delivered { reply } => (DELIVERED, reply, a.now),
+                RecipientOutcome::Failed { reply } => (FAILED, reply, a.now),
+                RecipientOutcome::Deferred {
+                    reply,
+                    next_attempt,
+                } => (PENDING, reply, *next_attempt),
+            };
+            id.push(key);
+            idx.push(*i as i32);
+            status.push(s as i16);
+            reply.push(cipher.seal_text(Field::LastReply, Row(key, *i as i64), text)?);
+            next.push(n);
+        }
+        if let Some(dsn) = &a.dsn {
+            dsns.push((dsn, seal_message(cipher, dsn)?));
+        }
+    }
+    exec(
+        tx,
+        "UPDATE recipients r SET status = u.status, last_reply = u.reply,
+                attempts = r.attempts + 1, next_attempt = u.next
+         FROM UNNEST($1::bigint[], $2::integer[], $3::smallint[], $4::bytea[], $5::bigint[])
+              AS u(id, idx, status, reply, next)
+         WHERE r.message_id = u.id AND r.idx = u.idx AND r.status = 0",
+        &[&id, &idx, &status, &reply, &next],
+    )
+    .await?;
+    if !dsns.is_empty() {
+        let items: Vec<(usize, &NewMessage, &Sealed)> =
+            dsns.iter().map(|(m, sealed)| (0, &**m, sealed)).collect();
+        insert_messages(tx, node, &items).await?;
+    }
+    let live_ids: Vec<i64> = live.iter().copied().collect();
+    let pending: std::collections::HashSet<i64> = rows(
+        tx,
+        "SELECT DISTINCT message_id FROM recipients WHERE message_id = ANY($1) AND status = 0",
+        &[&live_ids],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    // A finished message: deleted now, or kept until its purge time (the
+    // last record of it in the batch says which).
+    let mut finish: std::collections::HashMap<i64, i64> = Default::default();
+    for (_, a) in records {
+        let key = a.id.0 as i64;
+        if live.contains(&key) && !pending.contains(&key) {
+            finish.insert(key, if a.purge_at <= a.now { 0 } else { a.purge_at });
+        }
+    }
+    let gone_now: Vec<i64> = finish
+        .iter()
+        .filter(|(_, p)| **p == 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let (held, until): (Vec<i64>, Vec<i64>) = finish
+        .iter()
+        .filter(|(_, p)| **p != 0)
+        .map(|(k, p)| (*k, *p))
+        .unzip();
+    if !gone_now.is_empty() {
+        exec(tx, "DELETE FROM messages WHERE id = ANY($1)", &[&gone_now]).await?;
+    }
+    if !held.is_empty() {
+        exec(
+            tx,
+            "UPDATE messages m SET purge_at = u.purge_at
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, purge_at) WHERE m.id = u.id",
+            &[&held, &until],
+        )
+        .await?;
+    }
+    Ok(records
+        .iter()
+        .map(|(i, a)| {
+            let key = a.id.0 as i64;
+            let gone = !live.contains(&key);
+            (
+                *i,
+                RecordResult {
+                    finished: gone || !pending.contains(&key),
+                    gone,
+                },
+            )
+        })
+        .collect())
 }
 
 async fn record(
