@@ -325,3 +325,78 @@ fn a_postgresql_restart_under_load_loses_nothing_and_the_nodes_resume_by_themsel
     let verify = cli_ok(&nodes[0], &["report", "verify"]);
     assert!(verify.contains("tenant default: intact"), "{verify}");
 }
+
+#[test]
+fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_there() {
+    let url = pg_database(pg_server(), "migrate");
+    // A node on SQLite whose destination defers: its mail stays queued.
+    let mut gw = Gateway::start("");
+    let rcpt = format!("{}@migrate.test", unique("mig"));
+    let local = rcpt.split('@').next().unwrap().to_string();
+    let rule = format!("/^{local}@/ 451 4.3.0 Not yet");
+    dest().add_rule(&rule);
+    dest().wait_rcpt_reply(&rcpt, "451");
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            relay_one(
+                gw.relay,
+                "sender@src.test",
+                &[&rcpt],
+                text(&format!("<mig.{i}.{local}@src.test>"), &rcpt).as_bytes(),
+            )
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), "a deferral of each", || {
+        let queue = gw.queue();
+        (queue.len() == 3 && queue.iter().all(|m| m["last_reply"].is_string())).then_some(())
+    });
+    gw.signal_term();
+    assert!(gw.wait_exit(), "clean stop");
+    let before = cli_ok(&gw, &["report", "verify"]);
+
+    let out = gw.cli(&["storage", "migrate", "--to", &url]);
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("3 queued message(s)"), "{said}");
+    assert!(said.contains("tenant default: intact"), "{said}");
+
+    // The node on PostgreSQL: the same queue, the same chain, and it delivers.
+    let mut config = std::fs::read_to_string(&gw.config).unwrap();
+    config.push_str(&format!("\n[storage]\nurl = \"{url}\"\n"));
+    std::fs::write(&gw.config, config).unwrap();
+    let after = cli_ok(&gw, &["report", "verify"]);
+    let head = |s: &str| s.split(", head ").nth(1).map(str::to_string);
+    assert!(head(&before).is_some(), "{before}");
+    assert_eq!(
+        head(&after),
+        head(&before),
+        "the same chain: {before} / {after}"
+    );
+    gw.restart();
+    let queue = gw.queue();
+    let mut queued: Vec<String> = queue
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    queued.sort();
+    let mut sent = ids.clone();
+    sent.sort();
+    assert_eq!(queued, sent, "the same messages, the same ids");
+    dest().remove_rule(&rule);
+    dest().wait_rcpt_reply(&rcpt, "250");
+    let arrived = dest().wait_mails(&rcpt, 3, Duration::from_secs(60));
+    assert_eq!(arrived.len(), 3);
+    gw.wait_queue_empty(Duration::from_secs(30));
+    let verify = cli_ok(&gw, &["report", "verify"]);
+    assert!(verify.contains("tenant default: intact"), "{verify}");
+    // A second run finds the chain there and refuses rather than fork it.
+    gw.signal_term();
+    assert!(gw.wait_exit());
+    let again = gw.cli(&["storage", "migrate", "--to", &url]);
+    assert!(!again.status.success());
+    assert!(
+        output_text(&again).contains("already has log records"),
+        "{}",
+        output_text(&again)
+    );
+}

@@ -29,6 +29,7 @@ mod queue;
 mod records;
 mod report;
 mod spool;
+mod storage;
 
 use certs::{CertsCommand, certs};
 use check::check_text;
@@ -84,6 +85,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Move a node's queue and log into the PostgreSQL of a cluster.
+    Storage {
+        #[command(subcommand)]
+        command: storage::StorageCommand,
     },
     /// The nodes that share one storage database (docs/cluster.md).
     Cluster {
@@ -287,6 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Queue { command } => queue(load_config(&cli.config)?, command),
         Command::Cluster { command } => cluster::cluster(load_config(&cli.config)?, command),
+        Command::Storage { command } => storage::storage(load_config(&cli.config)?, command),
         Command::Spool { command } => spool::spool(load_config(&cli.config)?, command),
         Command::User {
             command: UserCommand::Hash { name },
