@@ -122,6 +122,13 @@ run() {
   st_after=$( [ -n "$url" ] && statements || echo 0)
   for p in "${pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
   pids=()
+  # The nodes' backends end when their connections close: reaped, their
+  # CPU shows in the postmaster's children total.
+  for _ in $(seq 100); do
+    [ -z "$(psql "$server/postgres" -tAc "SELECT 1 FROM pg_stat_activity WHERE datname = 'sealgate_bench' LIMIT 1")" ] && break
+    sleep 0.05
+  done
+  sleep 0.2
   pg_after=$(pg_ticks)
   stop_sink
   local tck per_msg

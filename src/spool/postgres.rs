@@ -652,44 +652,67 @@ impl PgSpool {
     async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
         let client = self.client().await?;
         let key = id.0 as i64;
-        let head = client
+        // One round trip: the message with its pending recipients in the
+        // domain as arrays (the body once, however many recipients).
+        let statement = client
             .prepare_cached(
-                "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                        expires_at, body, tls_request, content
-                 FROM messages WHERE id = $1 AND purge_at IS NULL AND owner = $2",
+                "SELECT m.tenant, m.sender, m.env_id, m.ret, m.smtputf8, m.body_8bit,
+                        m.received_at, m.expires_at, m.body, m.tls_request, m.content,
+                        r.idx, r.address, r.orcpt, r.notify, r.attempts, r.class
+                 FROM messages m,
+                      LATERAL (SELECT array_agg(idx ORDER BY idx) AS idx,
+                                      array_agg(address ORDER BY idx) AS address,
+                                      array_agg(orcpt ORDER BY idx) AS orcpt,
+                                      array_agg(notify ORDER BY idx) AS notify,
+                                      array_agg(attempts ORDER BY idx) AS attempts,
+                                      array_agg(class ORDER BY idx) AS class
+                               FROM recipients
+                               WHERE message_id = m.id AND domain = $3 AND status = 0) r
+                 WHERE m.id = $1 AND m.purge_at IS NULL AND m.owner = $2",
             )
             .await?;
-        let Some(head) = client.query_opt(&head, &[&key, &self.node]).await? else {
+        let Some(row) = client
+            .query_opt(&statement, &[&key, &self.node, &domain])
+            .await?
+        else {
             return Ok(None);
         };
-        let (envelope, received_at, expires_at) = envelope_of(&head, &self.cipher, key)?;
-        let body: Option<Vec<u8>> = head.get("body");
+        let Some(idx) = row.get::<_, Option<Vec<i32>>>("idx") else {
+            return Ok(None);
+        };
+        let (envelope, received_at, expires_at) = envelope_of(&row, &self.cipher, key)?;
+        let body: Option<Vec<u8>> = row.get("body");
         let body = body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
         let body = self.cipher.open_value(Field::Body, Row(key, 0), &body)?;
-        let pending = client
-            .prepare_cached(
-                "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
-                 WHERE message_id = $1 AND domain = $2 AND status = 0 ORDER BY idx",
-            )
-            .await?;
-        let rows = client.query(&pending, &[&key, &domain]).await?;
-        let mut recipients = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let idx: i32 = r.get(0);
-            let at = Row(key, idx as i64);
+        let address: Vec<Vec<u8>> = row.get("address");
+        let orcpt: Vec<Option<Vec<u8>>> = row.get("orcpt");
+        let notify: Vec<i32> = row.get("notify");
+        let attempts: Vec<i32> = row.get("attempts");
+        let class: Vec<String> = row.get("class");
+        let mut recipients = Vec::with_capacity(idx.len());
+        for (i, idx) in idx.iter().enumerate() {
+            let (Some(address), Some(orcpt), Some(notify), Some(attempts), Some(class)) = (
+                address.get(i),
+                orcpt.get(i),
+                notify.get(i),
+                attempts.get(i),
+                class.get(i),
+            ) else {
+                return Err(SpoolError::Corrupt(format!(
+                    "message {id}: recipient {idx} is incomplete"
+                )));
+            };
+            let at = Row(key, *idx as i64);
             recipients.push(PendingRecipient {
-                index: idx as u32,
+                index: *idx as u32,
                 recipient: Recipient::new(
-                    self.cipher.open_text(Field::Address, at, r.get(1))?,
-                    open_opt(&self.cipher, Field::Orcpt, at, r.get(2))?,
-                    Notify::from_bits(r.get::<_, i32>(3) as i64),
+                    self.cipher.open_text(Field::Address, at, address)?,
+                    open_opt(&self.cipher, Field::Orcpt, at, orcpt.as_deref())?,
+                    Notify::from_bits(*notify as i64),
                 )
-                .with_class(class_of(r.get(5))),
-                attempts: r.get::<_, i32>(4) as u32,
+                .with_class(class_of(class.clone())),
+                attempts: *attempts as u32,
             });
-        }
-        if recipients.is_empty() {
-            return Ok(None);
         }
         Ok(Some(LoadedJob {
             id,
