@@ -330,7 +330,7 @@ fn a_postgresql_restart_under_load_loses_nothing_and_the_nodes_resume_by_themsel
 fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_there() {
     let url = pg_database(pg_server(), "migrate");
     // A node on SQLite whose destination defers: its mail stays queued.
-    let mut gw = Gateway::start("");
+    let mut gw = Gateway::start("# storage: sqlite");
     let rcpt = format!("{}@migrate.test", unique("mig"));
     let local = rcpt.split('@').next().unwrap().to_string();
     let rule = format!("/^{local}@/ 451 4.3.0 Not yet");
