@@ -166,7 +166,7 @@ pub enum RecipientOutcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub id: QueueId,
-    /// The job's domain: its lease (in a cluster) ends with the record.
+    /// The job's domain.
     pub domain: String,
     pub outcomes: Vec<(u32, RecipientOutcome)>,
     /// The DSN to queue for the failed recipients, if any.

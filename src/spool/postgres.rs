@@ -1,18 +1,21 @@
 //! The shared spool: PostgreSQL, so that several sealgate nodes keep one
-//! queue and one transaction log (`[storage] url`).
+//! queue and one transaction log (`[storage] url`, docs/cluster.md).
 //!
 //! It stores what the SQLite spool stores, sealed the same way
 //! (spool::values, spool::at_rest), and keeps its promise the same way:
 //! nothing is acknowledged before its transaction is committed. One
 //! writer task per node drains every waiting write into one transaction
-//! (group commit), each write in a savepoint so that one failing does not
-//! spoil the others; reads use pooled connections. A node delivers a job
-//! only while it holds its lease (`claim`, renewed by its heartbeat, ended
-//! by the record of the attempt); a job whose lease ran out, because its
-//! node died, is found by the others (`unclaimed`) and taken over. A
-//! tenant's log chain
-//! is appended under a row lock on its head, so that two nodes appending
-//! at once serialize instead of forking it.
+//! (group commit) and writes a batch's new messages, and its attempts'
+//! outcomes, with one statement per table; should that fail, each write
+//! is tried alone in a savepoint, so that one bad write spoils only
+//! itself. Reads use pooled connections.
+//!
+//! A message belongs to one node, which alone delivers it; a node is
+//! alive while its heartbeat (one row, renewed on a connection that also
+//! holds the node's lock) is younger than its lease, and the messages of
+//! a dead node are taken over by the others in batches. A tenant's log
+//! chain is appended under a row lock on its head, so that two nodes
+//! appending at once take turns instead of forking it.
 //!
 //! The schema is versioned: migrations run at start under an advisory
 //! lock (so that nodes starting together do not race), and a database
