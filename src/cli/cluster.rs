@@ -22,13 +22,7 @@ pub(super) fn cluster(config: Config, command: ClusterCommand) -> anyhow::Result
             crate::config::STORAGE_URL_ENV
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let storage = runtime.block_on(crate::spool::Storage::open(
-        &config,
-        crate::spool::Opener::Command,
-    ))?;
+    let (runtime, storage) = command_storage(&config)?;
     let crate::spool::Storage::Postgres(pg) = storage else {
         bail!("the storage url did not open PostgreSQL");
     };

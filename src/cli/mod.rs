@@ -384,6 +384,22 @@ fn tenant_of(config: &Config, tenant: Option<String>) -> anyhow::Result<String> 
     Ok(t)
 }
 
+/// A runtime for a command's database work, and the storage the
+/// configuration names (the gateway's SQLite file, or the cluster's
+/// PostgreSQL), opened as a command: no keys made, no node name taken.
+fn command_storage(
+    config: &Config,
+) -> anyhow::Result<(tokio::runtime::Runtime, crate::spool::Storage)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let storage = runtime.block_on(crate::spool::Storage::open(
+        config,
+        crate::spool::Opener::Command,
+    ))?;
+    Ok((runtime, storage))
+}
+
 fn time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| {

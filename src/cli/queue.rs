@@ -25,15 +25,8 @@ pub(super) enum QueueCommand {
 }
 
 pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let spool = runtime
-        .block_on(crate::spool::Storage::open(
-            &config,
-            crate::spool::Opener::Command,
-        ))?
-        .spool();
+    let (runtime, storage) = command_storage(&config)?;
+    let spool = storage.spool();
     match command {
         QueueCommand::List { json } => {
             let list = runtime.block_on(spool.list())?;

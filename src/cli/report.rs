@@ -107,13 +107,7 @@ fn open_log(
     if db.is_none()
         && let Some(url) = config.storage_url()
     {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let storage = runtime.block_on(crate::spool::Storage::open(
-            config,
-            crate::spool::Opener::Command,
-        ))?;
+        let (runtime, storage) = command_storage(config)?;
         let crate::spool::Storage::Postgres(pg) = storage else {
             bail!(
                 "storage url {} did not open PostgreSQL",
@@ -291,13 +285,7 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
         ReportCommand::Prune { before, tenant } => {
             let before = crate::config::parse_instant(&before, crate::config::DayEdge::Start)
                 .map_err(anyhow::Error::msg)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let storage = runtime.block_on(crate::spool::Storage::open(
-                &config,
-                crate::spool::Opener::Command,
-            ))?;
+            let (runtime, storage) = command_storage(&config)?;
             let tenants = match (tenant, &storage) {
                 (Some(t), _) => vec![t],
                 (None, crate::spool::Storage::Postgres(pg)) => {

@@ -80,15 +80,7 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
         if let Some(r) = row {
             slice.push((
                 r.get::<_, String>(0)?,
-                crate::report::log::Stored {
-                    seq: r.get(1)?,
-                    at: r.get(2)?,
-                    kind: r.get(3)?,
-                    queue_id: r.get(4)?,
-                    data: r.get(5)?,
-                    prev: r.get(6)?,
-                    hash: r.get(7)?,
-                },
+                crate::report::log::Stored::from_row(r, 1)?,
             ));
             progress.tick();
         }

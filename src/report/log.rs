@@ -226,16 +226,7 @@ pub fn verify_with_progress(
     let mut walk = Walk::new(tenant);
     while let Some(r) = rows.next()? {
         progress();
-        let record = Stored {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            kind: r.get(2)?,
-            queue_id: r.get(3)?,
-            data: r.get(4)?,
-            prev: r.get(5)?,
-            hash: r.get(6)?,
-        };
-        if let Some(broken) = walk.next(record) {
+        if let Some(broken) = walk.next(Stored::from_row(r, 0)?) {
             return Ok(broken);
         }
     }
@@ -252,6 +243,22 @@ pub struct Stored {
     pub data: String,
     pub prev: Vec<u8>,
     pub hash: Vec<u8>,
+}
+
+impl Stored {
+    /// From a SQLite row whose columns from `first` on are seq, at, kind,
+    /// queue_id, data, prev, hash.
+    pub fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Stored> {
+        Ok(Stored {
+            seq: r.get(first)?,
+            at: r.get(first + 1)?,
+            kind: r.get(first + 2)?,
+            queue_id: r.get(first + 3)?,
+            data: r.get(first + 4)?,
+            prev: r.get(first + 5)?,
+            hash: r.get(first + 6)?,
+        })
+    }
 }
 
 /// A walk along one tenant's chain, fed its records in `seq` order from
