@@ -152,6 +152,28 @@ pub struct Pruned {
     pub older_than: String,
 }
 
+/// Someone did something in the web console or through the HTTP API: the
+/// auditor sees the admins too. Recorded in the chain of the tenant the
+/// action concerned (a login: the account's tenant, or the default one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Console {
+    #[serde(default = "version")]
+    pub v: u32,
+    /// The account name.
+    pub account: String,
+    pub role: String,
+    /// `login`, `login-failed`, `logout`, `retry`, `delete`, `confirm`, `export`.
+    pub action: String,
+    /// The client's address.
+    pub source: String,
+    /// What the action was about (a domain, a filter), when not the queue id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The reason given, or what came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// What happened, with its facts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventData {
@@ -160,6 +182,7 @@ pub enum EventData {
     Attempt(Box<Attempt>),
     Deleted(Deleted),
     Pruned(Pruned),
+    Console(Console),
 }
 
 /// A record whose data does not read as its kind says.
@@ -183,6 +206,7 @@ impl EventData {
             EventData::Attempt(_) => "attempt",
             EventData::Deleted(_) => "deleted",
             EventData::Pruned(_) => "pruned",
+            EventData::Console(_) => "console",
         }
     }
 
@@ -194,6 +218,7 @@ impl EventData {
             EventData::Attempt(d) => serde_json::to_string(d),
             EventData::Deleted(d) => serde_json::to_string(d),
             EventData::Pruned(d) => serde_json::to_string(d),
+            EventData::Console(d) => serde_json::to_string(d),
         };
         // Plain data with string keys: serializing cannot fail.
         text.unwrap_or_default()
@@ -221,6 +246,7 @@ impl EventData {
             "attempt" => EventData::Attempt(Box::new(read("attempt", value)?)),
             "deleted" => EventData::Deleted(read("deleted", value)?),
             "pruned" => EventData::Pruned(read("pruned", value)?),
+            "console" => EventData::Console(read("console", value)?),
             other => return Err(EventError::Kind(other.to_string())),
         })
     }

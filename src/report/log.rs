@@ -395,6 +395,41 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// The tenant's records after number `after`, in order, at most `limit`.
+pub fn read_after(
+    conn: &Connection,
+    tenant: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Stored>> {
+    conn.prepare_cached(
+        "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog
+         WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+    )?
+    .query_map(params![tenant, after, limit as i64], |r| {
+        Stored::from_row(r, 0)
+    })?
+    .collect()
+}
+
+/// The tenant's records with these numbers, in order.
+pub fn read_seqs(conn: &Connection, tenant: &str, seqs: &[i64]) -> rusqlite::Result<Vec<Stored>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog WHERE tenant = ? AND seq = ?",
+    )?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if let Some(r) = stmt
+            .query_row(params![tenant, seq], |r| Stored::from_row(r, 0))
+            .optional()?
+        {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|r| r.seq);
+    Ok(out)
+}
+
 /// Every tenant that has records.
 pub fn tenants(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     conn.prepare("SELECT DISTINCT tenant FROM txlog ORDER BY tenant")?

@@ -60,6 +60,18 @@ pub trait LogStore: Send + Sync {
         before: i64,
         now: i64,
     ) -> LogFuture<'a, Option<log::Pruned>>;
+    /// The tenant's records after number `after`, in order, at most `limit`.
+    fn read_after<'a>(
+        &'a self,
+        tenant: &'a str,
+        after: i64,
+        limit: usize,
+    ) -> LogFuture<'a, Vec<log::Stored>>;
+    /// The tenant's records with these numbers, in order.
+    fn read_seqs<'a>(&'a self, tenant: &'a str, seqs: &'a [i64])
+    -> LogFuture<'a, Vec<log::Stored>>;
+    /// Appends one event that no spool change carries (a console action).
+    fn append<'a>(&'a self, tenant: &'a str, event: Event) -> LogFuture<'a, ()>;
 }
 
 pub type LogFuture<'a, T> =

@@ -132,6 +132,56 @@ impl crate::report::LogStore for Storage {
             }
         })
     }
+
+    fn read_after<'a>(
+        &'a self,
+        tenant: &'a str,
+        after: i64,
+        limit: usize,
+    ) -> crate::report::LogFuture<'a, Vec<crate::report::log::Stored>> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.read_log(tenant, after, limit).await?),
+                Storage::Sqlite(s) => {
+                    let tenant = tenant.to_string();
+                    s.read_log(move |conn| {
+                        crate::report::log::read_after(conn, &tenant, after, limit)
+                    })
+                    .await
+                }
+            }
+        })
+    }
+
+    fn read_seqs<'a>(
+        &'a self,
+        tenant: &'a str,
+        seqs: &'a [i64],
+    ) -> crate::report::LogFuture<'a, Vec<crate::report::log::Stored>> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.read_log_seqs(tenant, seqs).await?),
+                Storage::Sqlite(s) => {
+                    let (tenant, seqs) = (tenant.to_string(), seqs.to_vec());
+                    s.read_log(move |conn| crate::report::log::read_seqs(conn, &tenant, &seqs))
+                        .await
+                }
+            }
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        tenant: &'a str,
+        event: crate::report::Event,
+    ) -> crate::report::LogFuture<'a, ()> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.append_log(tenant, event).await?),
+                Storage::Sqlite(s) => Ok(s.append_log(tenant, event).await?),
+            }
+        })
+    }
 }
 
 /// A boxed future, so that [`Spool`] can be used as a trait object.
@@ -187,6 +237,14 @@ pub struct RecordResult {
     pub finished: bool,
     /// The message was gone (deleted by an operator) when the result came in.
     pub gone: bool,
+}
+
+/// How full the queue is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    pub messages: u64,
+    /// Unix seconds; none when the queue is empty.
+    pub oldest: Option<i64>,
 }
 
 /// A recipient's state in the queue.
@@ -297,6 +355,9 @@ pub trait Spool: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
     /// One message's envelope and recipient states.
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>>;
+    /// Messages with a pending recipient, and when the oldest was received:
+    /// one aggregate query, for dashboards and metrics.
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, SpoolError>>;
     /// Whether several nodes share this spool (docs/cluster.md): each
     /// node then delivers the messages it owns (those it accepted, retried
     /// or took over), and takes over those of nodes that stopped beating.

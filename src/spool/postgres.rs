@@ -470,6 +470,56 @@ impl PgSpool {
             .collect())
     }
 
+    /// The tenant's records after number `after`, in order, at most `limit`.
+    pub async fn read_log(
+        &self,
+        tenant: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::report::log::Stored>, SpoolError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog
+             WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&tenant, &after, &(limit as i64)])
+            .await?;
+        Ok(rows.iter().map(stored).collect())
+    }
+
+    /// The tenant's records with these numbers, in order.
+    pub async fn read_log_seqs(
+        &self,
+        tenant: &str,
+        seqs: &[i64],
+    ) -> Result<Vec<crate::report::log::Stored>, SpoolError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog
+             WHERE tenant = $1 AND seq = ANY($2) ORDER BY seq",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&tenant, &seqs]).await?;
+        Ok(rows.iter().map(stored).collect())
+    }
+
+    /// Appends one event to a tenant's chain, whichever node holds its head.
+    pub async fn append_log(
+        &self,
+        tenant: &str,
+        event: crate::report::Event,
+    ) -> Result<(), SpoolError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        append(&tx, tenant, &self.node, &[event]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Every tenant with records.
     pub async fn log_tenants(&self) -> Result<Vec<String>, SpoolError> {
         Ok(self.log_heads().await?.into_iter().map(|h| h.0).collect())
@@ -907,6 +957,24 @@ impl Spool for PgSpool {
 
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
         Box::pin(self.show_now(id))
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, SpoolError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*), MIN(received_at) FROM messages m
+                     WHERE EXISTS (SELECT 1 FROM recipients r
+                                   WHERE r.message_id = m.id AND r.status = 0)",
+                    &[],
+                )
+                .await?;
+            Ok(QueueDepth {
+                messages: row.get::<_, i64>(0) as u64,
+                oldest: row.get(1),
+            })
+        })
     }
 
     fn shared(&self) -> bool {
@@ -1660,6 +1728,19 @@ async fn record(
 /// Appends `events` to the tenant's chain. The head row's lock, held to
 /// the commit, makes appends from several nodes take turns: each links to
 /// the head the previous one left.
+/// A log record from a row of seq, at, kind, queue_id, data, prev, hash.
+fn stored(r: &tokio_postgres::Row) -> crate::report::log::Stored {
+    crate::report::log::Stored {
+        seq: r.get(0),
+        at: r.get(1),
+        kind: r.get(2),
+        queue_id: r.get(3),
+        data: r.get(4),
+        prev: r.get(5),
+        hash: r.get(6),
+    }
+}
+
 async fn append(
     tx: &PoolTx<'_>,
     tenant: &str,

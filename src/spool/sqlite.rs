@@ -152,6 +152,27 @@ impl SqliteSpool {
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
+    /// Reads the transaction log on a pooled connection, off the async threads.
+    pub async fn read_log<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let spool = self.clone();
+        let read = tokio::task::spawn_blocking(move || spool.read(|conn| Ok(f(conn)?)));
+        Ok(read.await??)
+    }
+
+    /// Appends one event to a tenant's chain in the next group commit.
+    pub async fn append_log(
+        &self,
+        tenant: &str,
+        event: crate::report::Event,
+    ) -> Result<(), SpoolError> {
+        let tenant = tenant.to_string();
+        self.write(move |conn| Ok(crate::report::log::append(conn, &tenant, &[event])?))
+            .await
+    }
+
     /// Runs a read on a pooled connection.
     fn read<T>(
         &self,
@@ -546,6 +567,24 @@ impl Spool for SqliteSpool {
 
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
         Box::pin(async move { self.show_now(id) })
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, SpoolError>> {
+        Box::pin(async move {
+            self.read(|conn| {
+                let (messages, oldest): (i64, Option<i64>) = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(received_at) FROM messages m
+                         WHERE EXISTS (SELECT 1 FROM recipients r
+                                       WHERE r.message_id = m.id AND r.status = 0)",
+                    )?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(QueueDepth {
+                    messages: messages as u64,
+                    oldest,
+                })
+            })
+        })
     }
 
     fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
