@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod dkim;
 pub mod dns;

@@ -26,6 +26,41 @@ use crate::spool::{Opener, Spool, Storage};
 
 /// Runs the gateway with `config`, read from `path` (None: the embedded
 /// defaults); SIGHUP reads `path` again.
+/// What the web console reads and acts on.
+fn console_state(
+    config: &Arc<Config>,
+    log: Arc<dyn crate::report::LogStore>,
+    spool: Arc<dyn Spool>,
+    queue: crate::queue::QueueHandle,
+    memory: Arc<DomainMemory>,
+) -> anyhow::Result<Arc<crate::console::Console>> {
+    use crate::console::{accounts::AccountStore, index::Index};
+    let accounts = AccountStore::open(&config.database_path())?;
+    if accounts.list()?.is_empty() {
+        tracing::warn!(
+            "console: no accounts yet; add one with `sealgate account add NAME --role admin`"
+        );
+    }
+    let index = Index::open(&config.console_index_path())
+        .with_context(|| format!("{}", config.console_index_path().display()))?;
+    Ok(Arc::new(crate::console::Console {
+        config: config.clone(),
+        accounts,
+        sessions: Default::default(),
+        idle: config
+            .console
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1800), |c| c.idle_timeout),
+        guard: Default::default(),
+        index: Arc::new(index),
+        log,
+        spool,
+        queue,
+        memory,
+        started: crate::util::now(),
+    }))
+}
+
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     for w in config.warnings() {
@@ -91,11 +126,12 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         let _ = stop.send(true);
     });
 
+    let console_listener = crate::console::bind(&config).await?;
     let control = control::Server::bind(
         &config.control_socket(),
         spool.clone(),
         handle.clone(),
-        memory,
+        memory.clone(),
         reporter.clone(),
     )?;
     // The configuration in force for background work (retention), replaced by a reload.
@@ -124,6 +160,26 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         );
     } else if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
+    }
+    if let Some((listener, tls)) = console_listener {
+        let console = console_state(
+            &config,
+            log_store.clone(),
+            spool.clone(),
+            handle.clone(),
+            memory,
+        )?;
+        tokio::spawn(crate::console::index::follow(
+            console.index.clone(),
+            log_store.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::console::run(
+            listener,
+            tls,
+            console,
+            shutdown.clone(),
+        ));
     }
     let control_task = tokio::spawn(control.run(shutdown.clone()));
     let queue_task = tokio::spawn(queue.run(shutdown.clone()));

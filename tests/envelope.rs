@@ -3,16 +3,19 @@
 //! headless Chromium (through chromedriver) opens the opener page with the
 //! right password, a wrong one, and a modified file.
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use browser::Session;
 use serde_json::{Value, json};
 use support::*;
 
@@ -214,145 +217,17 @@ fn the_cli_opens_what_it_sealed_and_refuses_a_wrong_password() {
     assert!(written.is_none(), "nothing is written on a wrong password");
 }
 
-/// chromedriver with headless Chromium, one per test process.
-struct Browser {
-    url: String,
-}
-
-fn browser() -> &'static Browser {
-    static BROWSER: OnceLock<Browser> = OnceLock::new();
-    BROWSER.get_or_init(|| {
-        let port = free_port();
-        // The driver must end with this test process. PR_SET_PDEATHSIG
-        // follows the spawning *thread*, so a thread that lives as long as
-        // the process spawns it and waits on it.
-        std::thread::spawn(move || {
-            let mut cmd = Command::new("chromedriver");
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let mut driver = cmd
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("chromedriver is installed by run-tests.sh");
-            let _ = driver.wait();
-        });
-        let url = format!("http://127.0.0.1:{port}");
-        wait_for(Duration::from_secs(20), "chromedriver", || {
-            ureq::get(&format!("{url}/status")).call().ok()
-        });
-        Browser { url }
+/// Waits until the opener page shows either the message or the error.
+fn outcome(s: &Session) -> Value {
+    wait_for(Duration::from_secs(30), "the opener to finish", || {
+        let v = s.script(
+            "return {message: !document.getElementById('message').hidden,
+                     error: !document.getElementById('error').hidden,
+                     text: document.body.innerText,
+                     loaded: window.__htmlLoaded === true};",
+        );
+        (v["message"] == true || v["error"] == true).then_some(v)
     })
-}
-
-/// One browser session (a fresh profile); closed on drop.
-struct Session {
-    base: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Session {
-    fn new() -> Session {
-        let b = browser();
-        let profile = tempfile::tempdir().unwrap();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                         "--no-first-run", "--disable-background-networking",
-                         "--disable-component-update", "--disable-sync",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }
-        }}});
-        let v = post(&format!("{}/session", b.url), caps);
-        let id = v["value"]["sessionId"]
-            .as_str()
-            .expect("a session id")
-            .to_string();
-        Session {
-            base: format!("{}/session/{id}", b.url),
-            _profile: profile,
-        }
-    }
-
-    fn goto(&self, page: &Path) {
-        post(
-            &format!("{}/url", self.base),
-            json!({"url": format!("file://{}", page.display())}),
-        );
-    }
-
-    fn element(&self, css: &str) -> String {
-        let v = post(
-            &format!("{}/element", self.base),
-            json!({"using": "css selector", "value": css}),
-        );
-        v["value"]
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|e| e.as_str())
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_string()
-    }
-
-    fn type_into(&self, css: &str, text: &str) {
-        let e = self.element(css);
-        post(
-            &format!("{}/element/{e}/value", self.base),
-            json!({"text": text}),
-        );
-    }
-
-    fn click(&self, css: &str) {
-        let e = self.element(css);
-        post(&format!("{}/element/{e}/click", self.base), json!({}));
-    }
-
-    fn script(&self, script: &str) -> Value {
-        post(
-            &format!("{}/execute/sync", self.base),
-            json!({"script": script, "args": []}),
-        )["value"]
-            .clone()
-    }
-
-    /// Waits until the page shows either the message or the error.
-    fn outcome(&self) -> Value {
-        wait_for(Duration::from_secs(30), "the opener to finish", || {
-            let v = self.script(
-                "return {message: !document.getElementById('message').hidden,
-                         error: !document.getElementById('error').hidden,
-                         text: document.body.innerText,
-                         loaded: window.__htmlLoaded === true};",
-            );
-            (v["message"] == true || v["error"] == true).then_some(v)
-        })
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = ureq::delete(&self.base).call();
-    }
-}
-
-fn post(url: &str, body: Value) -> Value {
-    let mut response = ureq::post(url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send_json(&body)
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let v: Value = response.body_mut().read_json().unwrap();
-    assert_eq!(response.status(), 200, "POST {url} {body}: {v}");
-    v
 }
 
 /// Counts connections to a port the sealed HTML points an image at.
@@ -379,10 +254,10 @@ fn chromium_opens_the_envelope_with_the_right_password_only() {
     let s = Session::new();
 
     // A wrong password: the error, and nothing of the message.
-    s.goto(&page);
+    s.goto_file(&page);
     s.type_into("#password", "abcd-efgh-jkmn-pqrs-tuvw-xyz2");
     s.click("#open");
-    let wrong = s.outcome();
+    let wrong = outcome(&s);
     assert_eq!(wrong["error"], true, "{wrong}");
     assert_eq!(wrong["message"], false);
     let text = wrong["text"].as_str().unwrap();
@@ -393,7 +268,7 @@ fn chromium_opens_the_envelope_with_the_right_password_only() {
     );
 
     // The right one, typed the way a reader might.
-    s.goto(&page);
+    s.goto_file(&page);
     s.script(
         "window.__htmlLoaded = false;
          document.getElementById('html').addEventListener('load', () => window.__htmlLoaded = true);
@@ -401,7 +276,7 @@ fn chromium_opens_the_envelope_with_the_right_password_only() {
     );
     s.type_into("#password", &password.replace('-', " "));
     s.click("#open");
-    let right = s.outcome();
+    let right = outcome(&s);
     assert_eq!(right["message"], true, "{right}");
     let text = right["text"].as_str().unwrap();
     for expected in [
@@ -444,10 +319,10 @@ fn chromium_shows_the_error_for_a_modified_file() {
     std::fs::write(&tampered, bytes).unwrap();
 
     let s = Session::new();
-    s.goto(&tampered);
+    s.goto_file(&tampered);
     s.type_into("#password", &password);
     s.click("#open");
-    let v = s.outcome();
+    let v = outcome(&s);
     assert_eq!(v["error"], true, "{v}");
     assert!(!v["text"].as_str().unwrap().contains("Quarterly numbers"));
 }

@@ -17,6 +17,7 @@ use crate::policy::memory::{DomainMemory, DomainRecord};
 use crate::spool::{RecipientStatus, Spool, SqliteSpool};
 use crate::util::rfc3339;
 
+mod account;
 mod certs;
 mod check;
 mod cluster;
@@ -31,6 +32,7 @@ mod report;
 mod spool;
 mod storage;
 
+use account::{AccountCommand, account};
 use certs::{CertsCommand, certs};
 use check::check_text;
 use domains::{DomainsCommand, domains};
@@ -100,6 +102,11 @@ enum Command {
     Spool {
         #[command(subcommand)]
         command: spool::SpoolCommand,
+    },
+    /// Console and API accounts: admins, operators, auditors, tenant-admins.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
     },
     /// Manage the users file.
     User {
@@ -204,7 +211,7 @@ pub fn main() -> ExitCode {
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::default()),
+        None => Ok(Config::embedded()),
     }
 }
 
@@ -308,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domains { command } => domains(load_config(&cli.config)?, command),
         Command::Passwords { command } => passwords(load_config(&cli.config)?, command),
         Command::Certs { command } => certs(load_config(&cli.config)?, command),
+        Command::Account { command } => account(load_config(&cli.config)?, command),
         Command::Report { command } => report_command(load_config(&cli.config)?, command),
         Command::Records { domain } => {
             let config = load_config(&cli.config)?;

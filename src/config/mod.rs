@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod console;
 mod delivery;
 mod listen;
 mod read;
@@ -23,6 +24,7 @@ mod show;
 mod storage;
 mod tenant;
 
+pub use console::*;
 pub use delivery::*;
 pub use listen::*;
 pub use read::*;
@@ -54,6 +56,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub policy: PolicyConfig,
     pub report: ReportConfig,
+    /// The web console and HTTP API (`[console]`); none: not served.
+    pub console: Option<ConsoleConfig>,
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
     #[serde(rename = "tenant")]
@@ -97,6 +101,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             policy: PolicyConfig::default(),
             report: ReportConfig::default(),
+            console: None,
             routes: Vec::new(),
             tenants: vec![Tenant {
                 id: "default".into(),

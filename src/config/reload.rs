@@ -38,6 +38,7 @@ impl Config {
         pending(differs(&self.spool, &new.spool), "spool");
         pending(differs(&self.storage, &new.storage), "storage");
         pending(differs(&self.cluster, &new.cluster), "cluster");
+        pending(differs(&self.console, &new.console), "console");
         pending(differs(&self.policy, &new.policy), "policy.dir");
         pending(differs(&self.report, &new.report), "report");
         pending(

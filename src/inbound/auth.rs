@@ -64,6 +64,11 @@ impl Users {
         self.hashes.is_empty()
     }
 
+    /// Users from name → argon2 hash (the console's accounts).
+    pub fn from_hashes(hashes: HashMap<String, String>) -> Users {
+        Users { hashes }
+    }
+
     /// Checks a password; slow on purpose (argon2), so call it off the async threads.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         // An unknown user costs as much as a known one, so timing does not
@@ -174,6 +179,22 @@ impl Guard {
             None => Duration::ZERO,
             Some(over) => Duration::from_secs(1u64 << over.min(6)).min(MAX_DELAY),
         }
+    }
+
+    /// How much longer a login that does not wait (the web console) must
+    /// be refused: [`Guard::delay`] counted from the latest failure.
+    pub fn wait(&self, ip: IpAddr, user: &str) -> Duration {
+        let delay = self.delay(ip, user);
+        let Ok(map) = self.failures.lock() else {
+            return MAX_DELAY;
+        };
+        let since = [Key::Address(ip), Key::User(user.to_string())]
+            .iter()
+            .filter_map(|k| map.get(k))
+            .map(|f| f.last.elapsed())
+            .min()
+            .unwrap_or(Duration::MAX);
+        delay.saturating_sub(since)
     }
 
     /// Checks a password on a checker thread (one per core).

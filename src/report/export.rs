@@ -145,7 +145,7 @@ pub const CSV_COLUMNS: &[&str] = &[
 /// The one encoder of a CSV cell: text a spreadsheet would run as a formula
 /// (starting with `=`, `+`, `-`, `@`, a tab or a CR) gets a leading `'`, as
 /// OWASP's CSV-injection guidance does; the CSV writer quotes the rest.
-fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
     match text.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}").into(),
         _ => text.into(),

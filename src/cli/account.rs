@@ -1,0 +1,75 @@
+//! `sealgate account`: who may use the web console and the HTTP API.
+
+use super::*;
+use crate::console::accounts::{AccountStore, Role};
+
+#[derive(Subcommand)]
+pub(super) enum AccountCommand {
+    /// Add an account; its password is read from standard input (one line).
+    Add {
+        name: String,
+        /// admin, operator, auditor or tenant-admin.
+        #[arg(long)]
+        role: String,
+        /// The one tenant a tenant-admin sees.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Set a new password, read from standard input.
+    Passwd { name: String },
+    /// Remove an account and its API tokens.
+    Remove { name: String },
+    /// The accounts, their roles and tenants.
+    List,
+    /// Print a new API token for the account (`Authorization: Bearer …`);
+    /// only its hash is kept, so write it down now.
+    Token { name: String },
+}
+
+pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result<()> {
+    crate::util::private_files();
+    crate::util::private_dir(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = AccountStore::open(&config.database_path())?;
+    let now = crate::util::now();
+    match command {
+        AccountCommand::Add { name, role, tenant } => {
+            let role: Role = role.parse()?;
+            if let Some(t) = &tenant {
+                tenant_of(&config, Some(t.clone()))?;
+            }
+            let password = read_password(&format!("password for {name} (one line):"))?;
+            let a = store.add(&name, role, tenant.as_deref(), &password, now)?;
+            println!(
+                "account {} added: {}{}",
+                a.name,
+                a.role,
+                a.tenant
+                    .map(|t| format!(" of tenant {t}"))
+                    .unwrap_or_default()
+            );
+        }
+        AccountCommand::Passwd { name } => {
+            let password = read_password(&format!("new password for {name} (one line):"))?;
+            store.set_password(&name, &password)?;
+            println!("password of {name} changed");
+        }
+        AccountCommand::Remove { name } => {
+            store.remove(&name)?;
+            println!("account {name} removed, with its API tokens");
+        }
+        AccountCommand::List => {
+            for a in store.list()? {
+                println!(
+                    "{}\t{}\t{}\tsince {}",
+                    a.name,
+                    a.role,
+                    a.tenant.as_deref().unwrap_or("-"),
+                    crate::util::rfc3339(a.created_at)
+                );
+            }
+        }
+        AccountCommand::Token { name } => println!("{}", store.new_token(&name, now)?),
+    }
+    Ok(())
+}

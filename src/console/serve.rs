@@ -1,0 +1,935 @@
+//! The listener, the routes and what each does: reading through the index
+//! and the log, acting through the spool and the queue, writing every
+//! action to the log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::accounts::AccountStore;
+use super::index::{Filter, Index};
+use super::pages;
+use super::session::{
+    LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, Sessions, User, cookie, refuse, set_cookie,
+};
+use crate::config::Config;
+use crate::inbound::auth::{Guard, Users};
+use crate::message::QueueId;
+use crate::policy::memory::DomainMemory;
+use crate::queue::QueueHandle;
+use crate::report::event::{Console as ConsoleEvent, VERSION};
+use crate::report::{Event, EventData, LogStore};
+use crate::spool::Spool;
+use crate::util::now;
+
+/// What the console reads and acts on.
+pub struct Console {
+    pub config: Arc<Config>,
+    pub accounts: AccountStore,
+    pub sessions: Sessions,
+    pub idle: Duration,
+    pub guard: Guard,
+    pub index: Arc<Index>,
+    pub log: Arc<dyn LogStore>,
+    pub spool: Arc<dyn Spool>,
+    pub queue: QueueHandle,
+    pub memory: Arc<DomainMemory>,
+    pub started: i64,
+}
+
+impl Console {
+    /// Writes an action to the log of the tenant it concerned.
+    async fn record(
+        &self,
+        user: &User,
+        tenant: &str,
+        id: QueueId,
+        action: &str,
+        target: Option<String>,
+        detail: Option<String>,
+    ) {
+        let event = Event {
+            queue_id: id,
+            at: now(),
+            data: EventData::Console(ConsoleEvent {
+                v: VERSION,
+                account: user.account.name.clone(),
+                role: user.account.role.name().to_string(),
+                action: action.to_string(),
+                source: user.source.to_string(),
+                target,
+                detail,
+            }),
+        };
+        if let Err(e) = self.log.append(tenant, event).await {
+            tracing::error!(account = %user.account.name, action, "console: cannot log the action: {e:#}");
+        }
+    }
+
+    /// The tenant an account's own events go to.
+    fn home(&self, user: &User) -> String {
+        user.scope()
+            .map_or_else(|| self.config.default_tenant.clone(), str::to_string)
+    }
+}
+
+/// The console's listener and TLS, or none when `[console]` is absent.
+pub async fn bind(
+    config: &Config,
+) -> anyhow::Result<Option<(TcpListener, Arc<rustls::ServerConfig>)>> {
+    let Some(console) = &config.console else {
+        return Ok(None);
+    };
+    let (cert, key) = match (&console.certificate, &console.private_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        // The inbound certificate, generated on first start if unset.
+        _ => {
+            crate::tls::server_config(config)?;
+            crate::tls::inbound_files(config)
+        }
+    };
+    let certs = crate::tls::load_certs(&cert)?;
+    let key = crate::tls::load_key(&key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs.clone(), key)
+    .with_context(|| format!("console certificate {}", cert.display()))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener = TcpListener::bind(console.address)
+        .await
+        .with_context(|| format!("console: cannot listen on {}", console.address))?;
+    if let Some(first) = certs.first() {
+        use sha2::Digest;
+        tracing::info!(
+            "console on https://{} (certificate SHA-256 {})",
+            console.address,
+            crate::util::hex(&sha2::Sha256::digest(first.as_ref()))
+        );
+    }
+    Ok(Some((listener, Arc::new(tls))))
+}
+
+/// Serves the console until shutdown.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    console: Arc<Console>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(console);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("console: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/transactions", get(transactions))
+        .route("/transactions/export", get(export))
+        .route("/message/{id}", get(message))
+        .route("/queue", get(queue_page))
+        .route("/queue/{id}/retry", post(retry))
+        .route("/queue/{id}/delete", post(delete))
+        .route("/domains", get(domains))
+        .route("/domains/{domain}/confirm", post(confirm))
+        .route("/lang/{code}", get(language))
+        .route("/static/console.css", get(stylesheet))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/transactions", get(api_transactions))
+        .route("/api/v1/messages/{id}", get(api_message))
+        .route("/api/v1/queue", get(api_queue))
+        .route("/api/v1/queue/{id}/retry", post(api_retry))
+        .route("/api/v1/dashboard", get(api_dashboard))
+        .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such page") })
+        .layer(middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+/// Strict headers on every response: no script at all, no framing, no
+/// caching of pages that show mail data.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let cached = h.contains_key(header::CACHE_CONTROL);
+    let mut set = |name: &'static str, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        "content-security-policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set("x-content-type-options", "nosniff");
+    set("x-frame-options", "DENY");
+    set("referrer-policy", "no-referrer");
+    set("strict-transport-security", "max-age=31536000");
+    set("cross-origin-opener-policy", "same-origin");
+    if !cached {
+        set("cache-control", "no-store");
+    }
+    res
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        pages::STYLE,
+    )
+        .into_response()
+}
+
+async fn language(Path(code): Path<String>, headers: HeaderMap) -> Response {
+    let code = if code == "de" { "de" } else { "en" };
+    // Back to where the switch was clicked, when that was one of our pages.
+    let back = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.find("://").map(|i| &r[i + 3..]))
+        .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
+        .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+        .unwrap_or_else(|| "/".into());
+    let mut res = Redirect::to(&back).into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie("lang", code, Some(365 * 86_400))) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn login_page(lang: Lang) -> Response {
+    let token = super::session::random_hex();
+    let mut res = pages::login(lang, &token, None).into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+async fn login(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    lang: Lang,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let again = |status: StatusCode, why: &str| {
+        let token = super::session::random_hex();
+        let mut res = (status, pages::login(lang, &token, Some(why))).into_response();
+        if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+        res
+    };
+    // The form must come from a page we served to this browser.
+    match cookie(&headers, LOGIN_COOKIE) {
+        Some(t) if !form.csrf.is_empty() && t == form.csrf => {}
+        _ => return again(StatusCode::FORBIDDEN, pages::text(lang, "login-stale")),
+    }
+    let ip = peer.ip();
+    let name = form.name.trim().to_string();
+    let wait = console.guard.wait(ip, &name);
+    if !wait.is_zero() {
+        let mut res = again(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::text(lang, "login-wait"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    let users = match console.accounts.hashes() {
+        Ok(h) => Arc::new(Users::from_hashes(h)),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let ok = console.guard.verify(users, &name, form.password).await;
+    let account = if ok {
+        console.accounts.get(&name).ok().flatten()
+    } else {
+        None
+    };
+    let Some(account) = account else {
+        console.guard.failed(ip, &name);
+        tracing::warn!(account = %name, client = %ip, "console: login failed");
+        return again(StatusCode::UNAUTHORIZED, pages::text(lang, "login-failed"));
+    };
+    console.guard.succeeded(ip, &name);
+    let (id, csrf) = console.sessions.start(&account.name);
+    let user = User {
+        account,
+        csrf: Some(csrf),
+        session: Some(id.clone()),
+        source: ip,
+    };
+    let home = console.home(&user);
+    console
+        .record(&user, &home, QueueId::UNSPOOLED, "login", None, None)
+        .await;
+    let mut res = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, &id, None)) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, "", Some(0))) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn logout(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r.into();
+    }
+    if let Some(id) = &user.session {
+        console.sessions.end(id);
+    }
+    let home = console.home(&user);
+    console
+        .record(&user, &home, QueueId::UNSPOOLED, "logout", None, None)
+        .await;
+    let mut res = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", Some(0))) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!("console: {e}");
+    refuse(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("internal error: {e}"),
+    )
+}
+
+/// What the dashboard shows.
+pub struct Overview {
+    pub totals: super::index::Totals,
+    pub chains: Vec<super::index::ChainStatus>,
+    pub depth: crate::spool::QueueDepth,
+    pub downgraded: Vec<crate::policy::memory::DomainRecord>,
+    pub now: i64,
+}
+
+async fn overview(console: &Arc<Console>, user: &User) -> Result<Overview, Response> {
+    let scope = user.scope().map(str::to_string);
+    let now = now();
+    let (totals, chains) = console
+        .index
+        .with(move |i| {
+            Ok((
+                i.totals(scope.as_deref(), now, 14)?,
+                i.chains(scope.as_deref())?,
+            ))
+        })
+        .await
+        .map_err(internal)?;
+    let depth = console.spool.depth().await.map_err(internal)?;
+    // Domains are shared by all tenants: a tenant-admin sees none here.
+    let downgraded = match user.scope() {
+        Some(_) => Vec::new(),
+        None => console
+            .memory
+            .list()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|d| d.downgrade_since.is_some())
+            .collect(),
+    };
+    Ok(Overview {
+        totals,
+        chains,
+        depth,
+        downgraded,
+        now,
+    })
+}
+
+async fn dashboard(State(console): State<Arc<Console>>, user: User, lang: Lang) -> Response {
+    match overview(&console, &user).await {
+        Ok(o) => pages::dashboard(lang, &user, &o).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_dashboard(State(console): State<Arc<Console>>, user: User) -> Response {
+    match overview(&console, &user).await {
+        Ok(o) => axum::Json(serde_json::json!({
+            "queue": o.depth,
+            "totals": o.totals,
+            "chains": o.chains,
+            "downgraded": o.downgraded,
+        }))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn search(
+    console: &Arc<Console>,
+    user: &User,
+    filter: Filter,
+) -> Result<super::index::Page, Response> {
+    let scope = user.scope().map(str::to_string);
+    console
+        .index
+        .with(move |i| i.search(&filter, scope.as_deref()))
+        .await
+        .map_err(internal)
+}
+
+async fn transactions(
+    State(console): State<Arc<Console>>,
+    user: User,
+    lang: Lang,
+    Query(filter): Query<Filter>,
+) -> Response {
+    match search(&console, &user, filter.clone()).await {
+        Ok(page) => pages::transactions(lang, &user, &filter, &page).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_transactions(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Query(filter): Query<Filter>,
+) -> Response {
+    match search(&console, &user, filter).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    #[serde(flatten)]
+    filter: Filter,
+    #[serde(default)]
+    format: String,
+}
+
+/// The current filter as CSV or JSON lines, every page of it, streamed
+/// page by page so memory stays flat.
+async fn export(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    let json = q.format == "jsonl";
+    let mut filter = q.filter;
+    let mut out: Vec<u8> = Vec::new();
+    let mut rows = 0usize;
+    if !json {
+        out.extend_from_slice(
+            b"at,tenant,queue_id,sender,recipient,domain,message_id,level,class,status,relay,detail\n",
+        );
+    }
+    // An export is bounded: a larger one is `sealgate report export`.
+    while rows < 100_000 {
+        let page = match search(&console, &user, filter.clone()).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        for r in &page.rows {
+            if json {
+                if let Ok(line) = serde_json::to_vec(r) {
+                    out.extend_from_slice(&line);
+                    out.push(b'\n');
+                }
+            } else {
+                let at = crate::util::rfc3339(r.at);
+                let cells = [
+                    at.as_str(),
+                    &r.tenant,
+                    &r.queue_id,
+                    &r.sender,
+                    &r.recipient,
+                    &r.domain,
+                    r.message_id.as_deref().unwrap_or(""),
+                    &r.level,
+                    &r.class,
+                    &r.status,
+                    &r.relay,
+                    &r.detail,
+                ];
+                let mut w = csv::Writer::from_writer(&mut out);
+                let _ = w.write_record(
+                    cells
+                        .iter()
+                        .map(|c| crate::report::export::cell(c).into_owned()),
+                );
+                let _ = w.flush();
+            }
+        }
+        rows += page.rows.len();
+        match page.next {
+            Some(next) => filter.after = next,
+            None => break,
+        }
+    }
+    let home = console.home(&user);
+    console
+        .record(
+            &user,
+            &home,
+            QueueId::UNSPOOLED,
+            "export",
+            Some(serde_json::to_string(&filter_without_cursor(&filter)).unwrap_or_default()),
+            Some(format!("{rows} rows")),
+        )
+        .await;
+    let (ctype, name) = if json {
+        ("application/jsonl; charset=utf-8", "transactions.jsonl")
+    } else {
+        ("text/csv; charset=utf-8", "transactions.csv")
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+fn filter_without_cursor(f: &Filter) -> Filter {
+    Filter {
+        after: String::new(),
+        ..f.clone()
+    }
+}
+
+/// A message's records as the log holds them, if this user may see them.
+async fn records(
+    console: &Arc<Console>,
+    user: &User,
+    id: &str,
+) -> Result<(String, Vec<crate::report::log::Stored>), Response> {
+    let queue_id: QueueId = id
+        .parse()
+        .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, &e))?;
+    let key = queue_id.to_string();
+    let found = console
+        .index
+        .with(move |i| i.message(&key))
+        .await
+        .map_err(internal)?;
+    let Some((tenant, seqs)) = found else {
+        return Err(refuse(StatusCode::NOT_FOUND, "no such message in the log"));
+    };
+    if !user.account.sees(&tenant) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this message belongs to another tenant",
+        ));
+    }
+    let records = console
+        .log
+        .read_seqs(&tenant, &seqs)
+        .await
+        .map_err(|e| internal(format!("{e:#}")))?;
+    Ok((tenant, records))
+}
+
+async fn message(
+    State(console): State<Arc<Console>>,
+    user: User,
+    lang: Lang,
+    Path(id): Path<String>,
+) -> Response {
+    match records(&console, &user, &id).await {
+        Ok((tenant, records)) => {
+            let queued = match id.parse::<QueueId>() {
+                Ok(q) => console.spool.show(q).await.ok().flatten(),
+                Err(_) => None,
+            };
+            pages::message(lang, &user, &id, &tenant, &records, queued.as_ref()).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn api_message(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Path(id): Path<String>,
+) -> Response {
+    match records(&console, &user, &id).await {
+        Ok((tenant, records)) => {
+            let events: Vec<serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "seq": r.seq,
+                        "at": crate::util::rfc3339(r.at),
+                        "kind": r.kind,
+                        "data": serde_json::from_str::<serde_json::Value>(&r.data).unwrap_or_default(),
+                        "hash": crate::util::hex(&r.hash),
+                    })
+                })
+                .collect();
+            axum::Json(serde_json::json!({"queue_id": id, "tenant": tenant, "records": events}))
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct QueueFilter {
+    #[serde(default)]
+    pub sender: String,
+    #[serde(default)]
+    pub tenant: String,
+}
+
+/// Queued messages this user may see, filtered; at most 500.
+async fn queued(
+    console: &Arc<Console>,
+    user: &User,
+    f: &QueueFilter,
+) -> Result<(Vec<crate::spool::MessageSummary>, usize), Response> {
+    let all = console.spool.list().await.map_err(internal)?;
+    let sender = f.sender.trim().to_lowercase();
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|m| user.account.sees(&m.tenant.0))
+        .filter(|m| f.tenant.is_empty() || m.tenant.0 == f.tenant)
+        .filter(|m| sender.is_empty() || m.sender.to_lowercase().contains(&sender))
+        .collect();
+    let total = mine.len();
+    Ok((mine.into_iter().take(500).collect(), total))
+}
+
+async fn queue_page(
+    State(console): State<Arc<Console>>,
+    user: User,
+    lang: Lang,
+    Query(f): Query<QueueFilter>,
+) -> Response {
+    match queued(&console, &user, &f).await {
+        Ok((list, total)) => pages::queue(lang, &user, &f, &list, total).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_queue(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Query(f): Query<QueueFilter>,
+) -> Response {
+    match queued(&console, &user, &f).await {
+        Ok((list, total)) => {
+            axum::Json(serde_json::json!({"total": total, "messages": list})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The queued message `id` if this user may act on it.
+async fn actionable(
+    console: &Arc<Console>,
+    user: &User,
+    id: &str,
+) -> Result<(QueueId, String), Response> {
+    user.require_action()?;
+    let id: QueueId = id
+        .parse()
+        .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, &e))?;
+    let detail = console.spool.show(id).await.map_err(internal)?;
+    let Some(detail) = detail else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "no such message in the queue",
+        ));
+    };
+    let tenant = detail.envelope.tenant.0;
+    if !user.account.sees(&tenant) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this message belongs to another tenant",
+        ));
+    }
+    Ok((id, tenant))
+}
+
+/// Retries a message now; what came of it, in words.
+async fn do_retry(console: &Arc<Console>, user: &User, id: &str) -> Result<String, Response> {
+    let (id, tenant) = actionable(console, user, id).await?;
+    let jobs = console.spool.retry(id, now()).await.map_err(internal)?;
+    let said = if jobs.is_empty() {
+        format!("{id}: no pending recipients")
+    } else {
+        format!("{id}: {} destination(s) scheduled now", jobs.len())
+    };
+    console.queue.due(jobs);
+    console
+        .record(user, &tenant, id, "retry", None, Some(said.clone()))
+        .await;
+    Ok(said)
+}
+
+async fn retry(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r.into();
+    }
+    match do_retry(&console, &user, &id).await {
+        Ok(_) => Redirect::to("/queue").into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_retry(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Path(id): Path<String>,
+) -> Response {
+    match do_retry(&console, &user, &id).await {
+        Ok(said) => axum::Json(serde_json::json!({"result": said})).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn delete(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r.into();
+    }
+    let (id, tenant) = match actionable(&console, &user, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // Kept short and on one line: it goes into the log and onto pages.
+    let reason: String = form
+        .reason
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect();
+    if reason.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "say why the message is deleted");
+    }
+    // The reason first: the log then reads "who and why", then "deleted".
+    console
+        .record(&user, &tenant, id, "delete", None, Some(reason))
+        .await;
+    match console.queue.delete(id).await {
+        Ok(_) => Redirect::to("/queue").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn domains(State(console): State<Arc<Console>>, user: User, lang: Lang) -> Response {
+    let records = match console.memory.list() {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    // Domain memory is shared by all tenants; a tenant-admin sees the
+    // domains its own mail went to.
+    let records = match user.scope() {
+        None => records,
+        Some(t) => {
+            let t = t.to_string();
+            let mine = match console.index.with(move |i| i.domains_of(&t)).await {
+                Ok(d) => d,
+                Err(e) => return internal(e),
+            };
+            records
+                .into_iter()
+                .filter(|r| mine.contains(&r.domain))
+                .collect()
+        }
+    };
+    pages::domains(lang, &user, &records).into_response()
+}
+
+async fn confirm(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Path(domain): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r.into();
+    }
+    if let Err(r) = user.require_action() {
+        return r.into();
+    }
+    // A domain's level is shared by every tenant: not a tenant's decision.
+    if user.scope().is_some() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a domain's level is confirmed by an operator",
+        );
+    }
+    match console.memory.confirm(&domain, now()) {
+        Ok(r) => {
+            let home = console.home(&user);
+            console
+                .record(
+                    &user,
+                    &home,
+                    QueueId::UNSPOOLED,
+                    "confirm",
+                    Some(r.domain.clone()),
+                    Some(format!("{} accepted as the new best level", r.best.name())),
+                )
+                .await;
+            Redirect::to("/domains").into_response()
+        }
+        Err(e) => refuse(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+/// Whether the client may read the open endpoints.
+fn open_to(console: &Console, peer: SocketAddr) -> Result<(), Refused> {
+    let ip = peer.ip();
+    let allowed = console
+        .config
+        .console
+        .as_ref()
+        .is_some_and(|c| c.open_to.iter().any(|n| n.contains(&ip)));
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refused::NOT_OPEN)
+    }
+}
+
+async fn healthz(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = open_to(&console, peer) {
+        return r.into();
+    }
+    "ok\n".into_response()
+}
+
+async fn readyz(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = open_to(&console, peer) {
+        return r.into();
+    }
+    if !console.spool.available() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n");
+    }
+    match console.spool.depth().await {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}\n")),
+    }
+}
+
+async fn metrics(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = open_to(&console, peer) {
+        return r.into();
+    }
+    let now = now();
+    let index = console
+        .index
+        .with(move |i| Ok((i.totals(None, now, 1)?, i.chains(None)?)))
+        .await;
+    let (totals, chains) = match index {
+        Ok(x) => x,
+        Err(e) => return internal(e),
+    };
+    let depth = console.spool.depth().await.ok();
+    let text = super::metrics::text(&totals, &chains, depth, console.started, now);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

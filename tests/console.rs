@@ -1,0 +1,532 @@
+//! The web console and HTTP API of a real gateway that relays real mail
+//! to the Postfix destination: roles and their limits over HTTPS, CSRF,
+//! login slow-down, cookie flags, escaping of hostile values, metrics read
+//! by a Prometheus parser, and headless Chromium walking every page as each
+//! role (screenshots under target/artifacts/console/).
+
+#[path = "support/browser.rs"]
+mod browser;
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The accounts every test makes: (name, role, tenant).
+const ACCOUNTS: [(&str, &str, Option<&str>); 4] = [
+    ("ann", "admin", None),
+    ("oscar", "operator", None),
+    ("audrey", "auditor", None),
+    ("tom", "tenant-admin", Some("b")),
+];
+const SECRET: &str = "console password 1";
+
+/// A gateway with the console on, two tenants (relay clients are
+/// `default`, alice by AUTH is `b`) and the four accounts.
+fn gateway() -> (Gateway, u16) {
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "[console]\naddress = \"127.0.0.1:{port}\"\n\n\
+         [[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n\n\
+         [[tenant]]\nid = \"b\"\nusers = [\"alice\"]\n"
+    ));
+    for (name, role, tenant) in ACCOUNTS {
+        let mut args = vec!["account", "add", name, "--role", role];
+        if let Some(t) = tenant {
+            args.extend(["--tenant", t]);
+        }
+        let out = with_stdin(
+            std::process::Command::new(bin())
+                .args(["--config", gw.config.to_str().unwrap()])
+                .args(&args),
+            &format!("{SECRET}\n"),
+        );
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    wait_for(T, "the console to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    (gw, port)
+}
+
+/// A response, its headers flattened (repeated ones joined by "\n").
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// An HTTPS client with a cookie jar of its own.
+struct Web {
+    base: String,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    cookies: HashMap<String, String>,
+    bearer: Option<String>,
+}
+
+impl Web {
+    fn new(port: u16) -> Web {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Web {
+            base: format!("https://127.0.0.1:{port}"),
+            // The gateway's own self-signed certificate.
+            client: reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+            bearer: None,
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> Reply {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header("cookie", jar.join("; "));
+        }
+        if let Some(token) = &self.bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(form) = form {
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(serde_urlencoded::to_string(form).unwrap());
+        }
+        let (status, headers, body) = self.rt.block_on(async {
+            let res = req.send().await.expect("the console answers");
+            let status = res.status().as_u16();
+            let mut headers: HashMap<String, String> = HashMap::new();
+            for (k, v) in res.headers() {
+                let v = v.to_str().unwrap_or_default().to_string();
+                headers
+                    .entry(k.as_str().to_string())
+                    .and_modify(|old| {
+                        old.push('\n');
+                        old.push_str(&v)
+                    })
+                    .or_insert(v);
+            }
+            (status, headers, res.text().await.unwrap_or_default())
+        });
+        for line in headers
+            .get("set-cookie")
+            .map(|s| s.lines().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let pair = line.split(';').next().unwrap_or_default();
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, None)
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.send("POST", path, Some(form))
+    }
+
+    /// Logs in through the form; the reply to the form's POST.
+    fn login(&mut self, name: &str, password: &str) -> Reply {
+        let page = self.get("/login");
+        let token = csrf(&page.body);
+        self.post(
+            "/login",
+            &[("name", name), ("password", password), ("csrf", &token)],
+        )
+    }
+
+    /// The CSRF token of the last page that had a form.
+    fn csrf(&mut self) -> String {
+        csrf(&self.get("/").body)
+    }
+}
+
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 64].to_string()
+}
+
+/// Messages: one delivered and one deferred for tenant `default`, one
+/// delivered for tenant `b`; returns their queue ids. The deferred one's
+/// sender is a quoted local part carrying markup.
+fn traffic(gw: &Gateway) -> (String, String, String) {
+    let delivered = relay_one(
+        gw.relay,
+        "sender@src.test",
+        &["rcpt-a@dest.test"],
+        message(&unique("console"), "hello\r\n").as_bytes(),
+    );
+    let deferred = relay_one(
+        gw.relay,
+        "\"<script>alert(1)</script>\"@src.test",
+        &["someone@unreachable.test"],
+        "From: x@src.test\r\nSubject: <b>bold</b>\r\nMessage-ID: <\"><img src=x>@src.test>\r\n\r\nbody\r\n".as_bytes(),
+    );
+    let (ok, transcript) = swaks_auth(
+        &format!("127.0.0.1:{}", gw.submission),
+        "rcpt-b@dest.test",
+        "PLAIN",
+        &[],
+    );
+    assert!(ok, "{transcript}");
+    let b = transcript
+        .lines()
+        .filter(|l| l.contains("<~  250") && l.contains("queued as"))
+        .filter_map(|l| l.trim().rsplit(' ').next())
+        .next_back()
+        .expect("a queue id from the submission")
+        .to_string();
+    (delivered, deferred, b)
+}
+
+/// Waits until a search as `web` finds `n` rows for `query`.
+fn wait_rows(web: &mut Web, query: &str, n: usize) -> Vec<Value> {
+    wait_for(T, "the console index to catch up", || {
+        let r = web.get(&format!("/api/v1/transactions?{query}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let rows = v["rows"].as_array().cloned().unwrap_or_default();
+        (rows.len() >= n).then_some(rows)
+    })
+}
+
+/// The console records of a message, from the API, as (account, action).
+fn console_records(web: &mut Web, id: &str) -> Vec<(String, String)> {
+    let r = web.get(&format!("/api/v1/messages/{id}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "console")
+        .map(|r| {
+            (
+                r["data"]["account"].as_str().unwrap().to_string(),
+                r["data"]["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_role_sees_and_does_only_what_it_may() {
+    let (gw, port) = gateway();
+    let (delivered, deferred, of_b) = traffic(&gw);
+    let mut admin = Web::new(port);
+    assert_eq!(admin.login("ann", SECRET).status, 303);
+    wait_rows(&mut admin, "status=sent", 2);
+    wait_rows(&mut admin, "status=deferred", 1);
+
+    // The session cookie carries its flags; the pages their headers.
+    let mut fresh = Web::new(port);
+    let r = fresh.login("ann", SECRET);
+    let cookie = r.headers["set-cookie"]
+        .lines()
+        .find(|c| c.starts_with("__Host-sealgate="))
+        .expect("a session cookie")
+        .to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    let page = admin.get("/");
+    assert_eq!(page.status, 200);
+    let csp = &page.headers["content-security-policy"];
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // Hostile values are text on the page, never markup.
+    let page = admin.get(&format!("/transactions?queue_id={deferred}"));
+    assert!(
+        page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<script"), "no script element");
+    let page = admin.get(&format!("/message/{deferred}"));
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains("<script") && !page.body.contains("<img"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("&lt;img src=x&gt;"),
+        "the Message-ID as text"
+    );
+
+    // The auditor reads everything and changes nothing.
+    let mut auditor = Web::new(port);
+    assert_eq!(auditor.login("audrey", SECRET).status, 303);
+    assert_eq!(auditor.get(&format!("/message/{of_b}")).status, 200);
+    assert_eq!(auditor.get("/queue").status, 200);
+    let token = auditor.csrf();
+    for path in [
+        format!("/queue/{deferred}/retry"),
+        format!("/queue/{deferred}/delete"),
+        "/domains/dest.test/confirm".to_string(),
+    ] {
+        let r = auditor.post(&path, &[("csrf", &token), ("reason", "audit")]);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+
+    // The tenant-admin sees its tenant only.
+    let mut tenant = Web::new(port);
+    assert_eq!(tenant.login("tom", SECRET).status, 303);
+    assert_eq!(tenant.get(&format!("/message/{delivered}")).status, 403);
+    assert_eq!(
+        tenant.get(&format!("/api/v1/messages/{deferred}")).status,
+        403
+    );
+    assert_eq!(tenant.get(&format!("/message/{of_b}")).status, 200);
+    let rows = wait_rows(&mut tenant, "", 1);
+    assert!(rows.iter().all(|r| r["tenant"] == "b"), "{rows:?}");
+    let queue = tenant.get("/api/v1/queue");
+    assert!(!queue.body.contains(&deferred), "{}", queue.body);
+    let token = tenant.csrf();
+    let r = tenant.post(&format!("/queue/{deferred}/retry"), &[("csrf", &token)]);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // A form without the session's CSRF token is refused.
+    let mut operator = Web::new(port);
+    assert_eq!(operator.login("oscar", SECRET).status, 303);
+    let r = operator.post(&format!("/queue/{deferred}/retry"), &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = operator.post(
+        &format!("/queue/{deferred}/retry"),
+        &[("csrf", &"0".repeat(64))],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Nothing of the refused requests reached the log.
+    let index = wait_for(T, "the console records", || {
+        let v = console_records(&mut admin, &deferred);
+        Some(v)
+    });
+    assert!(index.is_empty(), "{index:?}");
+
+    // With it the operator's retry is done and logged with who did it.
+    let token = operator.csrf();
+    let r = operator.post(&format!("/queue/{deferred}/retry"), &[("csrf", &token)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let records = wait_for(T, "the retry in the log", || {
+        let v = console_records(&mut admin, &deferred);
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(records, vec![("oscar".to_string(), "retry".to_string())]);
+
+    // A bearer token works for the API; the auditor's may not act.
+    let token = gw.cli(&["account", "token", "audrey"]);
+    assert!(token.status.success(), "{}", output_text(&token));
+    let mut api = Web::new(port);
+    api.bearer = Some(String::from_utf8_lossy(&token.stdout).trim().to_string());
+    assert_eq!(api.get("/api/v1/dashboard").status, 200);
+    assert_eq!(
+        api.post(&format!("/api/v1/queue/{deferred}/retry"), &[])
+            .status,
+        403
+    );
+    api.bearer = Some("sgt_not-a-token".into());
+    assert_eq!(api.get("/api/v1/dashboard").status, 401);
+
+    // The report chain still verifies with the console's records in it.
+    let out = gw.cli(&["report", "verify"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+#[test]
+fn wrong_passwords_are_slowed_down_and_metrics_parse() {
+    let (gw, port) = gateway();
+    let mut web = Web::new(port);
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let r = web.login("ann", "not the password");
+        if r.status == 429 {
+            let wait: u64 = r.headers["retry-after"].parse().unwrap();
+            assert!((1..=60).contains(&wait), "{wait}");
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right password waits its turn, and then works.
+    assert_eq!(web.login("ann", SECRET).status, 429);
+    let done = wait_for(Duration::from_secs(70), "the wait to end", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let r = web.login("ann", SECRET);
+        (r.status != 429).then_some(r.status)
+    });
+    assert_eq!(done, 303);
+
+    relay_one(
+        gw.relay,
+        "sender@src.test",
+        &["metrics@dest.test"],
+        message(&unique("metrics"), "hi\r\n").as_bytes(),
+    );
+    wait_rows(&mut web, "recipient=metrics@dest.test&status=sent", 1);
+    let mut anonymous = Web::new(port);
+    let r = anonymous.get("/metrics");
+    assert_eq!(r.status, 200);
+    let lines = r.body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let sent: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "sealgate_recipient_attempts_total")
+        .filter(|s| s.labels.get("status") == Some("sent"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(sent >= 1.0, "{}", r.body);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "sealgate_log_chain_intact"),
+        "{}",
+        r.body
+    );
+    assert_eq!(anonymous.get("/healthz").status, 200);
+    assert_eq!(anonymous.get("/readyz").status, 200);
+    // The pages themselves are not open.
+    assert_eq!(anonymous.get("/").status, 303);
+    assert_eq!(anonymous.get("/api/v1/transactions").status, 401);
+}
+
+/// Where the screenshots go: kept after the run for people to look at.
+fn artifacts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/console")
+}
+
+#[test]
+fn chromium_walks_every_page_as_each_role() {
+    let (gw, port) = gateway();
+    let (_, deferred, of_b) = traffic(&gw);
+    let base = format!("https://127.0.0.1:{port}");
+    let mut check = Web::new(port);
+    check.login("ann", SECRET);
+    wait_rows(&mut check, "status=sent", 2);
+
+    for (name, _, tenant) in ACCOUNTS {
+        let s = browser::Session::new();
+        s.goto(&format!("{base}/"));
+        assert!(s.url().ends_with("/login"), "{}", s.url());
+        s.type_into("input[name=name]", name);
+        s.type_into("input[name=password]", SECRET);
+        s.click("form.login button");
+        wait_for(T, "the dashboard", || {
+            s.text()
+                .contains("sealgate")
+                .then_some(())
+                .filter(|_| !s.url().ends_with("/login"))
+        });
+        let shot = |page: &str| s.screenshot(&artifacts().join(format!("{name}-{page}.png")));
+        assert!(s.text().contains(name), "{}", s.text());
+        shot("dashboard");
+        s.goto(&format!("{base}/transactions"));
+        shot("transactions");
+        // A search by recipient domain.
+        s.type_into("input[name=domain]", "dest.test");
+        s.click("form.filter button");
+        wait_for(T, "the search", || {
+            s.url().contains("domain=dest.test").then_some(())
+        });
+        let text = s.text();
+        match tenant {
+            None => assert!(
+                text.contains("rcpt-a@dest.test") && text.contains("rcpt-b@dest.test"),
+                "{text}"
+            ),
+            Some(_) => assert!(
+                text.contains("rcpt-b@dest.test") && !text.contains("rcpt-a@dest.test"),
+                "{text}"
+            ),
+        }
+        shot("search");
+        // A message's evidence.
+        s.goto(&format!("{base}/message/{of_b}"));
+        let text = s.text();
+        assert!(
+            text.contains("ATTEMPT") || text.contains("attempt"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starttls") && text.contains("Verdict"),
+            "{text}"
+        );
+        shot("message");
+        s.goto(&format!("{base}/queue"));
+        shot("queue");
+        s.goto(&format!("{base}/domains"));
+        shot("domains");
+        if name == "oscar" {
+            // The operator retries the deferred message from the queue page.
+            s.goto(&format!("{base}/queue"));
+            assert!(s.text().contains(&deferred), "{}", s.text());
+            s.click("form[action$='/retry'] button");
+            wait_for(T, "back on the queue page", || {
+                s.url().ends_with("/queue").then_some(())
+            });
+            let records = wait_for(T, "the retry in the log", || {
+                let v = console_records(&mut check, &deferred);
+                v.iter()
+                    .any(|(a, x)| a == "oscar" && x == "retry")
+                    .then_some(v)
+            });
+            assert!(!records.is_empty());
+        }
+        if name == "audrey" {
+            s.goto(&format!("{base}/queue"));
+            assert_eq!(
+                s.script("return document.querySelectorAll('form[action$=\"/retry\"]').length;"),
+                0,
+                "no action buttons for the auditor"
+            );
+        }
+        // German, as the opener page offers it.
+        if name == "ann" {
+            s.goto(&format!("{base}/lang/de"));
+            wait_for(T, "the German dashboard", || {
+                s.text().contains("Übersicht").then_some(())
+            });
+            shot("dashboard-de");
+        }
+    }
+}
