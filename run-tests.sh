@@ -27,6 +27,13 @@ bash tests/peers/mtas.sh install target/tmp/peers/mtas-root 2>/dev/null || {
   bash tests/peers/mtas.sh install target/tmp/peers/mtas-root
 }
 
+# schemathesis (PyPI) drives tests/console.rs's schema-driven API test.
+st=target/tmp/peers/schemathesis
+if ! "$st/bin/schemathesis" --version >/dev/null 2>&1; then
+  python3 -m venv "$st"
+  "$st/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+
 # PostgreSQL for tests/storage.rs: the machine's own server on
 # 127.0.0.1:5432, else Debian's postgresql as a private cluster.
 bash tests/peers/postgres.sh url target/tmp/peers/postgres 24432 >/dev/null
@@ -48,8 +55,8 @@ cargo test --all-targets --no-fail-fast || status=$?
 # gateway on PostgreSQL (the cluster backend, docs/cluster.md): both
 # backends must behave alike. tests/report.rs edits the SQLite file on
 # purpose and stays single-backend; tests/storage.rs and tests/cluster.rs
-# cover the PostgreSQL log.
-SEALGATE_TEST_STORAGE=postgres cargo test --no-fail-fast --test relay --test faults --test operations || status=$?
+# cover the PostgreSQL log. The console reads the log of either.
+SEALGATE_TEST_STORAGE=postgres cargo test --no-fail-fast --test relay --test faults --test operations --test console || status=$?
 
 # Stop the peers the integration tests started and left for each other.
 bash tests/peers/postfix.sh stop target/tmp/peers/postfix-dest

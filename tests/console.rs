@@ -392,6 +392,33 @@ fn wrong_passwords_are_slowed_down_and_metrics_parse() {
     });
     assert_eq!(done, 303);
 
+    // A second factor: the password alone, or with a wrong code, is not enough.
+    let out = gw.cli(&["account", "totp", "oscar"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let uri = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let totp = totp_rs::TOTP::from_url(&uri).expect("an otpauth URI");
+    let mut second = Web::new(port);
+    assert_eq!(second.login("oscar", SECRET).status, 401);
+    let code = totp.generate_current().unwrap();
+    let wrong = format!(
+        "{:06}",
+        (code.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
+    for (code, status) in [(wrong.as_str(), 401), (code.as_str(), 303)] {
+        let page = second.get("/login");
+        let token = csrf(&page.body);
+        let r = second.post(
+            "/login",
+            &[
+                ("name", "oscar"),
+                ("password", SECRET),
+                ("code", code),
+                ("csrf", &token),
+            ],
+        );
+        assert_eq!(r.status, status, "code {code}: {}", r.body);
+    }
+
     relay_one(
         gw.relay,
         "sender@src.test",
@@ -529,4 +556,41 @@ fn chromium_walks_every_page_as_each_role() {
             shot("dashboard-de");
         }
     }
+}
+
+#[test]
+fn the_api_keeps_to_its_openapi_document() {
+    let (gw, port) = gateway();
+    traffic(&gw);
+    let token = gw.cli(&["account", "token", "ann"]);
+    assert!(token.status.success(), "{}", output_text(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let schemathesis = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tmp/peers/schemathesis/bin/schemathesis");
+    let out = std::process::Command::new(&schemathesis)
+        .args([
+            "run",
+            &format!("https://127.0.0.1:{port}/api/v1/openapi.json"),
+            "--header",
+            &format!("Authorization: Bearer {token}"),
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            // The gateway's own self-signed certificate.
+            "--tls-verify",
+            "false",
+            "--no-color",
+        ])
+        // Its cache of crashes stays out of the tree.
+        .current_dir(gw.dir.path())
+        .output()
+        .expect("schemathesis is installed by run-tests.sh");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    // Every operation of the document was exercised.
+    assert!(text.contains("5 selected / 5 total"), "{text}");
+    assert!(!text.contains('❌'), "{text}");
 }

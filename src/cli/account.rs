@@ -21,6 +21,13 @@ pub(super) enum AccountCommand {
     Remove { name: String },
     /// The accounts, their roles and tenants.
     List,
+    /// Give the account a second factor (RFC 6238 one-time codes) and print
+    /// its provisioning URI for an authenticator app; --off removes it.
+    Totp {
+        name: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Print a new API token for the account (`Authorization: Bearer …`);
     /// only its hash is kept, so write it down now.
     Token { name: String },
@@ -61,13 +68,25 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
         AccountCommand::List => {
             for a in store.list()? {
                 println!(
-                    "{}\t{}\t{}\tsince {}",
+                    "{}\t{}\t{}\t{}\tsince {}",
                     a.name,
                     a.role,
                     a.tenant.as_deref().unwrap_or("-"),
+                    if a.totp { "totp" } else { "password" },
                     crate::util::rfc3339(a.created_at)
                 );
             }
+        }
+        AccountCommand::Totp { name, off: true } => {
+            store.disable_totp(&name)?;
+            println!("{name} logs in with its password alone");
+        }
+        AccountCommand::Totp { name, off: false } => {
+            let uri = store.enable_totp(&name, &format!("sealgate {}", config.hostname))?;
+            println!("{uri}");
+            eprintln!(
+                "add this to {name}'s authenticator app; from now on the login asks for its code"
+            );
         }
         AccountCommand::Token { name } => println!("{}", store.new_token(&name, now)?),
     }

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS console_accounts (
     role       TEXT NOT NULL,
     tenant     TEXT,
     hash       TEXT NOT NULL,
+    -- The RFC 6238 secret of the second factor, if the account has one.
+    totp       BLOB,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS console_tokens (
@@ -90,6 +92,8 @@ pub struct Account {
     pub role: Role,
     /// The one tenant a tenant-admin sees; none for the other roles.
     pub tenant: Option<String>,
+    /// Logs in with a one-time code besides the password.
+    pub totp: bool,
     pub created_at: i64,
 }
 
@@ -121,6 +125,8 @@ pub enum AccountError {
     Weak,
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    #[error("second factor: {0}")]
+    Totp(String),
 }
 
 pub struct AccountStore {
@@ -174,6 +180,7 @@ impl AccountStore {
             name: name.to_string(),
             role,
             tenant: tenant.map(str::to_string),
+            totp: false,
             created_at: now,
         })
     }
@@ -203,32 +210,43 @@ impl AccountStore {
     }
 
     pub fn list(&self) -> Result<Vec<Account>, AccountError> {
+        self.select("ORDER BY name", [])
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<Account>, AccountError> {
+        Ok(self.select("WHERE name = ?", [name])?.pop())
+    }
+
+    fn select<P: rusqlite::Params>(
+        &self,
+        tail: &str,
+        params: P,
+    ) -> Result<Vec<Account>, AccountError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, role, tenant, created_at FROM console_accounts ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT name, role, tenant, created_at, totp IS NOT NULL FROM console_accounts {tail}"
+        ))?;
+        let rows = stmt.query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get(2)?,
                 r.get(3)?,
+                r.get(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, tenant, created_at) = row?;
+            let (name, role, tenant, created_at, totp) = row?;
             out.push(Account {
                 name,
                 role: role.parse()?,
                 tenant,
+                totp,
                 created_at,
             });
         }
         Ok(out)
-    }
-
-    pub fn get(&self, name: &str) -> Result<Option<Account>, AccountError> {
-        Ok(self.list()?.into_iter().find(|a| a.name == name))
     }
 
     /// Every account's password hash, for the password checker.
@@ -237,6 +255,53 @@ impl AccountStore {
         let mut stmt = conn.prepare("SELECT name, hash FROM console_accounts")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Gives the account a new second factor; returns the provisioning URI
+    /// (`otpauth://totp/…`) for an authenticator app.
+    pub fn enable_totp(&self, name: &str, issuer: &str) -> Result<String, AccountError> {
+        use rand::RngCore;
+        let mut secret = vec![0u8; 20];
+        rand::rng().fill_bytes(&mut secret);
+        let totp = totp(secret.clone(), Some(issuer), name)?;
+        let n = self.conn().execute(
+            "UPDATE console_accounts SET totp = ? WHERE name = ?",
+            params![secret, name],
+        )?;
+        if n == 0 {
+            return Err(AccountError::Missing(name.to_string()));
+        }
+        Ok(totp.get_url())
+    }
+
+    /// Removes the account's second factor.
+    pub fn disable_totp(&self, name: &str) -> Result<(), AccountError> {
+        let n = self.conn().execute(
+            "UPDATE console_accounts SET totp = NULL WHERE name = ?",
+            [name],
+        )?;
+        if n == 0 {
+            return Err(AccountError::Missing(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Whether `code` is the account's current one-time code (or the one
+    /// before or after, for clocks a little apart); true when the account
+    /// has no second factor.
+    pub fn check_totp(&self, name: &str, code: &str, now: u64) -> Result<bool, AccountError> {
+        let secret: Option<Option<Vec<u8>>> = self
+            .conn()
+            .query_row(
+                "SELECT totp FROM console_accounts WHERE name = ?",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match secret.flatten() {
+            None => Ok(true),
+            Some(secret) => Ok(totp(secret, None, name)?.check(code.trim(), now)),
+        }
     }
 
     /// A new API token for `name`: returned once, only its hash is kept.
@@ -293,6 +358,21 @@ fn hash(password: &str) -> Result<String, AccountError> {
     crate::inbound::auth::hash_password(password).map_err(AccountError::Hash)
 }
 
+/// RFC 6238 as authenticator apps use it: SHA-1, 6 digits, 30 s steps,
+/// one step of skew either way.
+fn totp(secret: Vec<u8>, issuer: Option<&str>, name: &str) -> Result<totp_rs::TOTP, AccountError> {
+    totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret,
+        issuer.map(str::to_string),
+        name.to_string(),
+    )
+    .map_err(|e| AccountError::Totp(e.to_string()))
+}
+
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -339,6 +419,17 @@ mod tests {
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(store.by_token(&token).unwrap(), Some(cus));
         assert_eq!(store.by_token("sgt_00").unwrap(), None);
+        let uri = store.enable_totp("ann", "sealgate gw.test").unwrap();
+        assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+        assert!(store.get("ann").unwrap().unwrap().totp);
+        assert!(
+            !store.check_totp("ann", "000000", 59).unwrap()
+                || !store.check_totp("ann", "111111", 59).unwrap()
+        );
+        assert!(
+            store.check_totp("cus", "anything", 59).unwrap(),
+            "no second factor"
+        );
         store.remove("cus").unwrap();
         assert_eq!(store.by_token(&token).unwrap(), None, "tokens go with it");
         assert_eq!(store.list().unwrap().len(), 1);

@@ -108,8 +108,9 @@ pub struct Index {
 
 /// A search, as the transactions page and the API take it. Empty fields
 /// do not filter.
-#[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, Serialize, utoipa::IntoParams)]
 #[serde(default)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     pub sender: String,
     pub recipient: String,
@@ -136,7 +137,7 @@ impl Filter {
 }
 
 /// One row of a search.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TxRow {
     pub tenant: String,
     pub at: i64,
@@ -153,7 +154,7 @@ pub struct TxRow {
 }
 
 /// One page of a search.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub rows: Vec<TxRow>,
     /// Pass as `after` for the next page; none on the last.
@@ -161,7 +162,7 @@ pub struct Page {
 }
 
 /// A tenant's chain as the indexer last read it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChainStatus {
     pub tenant: String,
     pub records: i64,
@@ -172,17 +173,43 @@ pub struct ChainStatus {
     pub last_at: i64,
 }
 
+/// Recipients of one day with one status.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DayCount {
+    /// Unix seconds of the day's start (UTC).
+    pub day: i64,
+    pub status: String,
+    pub n: i64,
+}
+
+/// A count by one label (a level, a deferral reason).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Count {
+    pub label: String,
+    pub n: i64,
+}
+
+/// Recipients since the log began, by every label the metrics carry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Cell {
+    pub tenant: String,
+    pub level: String,
+    pub class: String,
+    pub status: String,
+    pub n: i64,
+}
+
 /// Totals for the dashboard.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Totals {
-    /// (day, status, n) for the last days, oldest first.
-    pub by_day: Vec<(i64, String, i64)>,
-    /// (level, n) over the same days.
-    pub by_level: Vec<(String, i64)>,
-    /// (reason, n), most frequent first.
-    pub reasons: Vec<(String, i64)>,
-    /// (tenant, level, class, status, n) since the log began: for metrics.
-    pub all: Vec<(String, String, String, String, i64)>,
+    /// The last days, oldest first.
+    pub by_day: Vec<DayCount>,
+    /// By level reached over the same days.
+    pub by_level: Vec<Count>,
+    /// Deferral reasons over the same days, most frequent first.
+    pub reasons: Vec<Count>,
+    /// Since the log began: for metrics.
+    pub all: Vec<Cell>,
 }
 
 impl Index {
@@ -464,21 +491,37 @@ impl Index {
                 "SELECT day, status, SUM(n) FROM daily WHERE day >= ?1 AND (?2 IS NULL OR tenant = ?2)
                  GROUP BY day, status ORDER BY day, status",
             )?
-            .query_map(params![since, scope], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![since, scope], |r| {
+                Ok(DayCount {
+                    day: r.get(0)?,
+                    status: r.get(1)?,
+                    n: r.get(2)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         let by_level = conn
             .prepare_cached(
                 "SELECT level, SUM(n) FROM daily WHERE day >= ?1 AND (?2 IS NULL OR tenant = ?2)
                  GROUP BY level ORDER BY level",
             )?
-            .query_map(params![since, scope], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![since, scope], |r| {
+                Ok(Count {
+                    label: r.get(0)?,
+                    n: r.get(1)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         let reasons = conn
             .prepare_cached(
                 "SELECT reason, SUM(n) AS total FROM reasons WHERE day >= ?1 AND (?2 IS NULL OR tenant = ?2)
                  GROUP BY reason ORDER BY total DESC, reason LIMIT 10",
             )?
-            .query_map(params![since, scope], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![since, scope], |r| {
+                Ok(Count {
+                    label: r.get(0)?,
+                    n: r.get(1)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         let all = conn
             .prepare_cached(
@@ -486,7 +529,13 @@ impl Index {
                  WHERE ?1 IS NULL OR tenant = ?1 GROUP BY tenant, level, class, status",
             )?
             .query_map([scope], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok(Cell {
+                    tenant: r.get(0)?,
+                    level: r.get(1)?,
+                    class: r.get(2)?,
+                    status: r.get(3)?,
+                    n: r.get(4)?,
+                })
             })?
             .collect::<Result<_, _>>()?;
         Ok(Totals {

@@ -28,16 +28,16 @@ pub fn text(
         "Delivery attempts per recipient, by tenant, level reached, risk class and what became of the recipient",
         attempts.clone(),
     );
-    for (tenant, level, class, status, n) in &totals.all {
+    for c in &totals.all {
         let labels = vec![
-            ("tenant".into(), tenant.clone()),
-            ("level".into(), level.clone()),
-            ("class".into(), class.clone()),
-            ("status".into(), status.clone()),
+            ("tenant".into(), c.tenant.clone()),
+            ("level".into(), c.level.clone()),
+            ("class".into(), c.class.clone()),
+            ("status".into(), c.status.clone()),
         ];
         attempts
             .get_or_create(&labels)
-            .inc_by(u64::try_from(*n).unwrap_or(0));
+            .inc_by(u64::try_from(c.n).unwrap_or(0));
     }
     let queued = Gauge::<i64>::default();
     let oldest = Gauge::<i64>::default();

@@ -12,6 +12,7 @@
 //! layer ([`index`]).
 
 pub mod accounts;
+mod api;
 pub mod index;
 mod metrics;
 mod pages;

@@ -173,6 +173,7 @@ pub fn login(lang: Lang, token: &str, error: Option<&str>) -> Markup {
                 input type="hidden" name="csrf" value=(token);
                 label { (t("account")) input name="name" autocomplete="username" required autofocus; }
                 label { (t("password")) input name="password" type="password" autocomplete="current-password" required; }
+                label { (t("code")) input name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}"; }
                 button type="submit" { (t("login")) }
             }
         },
@@ -199,8 +200,8 @@ fn chart(lang: Lang, totals: &Totals, now: i64) -> Markup {
         totals
             .by_day
             .iter()
-            .filter(|(d, s, _)| d.div_euclid(86_400) == day && s == status)
-            .map(|(_, _, n)| *n)
+            .filter(|c| c.day.div_euclid(86_400) == day && c.status == status)
+            .map(|c| c.n)
             .sum::<i64>()
     };
     let max = (first..first + DAYS)
@@ -248,10 +249,10 @@ pub fn dashboard(lang: Lang, user: &User, o: &Overview) -> Markup {
                     div.figure id="queue-depth" { (o.depth.messages) }
                     div.sub { (t("oldest")) ": " @if let Some(at) = o.depth.oldest { (ago(o.now, at)) } @else { "–" } }
                 }
-                @for (level, n) in &o.totals.by_level {
+                @for c in &o.totals.by_level {
                     div.card {
-                        div.label { (t("level")) " " span class=(format!("lvl lvl-{level}")) { (level) } }
-                        div.figure { (n) }
+                        div.label { (t("level")) " " span class=(format!("lvl lvl-{}", c.label)) { (c.label) } }
+                        div.figure { (c.n) }
                         div.sub { "14 d" }
                     }
                 }
@@ -262,7 +263,7 @@ pub fn dashboard(lang: Lang, user: &User, o: &Overview) -> Markup {
                 section {
                     h2 { (t("reasons")) }
                     @if o.totals.reasons.is_empty() { p.muted { (t("none")) } } @else {
-                        table { @for (reason, n) in &o.totals.reasons { tr { td { (reason) } td.num { (n) } } } }
+                        table { @for c in &o.totals.reasons { tr { td { (c.label) } td.num { (c.n) } } } }
                     }
                 }
                 section {

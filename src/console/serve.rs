@@ -167,7 +167,7 @@ pub async fn run(
 }
 
 fn router(console: Arc<Console>) -> Router {
-    Router::new()
+    Router::<Arc<Console>>::new()
         .route("/", get(dashboard))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -184,11 +184,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/transactions", get(api_transactions))
-        .route("/api/v1/messages/{id}", get(api_message))
-        .route("/api/v1/queue", get(api_queue))
-        .route("/api/v1/queue/{id}/retry", post(api_retry))
-        .route("/api/v1/dashboard", get(api_dashboard))
+        .merge(super::api::routes())
         .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such page") })
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
@@ -250,6 +246,9 @@ async fn language(Path(code): Path<String>, headers: HeaderMap) -> Response {
 struct LoginForm {
     name: String,
     password: String,
+    /// The one-time code, for accounts with a second factor.
+    #[serde(default)]
+    code: String,
     #[serde(default)]
     csrf: String,
 }
@@ -301,7 +300,14 @@ async fn login(
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let ok = console.guard.verify(users, &name, form.password).await;
-    let account = if ok {
+    // Which of password and code was wrong is not said.
+    let unix = u64::try_from(now()).unwrap_or(0);
+    let account = if ok
+        && console
+            .accounts
+            .check_totp(&name, &form.code, unix)
+            .unwrap_or(false)
+    {
         console.accounts.get(&name).ok().flatten()
     } else {
         None
@@ -363,7 +369,7 @@ async fn logout(
     res
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(super) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("console: {e}");
     refuse(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -380,7 +386,7 @@ pub struct Overview {
     pub now: i64,
 }
 
-async fn overview(console: &Arc<Console>, user: &User) -> Result<Overview, Response> {
+pub(super) async fn overview(console: &Arc<Console>, user: &User) -> Result<Overview, Response> {
     let scope = user.scope().map(str::to_string);
     let now = now();
     let (totals, chains) = console
@@ -421,20 +427,7 @@ async fn dashboard(State(console): State<Arc<Console>>, user: User, lang: Lang) 
     }
 }
 
-async fn api_dashboard(State(console): State<Arc<Console>>, user: User) -> Response {
-    match overview(&console, &user).await {
-        Ok(o) => axum::Json(serde_json::json!({
-            "queue": o.depth,
-            "totals": o.totals,
-            "chains": o.chains,
-            "downgraded": o.downgraded,
-        }))
-        .into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn search(
+pub(super) async fn search(
     console: &Arc<Console>,
     user: &User,
     filter: Filter,
@@ -455,17 +448,6 @@ async fn transactions(
 ) -> Response {
     match search(&console, &user, filter.clone()).await {
         Ok(page) => pages::transactions(lang, &user, &filter, &page).into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn api_transactions(
-    State(console): State<Arc<Console>>,
-    user: User,
-    Query(filter): Query<Filter>,
-) -> Response {
-    match search(&console, &user, filter).await {
-        Ok(page) => axum::Json(page).into_response(),
         Err(r) => r,
     }
 }
@@ -574,7 +556,7 @@ fn filter_without_cursor(f: &Filter) -> Filter {
 }
 
 /// A message's records as the log holds them, if this user may see them.
-async fn records(
+pub(super) async fn records(
     console: &Arc<Console>,
     user: &User,
     id: &str,
@@ -623,33 +605,8 @@ async fn message(
     }
 }
 
-async fn api_message(
-    State(console): State<Arc<Console>>,
-    user: User,
-    Path(id): Path<String>,
-) -> Response {
-    match records(&console, &user, &id).await {
-        Ok((tenant, records)) => {
-            let events: Vec<serde_json::Value> = records
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "seq": r.seq,
-                        "at": crate::util::rfc3339(r.at),
-                        "kind": r.kind,
-                        "data": serde_json::from_str::<serde_json::Value>(&r.data).unwrap_or_default(),
-                        "hash": crate::util::hex(&r.hash),
-                    })
-                })
-                .collect();
-            axum::Json(serde_json::json!({"queue_id": id, "tenant": tenant, "records": events}))
-                .into_response()
-        }
-        Err(r) => r,
-    }
-}
-
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueueFilter {
     #[serde(default)]
     pub sender: String,
@@ -658,7 +615,7 @@ pub struct QueueFilter {
 }
 
 /// Queued messages this user may see, filtered; at most 500.
-async fn queued(
+pub(super) async fn queued(
     console: &Arc<Console>,
     user: &User,
     f: &QueueFilter,
@@ -683,19 +640,6 @@ async fn queue_page(
 ) -> Response {
     match queued(&console, &user, &f).await {
         Ok((list, total)) => pages::queue(lang, &user, &f, &list, total).into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn api_queue(
-    State(console): State<Arc<Console>>,
-    user: User,
-    Query(f): Query<QueueFilter>,
-) -> Response {
-    match queued(&console, &user, &f).await {
-        Ok((list, total)) => {
-            axum::Json(serde_json::json!({"total": total, "messages": list})).into_response()
-        }
         Err(r) => r,
     }
 }
@@ -728,7 +672,11 @@ async fn actionable(
 }
 
 /// Retries a message now; what came of it, in words.
-async fn do_retry(console: &Arc<Console>, user: &User, id: &str) -> Result<String, Response> {
+pub(super) async fn do_retry(
+    console: &Arc<Console>,
+    user: &User,
+    id: &str,
+) -> Result<String, Response> {
     let (id, tenant) = actionable(console, user, id).await?;
     let jobs = console.spool.retry(id, now()).await.map_err(internal)?;
     let said = if jobs.is_empty() {
@@ -754,17 +702,6 @@ async fn retry(
     }
     match do_retry(&console, &user, &id).await {
         Ok(_) => Redirect::to("/queue").into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn api_retry(
-    State(console): State<Arc<Console>>,
-    user: User,
-    Path(id): Path<String>,
-) -> Response {
-    match do_retry(&console, &user, &id).await {
-        Ok(said) => axum::Json(serde_json::json!({"result": said})).into_response(),
         Err(r) => r,
     }
 }

@@ -240,7 +240,7 @@ pub struct RecordResult {
 }
 
 /// How full the queue is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct QueueDepth {
     pub messages: u64,
     /// Unix seconds; none when the queue is empty.
