@@ -28,6 +28,7 @@ trap cleanup EXIT
 
 cat > "$work/sealgate.toml" <<EOF
 hostname = "bench.test"
+default_tenant = "t0"
 data_dir = "$work/data"
 [[listener]]
 address = "127.0.0.1:$RELAY"

@@ -33,6 +33,7 @@ fn console_state(
     spool: Arc<dyn Spool>,
     queue: crate::queue::QueueHandle,
     memory: Arc<DomainMemory>,
+    policies: Arc<Policies>,
 ) -> anyhow::Result<Arc<crate::console::Console>> {
     use crate::console::{accounts::AccountStore, index::Index};
     let accounts = AccountStore::open(&config.database_path())?;
@@ -57,6 +58,7 @@ fn console_state(
         spool,
         queue,
         memory,
+        policies,
         started: crate::util::now(),
     }))
 }
@@ -168,6 +170,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             spool.clone(),
             handle.clone(),
             memory,
+            policies.clone(),
         )?;
         tokio::spawn(crate::console::index::follow(
             console.index.clone(),

@@ -30,11 +30,18 @@ const SECRET: &str = "console password 1";
 /// `default`, alice by AUTH is `b`) and the four accounts.
 fn gateway() -> (Gateway, u16) {
     let port = free_port();
-    let gw = Gateway::start(&format!(
-        "[console]\naddress = \"127.0.0.1:{port}\"\n\n\
-         [[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n\n\
-         [[tenant]]\nid = \"b\"\nusers = [\"alice\"]\n"
-    ));
+    let gw = Gateway::start_with(|dir, relay, submission| {
+        format!(
+            "{}\n[console]\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n\n\
+             [[tenant]]\nid = \"b\"\nusers = [\"alice\"]\n{}",
+            base_config(dir, relay, submission),
+            policy_dir(
+                dir,
+                &[("exceptions.toml", &plaintext_exception("dest.test"))]
+            )
+        )
+    });
     for (name, role, tenant) in ACCOUNTS {
         let mut args = vec!["account", "add", name, "--role", role];
         if let Some(t) = tenant {
@@ -523,6 +530,9 @@ fn chromium_walks_every_page_as_each_role() {
         shot("queue");
         s.goto(&format!("{base}/domains"));
         shot("domains");
+        s.goto(&format!("{base}/policies"));
+        assert!(s.text().contains("normal"), "{}", s.text());
+        shot("policies");
         if name == "oscar" {
             // The operator retries the deferred message from the queue page.
             s.goto(&format!("{base}/queue"));
@@ -593,4 +603,120 @@ fn the_api_keeps_to_its_openapi_document() {
     // Every operation of the document was exercised.
     assert!(text.contains("5 selected / 5 total"), "{text}");
     assert!(!text.contains('❌'), "{text}");
+}
+
+#[test]
+fn an_admin_edits_the_policy_and_a_broken_file_is_refused() {
+    let (gw, port) = gateway();
+    let file = gw.dir.path().join("policies/default.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let mut admin = Web::new(port);
+    admin.login("ann", SECRET);
+    let page = admin.get("/policies");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("<textarea name=\"text\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("Approved by") && page.body.contains("test peer without TLS"),
+        "the exception"
+    );
+    let token = csrf(&page.body);
+
+    // The auditor and the tenant-admin may read what applies, not edit.
+    for name in ["audrey", "tom"] {
+        let mut web = Web::new(port);
+        web.login(name, SECRET);
+        let page = web.get("/policies");
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains("<textarea"), "{name}");
+        let t = csrf(&page.body);
+        let r = web.post(
+            "/policies",
+            &[("csrf", &t), ("file", "default.toml"), ("text", "")],
+        );
+        assert_eq!(r.status, 403, "{name}: {}", r.body);
+    }
+    assert_eq!(
+        Web::new(port).get("/policies").status,
+        303,
+        "not without logging in"
+    );
+
+    // A broken file is refused with its line; the old one stays.
+    let broken = original.replace("[classes.high]", "[classes.high\nrequired = 1");
+    let r = admin.post(
+        "/policies",
+        &[
+            ("csrf", &token),
+            ("file", "default.toml"),
+            ("text", &broken),
+        ],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("default.toml:"),
+        "file and line: {}",
+        r.body
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    // So is one that conflicts with another file of the directory.
+    let conflicting = format!(
+        "default_class = \"high\"\n{}",
+        plaintext_exception("dest.test")
+    );
+    let r = admin.post(
+        "/policies",
+        &[
+            ("csrf", &token),
+            ("file", "exceptions.toml"),
+            ("text", &conflicting),
+        ],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("already set by"), "{}", r.body);
+    // A form cannot name another file.
+    let r = admin.post(
+        "/policies",
+        &[
+            ("csrf", &token),
+            ("file", "../sealgate.toml"),
+            ("text", &original),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // A good edit is written, in force at once, and logged.
+    let edited = original.replace(
+        "required = \"encrypted\"          # TLS 1.2+",
+        "required = \"authenticated\"      # TLS 1.2+",
+    );
+    assert_ne!(edited, original);
+    let r = admin.post(
+        "/policies",
+        &[
+            ("csrf", &token),
+            ("file", "default.toml"),
+            ("text", &edited),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+    let page = admin.get("/policies");
+    assert!(
+        page.body
+            .contains("<td>normal (default)</td><td>authenticated</td>"),
+        "{}",
+        page.body
+    );
+    let out = gw.cli(&["report", "export", "--format", "json"]);
+    let log = output_text(&out);
+    assert!(
+        log.lines().any(|l| l.contains("\"kind\":\"console\"")
+            && l.contains("\"action\":\"policy\"")
+            && l.contains("ann")),
+        "{log}"
+    );
 }

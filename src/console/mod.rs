@@ -16,6 +16,7 @@ mod api;
 pub mod index;
 mod metrics;
 mod pages;
+mod policies;
 mod serve;
 mod session;
 

@@ -23,6 +23,9 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
         "transactions" => ("Transactions", "Transaktionen"),
         "queue" => ("Queue", "Warteschlange"),
         "domains" => ("Domains", "Domains"),
+        "policies" => ("Policies", "Richtlinien"),
+        "general-policy" => ("General policy", "Allgemeine Richtlinie"),
+        "validate-save" => ("Validate and save", "Prüfen und speichern"),
         "logout" => ("Log out", "Abmelden"),
         "login" => ("Log in", "Anmelden"),
         "account" => ("Account", "Konto"),
@@ -97,6 +100,7 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
         "best" => ("Best", "Beste"),
         "last" => ("Last", "Letzte"),
         "since" => ("Below best since", "Unter bester Stufe seit"),
+        "standing" => ("Profile and exceptions", "Profil und Ausnahmen"),
         "confirm" => ("Accept as best", "Als beste annehmen"),
         "message" => ("Message", "Nachricht"),
         "evidence" => (
@@ -117,7 +121,13 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
     }
 }
 
-fn layout(lang: Lang, user: Option<&User>, title: &str, active: &str, body: Markup) -> Markup {
+pub(super) fn layout(
+    lang: Lang,
+    user: Option<&User>,
+    title: &str,
+    active: &str,
+    body: Markup,
+) -> Markup {
     let t = |k| text(lang, k);
     html! {
         (DOCTYPE)
@@ -133,7 +143,7 @@ fn layout(lang: Lang, user: Option<&User>, title: &str, active: &str, body: Mark
                     a.brand href="/" { "sealgate" }
                     @if let Some(user) = user {
                         nav {
-                            @for (href, key) in [("/", "dashboard"), ("/transactions", "transactions"), ("/queue", "queue"), ("/domains", "domains")] {
+                            @for (href, key) in [("/", "dashboard"), ("/transactions", "transactions"), ("/queue", "queue"), ("/domains", "domains"), ("/policies", "policies")] {
                                 a href=(href) class=(if key == active { "active" } else { "" }) { (t(key)) }
                             }
                         }
@@ -404,7 +414,7 @@ pub fn message(
                 section.card.wide {
                     h2 { (t("in-queue")) }
                     table {
-                        tr { th { (t("recipient")) } th { (t("status")) } th { "attempts" } th { (t("next-attempt")) } th { (t("last-reply")) } }
+                        tr { th { (t("recipient")) } th { (t("status")) } th { "Attempts" } th { (t("next-attempt")) } th { (t("last-reply")) } }
                         @for r in &q.recipients {
                             tr { td { (r.address) } td { (format!("{:?}", r.status).to_lowercase()) } td.num { (r.attempts) } td { (rfc3339(r.next_attempt)) } td.small { (r.last_reply.as_deref().unwrap_or("")) } }
                         }
@@ -438,7 +448,7 @@ fn record(lang: Lang, r: &Stored) -> Markup {
                 }
                 Ok(EventData::Classified(c)) => {
                     table {
-                        tr { th { (t("recipient")) } th { (t("class")) } th { "rules" } }
+                        tr { th { (t("recipient")) } th { (t("class")) } th { "Rules" } }
                         @for x in &c.recipients { tr { td { (x.address) } td { (x.class.name()) } td.small { (x.by.join("; ")) } } }
                     }
                 }
@@ -461,7 +471,7 @@ fn record(lang: Lang, r: &Stored) -> Markup {
                     @if !a.hosts.is_empty() {
                         h3 { (t("hosts")) }
                         table {
-                            tr { th { "host" } th { "address" } th { "observed" } th { "usable" } th { "refusals / error" } }
+                            tr { th { "Host" } th { "Address" } th { "Observed" } th { "Usable" } th { "Refusals / error" } }
                             @for h in &a.hosts {
                                 tr {
                                     td { (h.host) " (" (h.preference) ")" }
@@ -478,7 +488,7 @@ fn record(lang: Lang, r: &Stored) -> Markup {
                     }
                     h3 { (t("decision")) }
                     table {
-                        tr { th { (t("recipient")) } th { (t("class")) } th { "required" } th { "action" } th { (t("reason")) } th { "result" } th { (t("detail")) } }
+                        tr { th { (t("recipient")) } th { (t("class")) } th { "Required" } th { "Action" } th { (t("reason")) } th { "Result" } th { (t("detail")) } }
                         @for p in &a.recipients {
                             tr {
                                 td { (p.address) }
@@ -531,7 +541,7 @@ fn tls_facts(tls: &crate::qualify::TlsFacts) -> Markup {
         }
         @if !tls.chain.is_empty() {
             table.small {
-                tr { th { "subject" } th { "issuer" } th { "not after" } th { "SHA-256" } }
+                tr { th { "Subject" } th { "Issuer" } th { "Not after" } th { "SHA-256" } }
                 @for c in &tls.chain {
                     tr { td { (c.subject) } td { (c.issuer) } td { (c.not_after) } td { code { (c.sha256.get(..16).unwrap_or("")) "…" } } }
                 }
@@ -597,7 +607,13 @@ pub fn queue(
     )
 }
 
-pub fn domains(lang: Lang, user: &User, records: &[DomainRecord]) -> Markup {
+pub fn domains(
+    lang: Lang,
+    user: &User,
+    records: &[DomainRecord],
+    policy: &crate::policy::rules::Policy,
+) -> Markup {
+    let now = crate::util::now();
     let t = |k| text(lang, k);
     let csrf = user.csrf.as_deref().unwrap_or("");
     let confirms = user.account.role.acts() && user.scope().is_none();
@@ -608,14 +624,30 @@ pub fn domains(lang: Lang, user: &User, records: &[DomainRecord]) -> Markup {
         "domains",
         html! {
             table.domains id="domains" {
-                tr { th { (t("domain")) } th { (t("best")) } th { (t("last")) } th { (t("since")) } th { (t("hosts")) } @if confirms { th {} } }
+                tr { th { (t("domain")) } th { (t("best")) } th { (t("last")) } th { (t("since")) } th { (t("hosts")) } th { (t("standing")) } @if confirms { th {} } }
                 @for d in records {
+                    @let (profile, exceptions) = policy.standing(&d.domain);
                     tr {
                         td { (d.domain) }
                         td { span class=(format!("lvl lvl-{}", d.best.name())) { (d.best.name()) } }
                         td { span class=(format!("lvl lvl-{}", d.last.name())) { (d.last.name()) } " " span.muted { (rfc3339(d.last_at)) } }
                         td { (d.downgrade_since.map(rfc3339).unwrap_or_default()) }
                         td.small { @for h in &d.hosts { (h.mx_host) " [" (h.address) "] " (h.level.name()) @for s in &h.shortfalls { br; span.muted { (s) } } br; } }
+                        td.small {
+                            @if let Some(p) = profile {
+                                "profile " code { (p.pattern) }
+                                @if let Some(c) = p.min_class { ": at least " (c.name()) }
+                                @if let Some(l) = p.required { ", at least " (l.name()) }
+                                @if let Some(n) = &p.note { " (" (n) ")" }
+                                br;
+                            }
+                            @for x in &exceptions {
+                                "exception: " (x.level.name()) " until " (rfc3339(x.expires))
+                                @if x.expires <= now { " " span.bad { "expired" } }
+                                ", approved by " (x.approved_by) ": " (x.reason)
+                                br;
+                            }
+                        }
                         @if confirms {
                             td { @if d.downgrade_since.is_some() {
                                 form method="post" action=(format!("/domains/{}/confirm", d.domain)) {

@@ -46,12 +46,13 @@ pub struct Console {
     pub spool: Arc<dyn Spool>,
     pub queue: QueueHandle,
     pub memory: Arc<DomainMemory>,
+    pub policies: Arc<crate::policy::Policies>,
     pub started: i64,
 }
 
 impl Console {
     /// Writes an action to the log of the tenant it concerned.
-    async fn record(
+    pub(super) async fn record(
         &self,
         user: &User,
         tenant: &str,
@@ -178,6 +179,10 @@ fn router(console: Arc<Console>) -> Router {
         .route("/queue/{id}/retry", post(retry))
         .route("/queue/{id}/delete", post(delete))
         .route("/domains", get(domains))
+        .route(
+            "/policies",
+            get(super::policies::page).post(super::policies::save),
+        )
         .route("/domains/{domain}/confirm", post(confirm))
         .route("/lang/{code}", get(language))
         .route("/static/console.css", get(stylesheet))
@@ -761,7 +766,12 @@ async fn domains(State(console): State<Arc<Console>>, user: User, lang: Lang) ->
                 .collect()
         }
     };
-    pages::domains(lang, &user, &records).into_response()
+    // Profiles and exceptions as the user's tenant's policy has them.
+    let tenant = user
+        .scope()
+        .map_or_else(|| console.config.default_tenant.clone(), str::to_string);
+    let policy = console.policies.current().for_tenant(&tenant);
+    pages::domains(lang, &user, &records, &policy).into_response()
 }
 
 async fn confirm(

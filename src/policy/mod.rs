@@ -202,6 +202,11 @@ impl Policies {
         })
     }
 
+    /// `policy.dir`; none when the built-in policy is in force.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub fn current(&self) -> Arc<rules::PolicySet> {
         match self.current.read() {
             Ok(p) => p.clone(),
