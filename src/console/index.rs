@@ -39,10 +39,10 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (tenant, queue_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
-    tenant   TEXT NOT NULL,
     queue_id TEXT NOT NULL,
+    tenant   TEXT NOT NULL,
     seq      INTEGER NOT NULL,
-    PRIMARY KEY (tenant, queue_id, seq)
+    PRIMARY KEY (queue_id, tenant, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tx (
     id         INTEGER PRIMARY KEY,
@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS reasons (
     PRIMARY KEY (tenant, day, reason)
 ) WITHOUT ROWID;
 ";
+
+/// The layout of `console.db`. A file of another version is a cache of
+/// another layout: it is emptied and rebuilt from the log.
+const LAYOUT: i64 = 2;
+const TABLES: [&str; 6] = ["chains", "messages", "records", "tx", "daily", "reasons"];
 
 /// Records read from the log per round.
 const BATCH: usize = 2_000;
@@ -219,6 +224,13 @@ impl Index {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A cache: losing the last second of it to a crash costs a re-read.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if layout != LAYOUT {
+            for table in TABLES {
+                conn.execute_batch(&format!("DROP TABLE IF EXISTS {table}"))?;
+            }
+            conn.pragma_update(None, "user_version", LAYOUT)?;
+        }
         conn.execute_batch(SCHEMA)?;
         Ok(Index {
             conn: Mutex::new(conn),
