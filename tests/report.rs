@@ -225,6 +225,42 @@ fn the_log_of_a_real_run_verifies_exports_and_catches_tampering() {
         })
         .sum();
     assert_eq!(delivered_levels, 3, "{dom}");
+    // The same report in pages: a summary, the domains, a page per day.
+    let pages = gw.dir.path().join("report-pages/");
+    let (ok, _, err) = report(
+        &gw,
+        &[
+            "export",
+            "--format",
+            "html",
+            "--out",
+            pages.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let index = std::fs::read_to_string(pages.join("index.html")).unwrap();
+    assert!(
+        index.contains("<td id=\"action-deliver\">3</td>"),
+        "{index}"
+    );
+    assert!(
+        !index.contains("<script") && !index.contains(" src="),
+        "{index}"
+    );
+    let day = index
+        .split("<a href=\"")
+        .skip(1)
+        .filter_map(|a| a.split('"').next())
+        .find(|h| h.starts_with("20"))
+        .expect("a link to a day page");
+    let page_of_day = std::fs::read_to_string(pages.join(day)).unwrap();
+    assert_eq!(
+        page_of_day.matches("<details>").count(),
+        html.matches("<details>").count()
+    );
+    assert!(page_of_day.contains("href=\"index.html\""));
+    let domains = std::fs::read_to_string(pages.join("domains.html")).unwrap();
+    assert!(domains.contains("dst.test"), "{domains}");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
     let out = Command::new("chromium")
         .args([

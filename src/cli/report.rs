@@ -60,7 +60,9 @@ pub(super) enum ReportCommand {
         tenant: Option<String>,
     },
     /// Export records: `json` (every record, one per line), `csv` (one
-    /// row per recipient per attempt) or `html` (a self-contained report).
+    /// row per recipient per attempt) or `html` (a self-contained report:
+    /// one page up to 20,000 attempts; with `--out DIR/` a summary page
+    /// and the attempts day by day, for any size).
     Export {
         #[arg(long, value_parser = ["json", "csv", "html"])]
         format: String,
@@ -431,6 +433,21 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             let progress = super::progress::Progress::new(export::count(&conn, &sel)?, "export");
             let tick = || progress.tick();
             sel.progress = Some(&tick);
+            // A directory: the HTML report in pages, however large the log.
+            if let Some(dir) = out
+                .as_deref()
+                .filter(|p| format == "html" && is_directory(p))
+            {
+                let pages =
+                    crate::report::html::render_pages(&conn, &sel, crate::util::now(), dir)?;
+                drop(progress);
+                eprintln!(
+                    "{pages} pages written to {}; open {}",
+                    dir.display(),
+                    dir.join("index.html").display()
+                );
+                return Ok(());
+            }
             let mut sink: Box<dyn std::io::Write> = match &out {
                 Some(path) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path)
@@ -453,4 +470,10 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
             Ok(())
         }
     }
+}
+
+/// `--out` names a directory: one that exists, or a path ending in `/`
+/// or without an extension.
+fn is_directory(path: &std::path::Path) -> bool {
+    path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') || path.extension().is_none()
 }

@@ -1,8 +1,10 @@
-//! The report for people: one self-contained HTML file (no script, no
-//! external asset; its Content-Security-Policy allows inline style only)
-//! with the chain's state, totals per level and action, a chart of levels
-//! per day (inline SVG), a table per recipient domain, and every attempt
-//! with its evidence in a `<details>` element that opens without script.
+//! The report for people, self-contained HTML (no script, no external
+//! asset; its Content-Security-Policy allows inline style only) with the
+//! chain's state, totals per level and action, a chart of levels per day
+//! (inline SVG), a table per recipient domain, and every attempt with its
+//! evidence in a `<details>` element that opens without script. One page
+//! for a small selection; for a large one a summary page and the attempts
+//! day by day on pages of their own, written as the log is read.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,26 +46,198 @@ struct DomainLine {
     failing: Vec<String>,
 }
 
+/// Attempts above which one page is too big for a browser (and for an
+/// auditor): `render` refuses, `render_pages` splits.
+pub const ONE_PAGE_LIMIT: usize = 20_000;
+/// Attempts per page of a report in pages.
+const PER_PAGE: usize = 2_000;
+
+/// What the summary needs of every row: counts, never the rows.
+#[derive(Default)]
+struct Summary {
+    attempts: usize,
+    by_level: BTreeMap<String, usize>,
+    by_action: BTreeMap<String, usize>,
+    days: BTreeMap<i64, [usize; 5]>,
+    domains: BTreeMap<String, DomainLine>,
+    first_at: Option<i64>,
+}
+
+impl Summary {
+    fn add(&mut self, r: &Row) {
+        self.attempts += 1;
+        self.first_at.get_or_insert(r.at);
+        *self.by_level.entry(r.level.clone()).or_default() += 1;
+        *self.by_action.entry(r.action.clone()).or_default() += 1;
+        let slot = LEVELS.iter().position(|l| *l == r.level).unwrap_or(4);
+        self.days.entry(r.at.div_euclid(86_400)).or_default()[slot] += 1;
+        let d = self.domains.entry(r.domain.clone()).or_default();
+        d.attempts += 1;
+        if r.at >= d.last_at {
+            d.last_at = r.at;
+            d.last_level = r.level.clone();
+            d.failing = r
+                .checks
+                .iter()
+                .filter(|(_, s, _)| s == "fail" || s == "error")
+                .map(|(n, _, _)| n.clone())
+                .collect();
+        }
+        if let Some(rank) = LEVELS.iter().position(|l| *l == r.level) {
+            d.best_level = Some(d.best_level.map_or(rank, |b: usize| b.min(rank)));
+        }
+    }
+}
+
+/// The report as one self-contained page; refused above [`ONE_PAGE_LIMIT`]
+/// attempts (use [`render_pages`]).
 pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow::Result<String> {
-    let rows = rows(conn, sel)?;
-    let tenants = match sel.tenant {
-        Some(t) => vec![t.to_string()],
-        None => log::tenants(conn)?,
-    };
-    let mut out = String::with_capacity(64 * 1024 + rows.len() * 1024);
-    let title = format!(
-        "sealgate transaction report {} – {}",
-        day(sel.from.max(rows.first().map_or(sel.from, |r| r.at))),
-        day(sel.to.min(generated))
+    let mut summary = Summary::default();
+    let mut details = String::new();
+    each_row(conn, sel, |r| {
+        summary.add(&r);
+        if summary.attempts > ONE_PAGE_LIMIT {
+            return Err(std::io::Error::other(format!(
+                "more than {ONE_PAGE_LIMIT} recipient attempts are too many for one page: give --out a directory for a report in pages"
+            )));
+        }
+        detail(&mut details, &r);
+        Ok(())
+    })?;
+    let mut out = String::with_capacity(64 * 1024 + details.len());
+    head(&mut out, &title(sel, &summary, generated));
+    intro(&mut out, sel, generated);
+    integrity(&mut out, conn, sel)?;
+    totals(&mut out, &summary);
+    domain_table(&mut out, &summary);
+    let _ = writeln!(
+        out,
+        "<h2>Transactions</h2>\n<p>{} recipient attempts; open one for its evidence.</p>",
+        summary.attempts
     );
+    out.push_str(&details);
+    out.push_str("</body></html>\n");
+    Ok(out)
+}
+
+/// The report in pages under `dir`: `index.html` (integrity, totals, the
+/// chart and the list of pages), `domains.html`, and the attempts of each
+/// day on pages of at most 2,000 (`2026-11-17.html`, `2026-11-17-2.html`,
+/// …), each linking back. Written as the log is read: memory holds the
+/// counts and one page, whatever the size of the log. Returns the number
+/// of pages.
+pub fn render_pages(
+    conn: &Connection,
+    sel: &Selection<'_>,
+    generated: i64,
+    dir: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut summary = Summary::default();
+    // (file name, day, attempts) of every detail page, in order.
+    let mut pages: Vec<(String, i64, usize)> = Vec::new();
+    let mut page: Option<std::io::BufWriter<std::fs::File>> = None;
+    let mut on_page = 0usize;
+    let close = |page: &mut Option<std::io::BufWriter<std::fs::File>>| -> std::io::Result<()> {
+        if let Some(mut w) = page.take() {
+            w.write_all(b"<p><a href=\"index.html\">back to the summary</a></p></body></html>\n")?;
+            w.flush()?;
+        }
+        Ok(())
+    };
+    each_row(conn, sel, |r| {
+        summary.add(&r);
+        let day_no = r.at.div_euclid(86_400);
+        let same_day = pages.last().is_some_and(|p| p.1 == day_no);
+        if page.is_none() || !same_day || on_page >= PER_PAGE {
+            close(&mut page)?;
+            let part = if same_day {
+                pages.iter().filter(|p| p.1 == day_no).count() + 1
+            } else {
+                1
+            };
+            let name = if part == 1 {
+                format!("{}.html", day(r.at))
+            } else {
+                format!("{}-{part}.html", day(r.at))
+            };
+            let mut w = std::io::BufWriter::new(std::fs::File::create(dir.join(&name))?);
+            let mut top = String::new();
+            head(&mut top, &format!("sealgate transactions {}", day(r.at)));
+            let _ = writeln!(
+                top,
+                "<p><a href=\"index.html\">summary</a></p>\n<h2>Transactions of {} (page {part})</h2>",
+                esc(&day(r.at))
+            );
+            w.write_all(top.as_bytes())?;
+            page = Some(w);
+            pages.push((name, day_no, 0));
+            on_page = 0;
+        }
+        let mut one = String::new();
+        detail(&mut one, &r);
+        if let Some(w) = page.as_mut() {
+            w.write_all(one.as_bytes())?;
+        }
+        on_page += 1;
+        if let Some(p) = pages.last_mut() {
+            p.2 += 1;
+        }
+        Ok(())
+    })?;
+    close(&mut page)?;
+
+    let mut out = String::with_capacity(64 * 1024);
+    head(&mut out, &title(sel, &summary, generated));
+    intro(&mut out, sel, generated);
+    integrity(&mut out, conn, sel)?;
+    totals(&mut out, &summary);
+    let _ = writeln!(
+        out,
+        "<p>{} recipient domains: <a href=\"domains.html\">the domain table</a>.</p>",
+        summary.domains.len()
+    );
+    out.push_str("<h2>Transactions by day</h2>\n<table><tr><th>page</th><th>attempts</th></tr>\n");
+    for (name, _, n) in &pages {
+        let _ = writeln!(
+            out,
+            "<tr><td><a href=\"{0}\">{0}</a></td><td>{n}</td></tr>",
+            esc(name)
+        );
+    }
+    out.push_str("</table>\n</body></html>\n");
+    std::fs::write(dir.join("index.html"), out)?;
+
+    let mut domains = String::new();
+    head(&mut domains, "sealgate recipient domains");
+    domains.push_str("<p><a href=\"index.html\">summary</a></p>\n");
+    domain_table(&mut domains, &summary);
+    domains.push_str("</body></html>\n");
+    std::fs::write(dir.join("domains.html"), domains)?;
+    Ok(pages.len() + 2)
+}
+
+fn title(sel: &Selection<'_>, summary: &Summary, generated: i64) -> String {
+    format!(
+        "sealgate transaction report {} – {}",
+        day(sel.from.max(summary.first_at.unwrap_or(sel.from))),
+        day(sel.to.min(generated))
+    )
+}
+
+fn head(out: &mut String, title: &str) {
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\
 <title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
-        esc(&title),
-        esc(&title)
+        esc(title),
+        esc(title)
     );
+}
+
+fn intro(out: &mut String, sel: &Selection<'_>, generated: i64) {
     let _ = writeln!(
         out,
         "<p>Generated {} by sealgate. Tenant: {}. Records from {} up to {}.</p>",
@@ -76,7 +250,13 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
         },
         esc(&crate::util::rfc3339(sel.to.min(generated)))
     );
+}
 
+fn integrity(out: &mut String, conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<()> {
+    let tenants = match sel.tenant {
+        Some(t) => vec![t.to_string()],
+        None => log::tenants(conn)?,
+    };
     out.push_str("<h2>Integrity</h2>\n<table><tr><th>tenant</th><th>chain</th><th>head (write it down)</th></tr>\n");
     for t in &tenants {
         let (state, head) = match log::verify(conn, t)? {
@@ -109,14 +289,11 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
         );
     }
     out.push_str("</table>\n");
+    Ok(())
+}
 
-    // Totals.
-    let mut by_level: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut by_action: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &rows {
-        *by_level.entry(r.level.as_str()).or_default() += 1;
-        *by_action.entry(r.action.as_str()).or_default() += 1;
-    }
+fn totals(out: &mut String, summary: &Summary) {
+    let count = |m: &BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0);
     out.push_str("<h2>Totals</h2>\n<p>Recipient attempts by the level of the transport and by the policy's action.</p>\n<table><tr>");
     for l in LEVELS {
         let _ = write!(out, "<th>{l}</th>");
@@ -130,47 +307,29 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
         let _ = write!(
             out,
             "<td id=\"level-{l}\">{}</td>",
-            by_level.get(l).copied().unwrap_or(0)
+            count(&summary.by_level, l)
         );
     }
     let _ = write!(
         out,
         "<td id=\"level-none\">{}</td>",
-        by_level.get("").copied().unwrap_or(0)
+        count(&summary.by_level, "")
     );
     for a in ["deliver", "seal", "defer", "bounce"] {
         let _ = write!(
             out,
             "<td id=\"action-{a}\">{}</td>",
-            by_action.get(a).copied().unwrap_or(0)
+            count(&summary.by_action, a)
         );
     }
     out.push_str("</tr></table>\n");
-
     out.push_str("<h2>Levels per day</h2>\n");
-    out.push_str(&chart(&rows));
+    out.push_str(&chart(&summary.days));
+}
 
-    // Domains.
-    let mut domains: BTreeMap<&str, DomainLine> = BTreeMap::new();
-    for r in &rows {
-        let d = domains.entry(r.domain.as_str()).or_default();
-        d.attempts += 1;
-        if r.at >= d.last_at {
-            d.last_at = r.at;
-            d.last_level = r.level.clone();
-            d.failing = r
-                .checks
-                .iter()
-                .filter(|(_, s, _)| s == "fail" || s == "error")
-                .map(|(n, _, _)| n.clone())
-                .collect();
-        }
-        if let Some(rank) = LEVELS.iter().position(|l| *l == r.level) {
-            d.best_level = Some(d.best_level.map_or(rank, |b: usize| b.min(rank)));
-        }
-    }
+fn domain_table(out: &mut String, summary: &Summary) {
     out.push_str("<h2>Recipient domains</h2>\n<table><tr><th>domain</th><th>attempts</th><th>last level</th><th>best level</th><th>failing checks (last)</th></tr>\n");
-    for (name, d) in &domains {
+    for (name, d) in &summary.domains {
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td>{}</td><td class=\"lvl-{}\">{}</td><td>{}</td><td>{}</td></tr>",
@@ -183,59 +342,56 @@ pub fn render(conn: &Connection, sel: &Selection<'_>, generated: i64) -> anyhow:
         );
     }
     out.push_str("</table>\n");
-
-    // Transactions.
-    let _ = writeln!(
-        out,
-        "<h2>Transactions</h2>\n<p>{} recipient attempts; open one for its evidence.</p>",
-        rows.len()
-    );
-    for r in &rows {
-        let _ = write!(
-            out,
-            "<details><summary>{} · {} · <b>{}</b> → {} · class {} · {} · {} · {}</summary>\n<p>tenant {}, MX {}{}</p>\n<p>{}</p>\n",
-            esc(&crate::util::rfc3339(r.at)),
-            esc(&r.queue_id),
-            esc(&r.recipient),
-            esc(&r.domain),
-            esc(&r.class),
-            esc(&r.action),
-            esc(&r.outcome),
-            esc(or_dash(&r.level)),
-            esc(&r.tenant),
-            esc(or_dash(&r.mx)),
-            if r.tls.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", esc(&r.tls))
-            },
-            esc(&r.detail)
-        );
-        if let Some(e2e) = &r.end_to_end {
-            let _ = writeln!(out, "<p>content encrypted end to end: {}</p>", esc(e2e));
-        }
-        if !r.checks.is_empty() {
-            out.push_str("<table><tr><th>check</th><th>status</th><th>evidence</th></tr>\n");
-            for (name, status, detail) in &r.checks {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td class=\"st-{}\">{}</td><td>{}</td></tr>",
-                    esc(name),
-                    esc(status),
-                    esc(status),
-                    esc(detail)
-                );
-            }
-            out.push_str("</table>\n");
-        }
-        out.push_str("</details>\n");
-    }
-    out.push_str("</body></html>\n");
-    Ok(out)
 }
 
-fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// One attempt of one recipient, with its evidence, opening without script.
+fn detail(out: &mut String, r: &Row) {
+    let _ = write!(
+        out,
+        "<details><summary>{} · {} · <b>{}</b> → {} · class {} · {} · {} · {}</summary>\n<p>tenant {}, MX {}{}</p>\n<p>{}</p>\n",
+        esc(&crate::util::rfc3339(r.at)),
+        esc(&r.queue_id),
+        esc(&r.recipient),
+        esc(&r.domain),
+        esc(&r.class),
+        esc(&r.action),
+        esc(&r.outcome),
+        esc(or_dash(&r.level)),
+        esc(&r.tenant),
+        esc(or_dash(&r.mx)),
+        if r.tls.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", esc(&r.tls))
+        },
+        esc(&r.detail)
+    );
+    if let Some(e2e) = &r.end_to_end {
+        let _ = writeln!(out, "<p>content encrypted end to end: {}</p>", esc(e2e));
+    }
+    if !r.checks.is_empty() {
+        out.push_str("<table><tr><th>check</th><th>status</th><th>evidence</th></tr>\n");
+        for (name, status, detail) in &r.checks {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td class=\"st-{}\">{}</td><td>{}</td></tr>",
+                esc(name),
+                esc(status),
+                esc(status),
+                esc(detail)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("</details>\n");
+}
+
+/// Calls `f` with each recipient of each selected attempt, in time order.
+fn each_row(
+    conn: &Connection,
+    sel: &Selection<'_>,
+    mut f: impl FnMut(Row) -> std::io::Result<()>,
+) -> anyhow::Result<usize> {
     super::export::each(conn, sel, |r| {
         let Ok(EventData::Attempt(a)) = r.event() else {
             return Ok(());
@@ -271,7 +427,7 @@ fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
             })
             .unwrap_or_default();
         for rc in &a.recipients {
-            rows.push(Row {
+            f(Row {
                 at: r.at,
                 tenant: r.tenant.to_string(),
                 queue_id: r.queue_id.to_string(),
@@ -287,20 +443,14 @@ fn rows(conn: &Connection, sel: &Selection<'_>) -> anyhow::Result<Vec<Row>> {
                 checks: checks.clone(),
                 tls: tls.clone(),
                 end_to_end: rc.end_to_end.clone(),
-            });
+            })?;
         }
         Ok(())
-    })?;
-    Ok(rows)
+    })
 }
 
 /// Stacked bars of recipient attempts per day and level.
-fn chart(rows: &[Row]) -> String {
-    let mut days: BTreeMap<i64, [usize; 5]> = BTreeMap::new();
-    for r in rows {
-        let slot = LEVELS.iter().position(|l| *l == r.level).unwrap_or(4);
-        days.entry(r.at.div_euclid(86_400)).or_default()[slot] += 1;
-    }
+fn chart(days: &BTreeMap<i64, [usize; 5]>) -> String {
     if days.is_empty() {
         return "<p>No attempts in this period.</p>\n".into();
     }
