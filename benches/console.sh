@@ -143,7 +143,7 @@ PY
 
 small=5000
 "$fill" "$work/data/sealgate.db" $small 50000 3 >/dev/null
-echo "== 10,000 attempts (20,000 records)"
+echo "== $small attempts ($((2 * small)) records)"
 measure $small
 rest=$((N - small))
 t0=$(date +%s)

@@ -16,6 +16,7 @@ pub mod dkim;
 pub mod dns;
 pub mod inbound;
 pub mod message;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod qualify;

@@ -457,6 +457,18 @@ fn wrong_passwords_are_slowed_down_and_metrics_parse() {
         "{}",
         r.body
     );
+    // The delivery's STARTTLS handshake and its DNS-free route: a
+    // handshake observed, as a histogram the parser reads.
+    let handshakes: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric.starts_with("sealgate_tls_handshake_seconds"))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .fold(0.0, f64::max);
+    assert!(handshakes >= 1.0, "{}", r.body);
     assert_eq!(anonymous.get("/healthz").status, 200);
     assert_eq!(anonymous.get("/readyz").status, 200);
     // The pages themselves are not open.

@@ -90,6 +90,7 @@ pub fn text(
             .get_or_create(&labels)
             .set((now - c.last_at).max(0));
     }
+    crate::metrics::register(&mut registry);
     let start = Gauge::<i64>::default();
     registry.register(
         "start_time_seconds",

@@ -383,7 +383,9 @@ impl Dns {
     async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<Vec<Record>>, DnsError> {
         let rname = rtype_name(rtype);
         let qname = name_of(name);
+        let started = std::time::Instant::now();
         let result = self.resolver.lookup(fqdn(name).as_str(), rtype).await;
+        crate::metrics::dns(rname, started.elapsed());
         let lookup = match result {
             Ok(l) => l,
             Err(e) => return Err(classify(&qname, rname, e)),

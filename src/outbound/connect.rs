@@ -72,8 +72,10 @@ impl Outbound {
         let (client, tls) = if client.caps.starttls {
             let name = ServerName::try_from(target.host.clone())
                 .unwrap_or_else(|_| ServerName::IpAddress(ip.into()));
+            let started = Instant::now();
             match client.starttls(&connector, name).await {
                 Ok(c) => {
+                    crate::metrics::handshake(started.elapsed());
                     let facts = c.tls.clone();
                     (Some(c), facts.map(TlsOutcome::Negotiated))
                 }

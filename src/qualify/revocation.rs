@@ -274,10 +274,12 @@ impl Revocation {
             && let Some(c) = cache.get(&key)
             && c.until > now
         {
+            crate::metrics::revocation_cache("ocsp", true);
             let mut a = c.answer.clone();
             a.source = format!("{} (cached)", a.source);
             return Ok(a);
         }
+        crate::metrics::revocation_cache("ocsp", false);
         let request = OcspRequest {
             tbs_request: TbsRequest {
                 version: Version::V1,
@@ -331,6 +333,7 @@ impl Revocation {
                 .filter(|crl| crl.next_update.unwrap_or(crl.fetched + DEFAULT_TTL) > now)
                 .cloned()
         });
+        crate::metrics::revocation_cache("crl", cached.is_some());
         let (crl, source) = match cached {
             Some(crl) => (crl, format!("CRL {url} (cached)")),
             None => {
