@@ -13,8 +13,8 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use super::index::{ChainStatus, Filter, Page, Totals};
-use super::serve::{Console, QueueFilter, do_retry, overview, queued, records, search};
-use super::session::User;
+use super::query::{QueueFilter, do_retry, overview, queued, records, search};
+use super::state::{Console, User};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -17,7 +17,10 @@ pub mod index;
 mod metrics;
 mod pages;
 mod policies;
+mod query;
 mod serve;
 mod session;
+mod state;
 
-pub use serve::{Console, bind, run};
+pub use serve::{bind, run};
+pub use state::Console;

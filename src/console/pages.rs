@@ -6,8 +6,9 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::index::{ChainStatus, Filter, Page, STATUSES, Totals, TxRow};
-use super::serve::{Overview, QueueFilter};
-use super::session::{Lang, User};
+use super::query::{Overview, QueueFilter};
+use super::session::Lang;
+use super::state::User;
 use crate::policy::memory::DomainRecord;
 use crate::report::event::EventData;
 use crate::report::log::Stored;

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::accounts::Role;
 use super::pages::{layout, text};
-use super::serve::{Console, internal};
-use super::session::{Lang, User, refuse};
+use super::query::internal;
+use super::session::{Lang, refuse};
+use super::state::{Console, User};
 use crate::message::{QueueId, RiskClass};
 use crate::policy::rules::{Policy, PolicySet};
 use crate::util::rfc3339;

@@ -1,6 +1,5 @@
-//! The listener, the routes and what each does: reading through the index
-//! and the log, acting through the spool and the queue, writing every
-//! action to the log.
+//! The listener, the routes and the pages' handlers: reading and acting
+//! through the query layer, writing every action to the log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,73 +17,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::accounts::AccountStore;
-use super::index::{Filter, Index};
+use super::index::Filter;
 use super::pages;
-use super::session::{
-    LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, Sessions, User, cookie, refuse, set_cookie,
+use super::query::{
+    QueueFilter, actionable, do_retry, internal, overview, queued, records, search,
 };
+use super::session::{LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, cookie, refuse, set_cookie};
+use super::state::{Console, User};
 use crate::config::Config;
-use crate::inbound::auth::{Guard, Users};
+use crate::inbound::auth::Users;
 use crate::message::QueueId;
-use crate::policy::memory::DomainMemory;
-use crate::queue::QueueHandle;
-use crate::report::event::{Console as ConsoleEvent, VERSION};
-use crate::report::{Event, EventData, LogStore};
-use crate::spool::Spool;
 use crate::util::now;
-
-/// What the console reads and acts on.
-pub struct Console {
-    pub config: Arc<Config>,
-    pub accounts: AccountStore,
-    pub sessions: Sessions,
-    pub idle: Duration,
-    pub guard: Guard,
-    pub index: Arc<Index>,
-    pub log: Arc<dyn LogStore>,
-    pub spool: Arc<dyn Spool>,
-    pub queue: QueueHandle,
-    pub memory: Arc<DomainMemory>,
-    pub policies: Arc<crate::policy::Policies>,
-    pub started: i64,
-}
-
-impl Console {
-    /// Writes an action to the log of the tenant it concerned.
-    pub(super) async fn record(
-        &self,
-        user: &User,
-        tenant: &str,
-        id: QueueId,
-        action: &str,
-        target: Option<String>,
-        detail: Option<String>,
-    ) {
-        let event = Event {
-            queue_id: id,
-            at: now(),
-            data: EventData::Console(ConsoleEvent {
-                v: VERSION,
-                account: user.account.name.clone(),
-                role: user.account.role.name().to_string(),
-                action: action.to_string(),
-                source: user.source.to_string(),
-                target,
-                detail,
-            }),
-        };
-        if let Err(e) = self.log.append(tenant, event).await {
-            tracing::error!(account = %user.account.name, action, "console: cannot log the action: {e:#}");
-        }
-    }
-
-    /// The tenant an account's own events go to.
-    fn home(&self, user: &User) -> String {
-        user.scope()
-            .map_or_else(|| self.config.default_tenant.clone(), str::to_string)
-    }
-}
 
 /// The console's listener and TLS, or none when `[console]` is absent.
 pub async fn bind(
@@ -259,7 +202,7 @@ struct LoginForm {
 }
 
 async fn login_page(lang: Lang) -> Response {
-    let token = super::session::random_hex();
+    let token = super::state::random_hex();
     let mut res = pages::login(lang, &token, None).into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
         res.headers_mut().append(header::SET_COOKIE, v);
@@ -275,7 +218,7 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let again = |status: StatusCode, why: &str| {
-        let token = super::session::random_hex();
+        let token = super::state::random_hex();
         let mut res = (status, pages::login(lang, &token, Some(why))).into_response();
         if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
             res.headers_mut().append(header::SET_COOKIE, v);
@@ -374,75 +317,11 @@ async fn logout(
     res
 }
 
-pub(super) fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!("console: {e}");
-    refuse(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        &format!("internal error: {e}"),
-    )
-}
-
-/// What the dashboard shows.
-pub struct Overview {
-    pub totals: super::index::Totals,
-    pub chains: Vec<super::index::ChainStatus>,
-    pub depth: crate::spool::QueueDepth,
-    pub downgraded: Vec<crate::policy::memory::DomainRecord>,
-    pub now: i64,
-}
-
-pub(super) async fn overview(console: &Arc<Console>, user: &User) -> Result<Overview, Response> {
-    let scope = user.scope().map(str::to_string);
-    let now = now();
-    let (totals, chains) = console
-        .index
-        .with(move |i| {
-            Ok((
-                i.totals(scope.as_deref(), now, 14)?,
-                i.chains(scope.as_deref())?,
-            ))
-        })
-        .await
-        .map_err(internal)?;
-    let depth = console.spool.depth().await.map_err(internal)?;
-    // Domains are shared by all tenants: a tenant-admin sees none here.
-    let downgraded = match user.scope() {
-        Some(_) => Vec::new(),
-        None => console
-            .memory
-            .list()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|d| d.downgrade_since.is_some())
-            .collect(),
-    };
-    Ok(Overview {
-        totals,
-        chains,
-        depth,
-        downgraded,
-        now,
-    })
-}
-
 async fn dashboard(State(console): State<Arc<Console>>, user: User, lang: Lang) -> Response {
     match overview(&console, &user).await {
         Ok(o) => pages::dashboard(lang, &user, &o).into_response(),
         Err(r) => r,
     }
-}
-
-pub(super) async fn search(
-    console: &Arc<Console>,
-    user: &User,
-    filter: Filter,
-) -> Result<super::index::Page, Response> {
-    let scope = user.scope().map(str::to_string);
-    console
-        .index
-        .with(move |i| i.search(&filter, scope.as_deref()))
-        .await
-        .map_err(internal)
 }
 
 async fn transactions(
@@ -465,65 +344,21 @@ struct ExportQuery {
     format: String,
 }
 
+/// Rows an export from the console holds at most; a larger one is
+/// `sealgate report export`.
+const EXPORT_LIMIT: usize = 100_000;
+
 /// The current filter as CSV or JSON lines, every page of it, streamed
-/// page by page so memory stays flat.
+/// page by page: memory holds one page, whatever the export's size.
 async fn export(
     State(console): State<Arc<Console>>,
     user: User,
     Query(q): Query<ExportQuery>,
 ) -> Response {
+    use futures_util::StreamExt;
     let json = q.format == "jsonl";
-    let mut filter = q.filter;
-    let mut out: Vec<u8> = Vec::new();
-    let mut rows = 0usize;
-    if !json {
-        out.extend_from_slice(
-            b"at,tenant,queue_id,sender,recipient,domain,message_id,level,class,status,relay,detail\n",
-        );
-    }
-    // An export is bounded: a larger one is `sealgate report export`.
-    while rows < 100_000 {
-        let page = match search(&console, &user, filter.clone()).await {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        for r in &page.rows {
-            if json {
-                if let Ok(line) = serde_json::to_vec(r) {
-                    out.extend_from_slice(&line);
-                    out.push(b'\n');
-                }
-            } else {
-                let at = crate::util::rfc3339(r.at);
-                let cells = [
-                    at.as_str(),
-                    &r.tenant,
-                    &r.queue_id,
-                    &r.sender,
-                    &r.recipient,
-                    &r.domain,
-                    r.message_id.as_deref().unwrap_or(""),
-                    &r.level,
-                    &r.class,
-                    &r.status,
-                    &r.relay,
-                    &r.detail,
-                ];
-                let mut w = csv::Writer::from_writer(&mut out);
-                let _ = w.write_record(
-                    cells
-                        .iter()
-                        .map(|c| crate::report::export::cell(c).into_owned()),
-                );
-                let _ = w.flush();
-            }
-        }
-        rows += page.rows.len();
-        match page.next {
-            Some(next) => filter.after = next,
-            None => break,
-        }
-    }
+    let filter = filter_without_cursor(&q.filter);
+    // Said before the first byte leaves: who exported what.
     let home = console.home(&user);
     console
         .record(
@@ -531,10 +366,37 @@ async fn export(
             &home,
             QueueId::UNSPOOLED,
             "export",
-            Some(serde_json::to_string(&filter_without_cursor(&filter)).unwrap_or_default()),
-            Some(format!("{rows} rows")),
+            Some(serde_json::to_string(&filter).unwrap_or_default()),
+            Some(if json { "jsonl" } else { "csv" }.to_string()),
         )
         .await;
+    let head = (!json).then(|| {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(
+            b"at,tenant,queue_id,sender,recipient,domain,message_id,level,class,status,relay,detail\n",
+        ))
+    });
+    let pages = futures_util::stream::unfold(
+        Some((console, user, filter, 0usize)),
+        move |state| async move {
+            let (console, user, mut filter, rows) = state?;
+            let page = match search(&console, &user, filter.clone()).await {
+                Ok(p) => p,
+                // The download fails visibly rather than ending short.
+                Err(_) => return Some((Err(std::io::Error::other("search failed")), None)),
+            };
+            let bytes = encode_rows(&page.rows, json);
+            let rows = rows + page.rows.len();
+            let next = match page.next {
+                Some(after) if rows < EXPORT_LIMIT => {
+                    filter.after = after;
+                    Some((console, user, filter, rows))
+                }
+                _ => None,
+            };
+            Some((Ok(axum::body::Bytes::from(bytes)), next))
+        },
+    );
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(head).chain(pages));
     let (ctype, name) = if json {
         ("application/jsonl; charset=utf-8", "transactions.jsonl")
     } else {
@@ -548,9 +410,49 @@ async fn export(
                 format!("attachment; filename=\"{name}\""),
             ),
         ],
-        out,
+        body,
     )
         .into_response()
+}
+
+/// One page of rows as JSON lines, or as CSV with formula cells defused.
+fn encode_rows(rows: &[super::index::TxRow], json: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    if json {
+        for r in rows {
+            if let Ok(line) = serde_json::to_vec(r) {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+        }
+        return out;
+    }
+    let mut w = csv::Writer::from_writer(&mut out);
+    for r in rows {
+        let at = crate::util::rfc3339(r.at);
+        let cells = [
+            at.as_str(),
+            &r.tenant,
+            &r.queue_id,
+            &r.sender,
+            &r.recipient,
+            &r.domain,
+            r.message_id.as_deref().unwrap_or(""),
+            &r.level,
+            &r.class,
+            &r.status,
+            &r.relay,
+            &r.detail,
+        ];
+        let _ = w.write_record(
+            cells
+                .iter()
+                .map(|c| crate::report::export::cell(c).into_owned()),
+        );
+    }
+    let _ = w.flush();
+    drop(w);
+    out
 }
 
 fn filter_without_cursor(f: &Filter) -> Filter {
@@ -558,38 +460,6 @@ fn filter_without_cursor(f: &Filter) -> Filter {
         after: String::new(),
         ..f.clone()
     }
-}
-
-/// A message's records as the log holds them, if this user may see them.
-pub(super) async fn records(
-    console: &Arc<Console>,
-    user: &User,
-    id: &str,
-) -> Result<(String, Vec<crate::report::log::Stored>), Response> {
-    let queue_id: QueueId = id
-        .parse()
-        .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, &e))?;
-    let key = queue_id.to_string();
-    let found = console
-        .index
-        .with(move |i| i.message(&key))
-        .await
-        .map_err(internal)?;
-    let Some((tenant, seqs)) = found else {
-        return Err(refuse(StatusCode::NOT_FOUND, "no such message in the log"));
-    };
-    if !user.account.sees(&tenant) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this message belongs to another tenant",
-        ));
-    }
-    let records = console
-        .log
-        .read_seqs(&tenant, &seqs)
-        .await
-        .map_err(|e| internal(format!("{e:#}")))?;
-    Ok((tenant, records))
 }
 
 async fn message(
@@ -610,33 +480,6 @@ async fn message(
     }
 }
 
-#[derive(Deserialize, Default, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct QueueFilter {
-    #[serde(default)]
-    pub sender: String,
-    #[serde(default)]
-    pub tenant: String,
-}
-
-/// Queued messages this user may see, filtered; at most 500.
-pub(super) async fn queued(
-    console: &Arc<Console>,
-    user: &User,
-    f: &QueueFilter,
-) -> Result<(Vec<crate::spool::MessageSummary>, usize), Response> {
-    let all = console.spool.list().await.map_err(internal)?;
-    let sender = f.sender.trim().to_lowercase();
-    let mine: Vec<_> = all
-        .into_iter()
-        .filter(|m| user.account.sees(&m.tenant.0))
-        .filter(|m| f.tenant.is_empty() || m.tenant.0 == f.tenant)
-        .filter(|m| sender.is_empty() || m.sender.to_lowercase().contains(&sender))
-        .collect();
-    let total = mine.len();
-    Ok((mine.into_iter().take(500).collect(), total))
-}
-
 async fn queue_page(
     State(console): State<Arc<Console>>,
     user: User,
@@ -647,53 +490,6 @@ async fn queue_page(
         Ok((list, total)) => pages::queue(lang, &user, &f, &list, total).into_response(),
         Err(r) => r,
     }
-}
-
-/// The queued message `id` if this user may act on it.
-async fn actionable(
-    console: &Arc<Console>,
-    user: &User,
-    id: &str,
-) -> Result<(QueueId, String), Response> {
-    user.require_action()?;
-    let id: QueueId = id
-        .parse()
-        .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, &e))?;
-    let detail = console.spool.show(id).await.map_err(internal)?;
-    let Some(detail) = detail else {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            "no such message in the queue",
-        ));
-    };
-    let tenant = detail.envelope.tenant.0;
-    if !user.account.sees(&tenant) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this message belongs to another tenant",
-        ));
-    }
-    Ok((id, tenant))
-}
-
-/// Retries a message now; what came of it, in words.
-pub(super) async fn do_retry(
-    console: &Arc<Console>,
-    user: &User,
-    id: &str,
-) -> Result<String, Response> {
-    let (id, tenant) = actionable(console, user, id).await?;
-    let jobs = console.spool.retry(id, now()).await.map_err(internal)?;
-    let said = if jobs.is_empty() {
-        format!("{id}: no pending recipients")
-    } else {
-        format!("{id}: {} destination(s) scheduled now", jobs.len())
-    };
-    console.queue.due(jobs);
-    console
-        .record(user, &tenant, id, "retry", None, Some(said.clone()))
-        .await;
-    Ok(said)
 }
 
 async fn retry(

@@ -1,94 +1,22 @@
-//! Who is asking: console sessions (cookie), API tokens (bearer), the
-//! CSRF token of each session, and the language pages are shown in.
+//! Who is asking: the session cookie or the bearer token of a request
+//! made into a [`User`], the CSRF check of forms, refusals, and the
+//! language pages are shown in.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::accounts::{Account, Role};
-use super::serve::Console;
+use super::state::{Console, User};
 
 /// The session cookie. `__Host-` makes browsers insist on Secure, Path=/
 /// and no Domain, so no other site or subdomain can set it.
 pub const SESSION_COOKIE: &str = "__Host-sealgate";
 /// The pre-login cookie whose value the login form must repeat.
 pub const LOGIN_COOKIE: &str = "__Host-sealgate-login";
-/// A session ends this long after login whatever its activity.
-const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most (oldest dropped first).
-const MAX_SESSIONS: usize = 10_000;
-
-struct Session {
-    name: String,
-    csrf: String,
-    started: Instant,
-    last: Instant,
-}
-
-/// The live sessions of this process, by id.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    pub fn start(&self, name: &str) -> (String, String) {
-        let (id, csrf) = (random_hex(), random_hex());
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        let now = Instant::now();
-        map.insert(
-            id.clone(),
-            Session {
-                name: name.to_string(),
-                csrf: csrf.clone(),
-                started: now,
-                last: now,
-            },
-        );
-        (id, csrf)
-    }
-
-    /// The account name and CSRF token of a live session, refreshed.
-    fn find(&self, id: &str, idle: Duration) -> Option<(String, String)> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let s = map.get_mut(id)?;
-        if s.last.elapsed() > idle || s.started.elapsed() > ABSOLUTE {
-            map.remove(id);
-            return None;
-        }
-        s.last = Instant::now();
-        Some((s.name.clone(), s.csrf.clone()))
-    }
-
-    pub fn end(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-}
-
-pub fn random_hex() -> String {
-    use rand::RngCore;
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    crate::util::hex(&raw)
-}
-
 /// A cookie's value from the request's `Cookie` headers.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -109,24 +37,7 @@ pub fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> String {
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}")
 }
 
-/// The signed-in account of a request, and how it came.
-pub struct User {
-    pub account: Account,
-    /// The session's CSRF token; none for a bearer token (no cookie, no CSRF).
-    pub csrf: Option<String>,
-    pub session: Option<String>,
-    pub source: IpAddr,
-}
-
 impl User {
-    /// The tenant this account is confined to, if any.
-    pub fn scope(&self) -> Option<&str> {
-        match self.account.role {
-            Role::TenantAdmin => self.account.tenant.as_deref(),
-            _ => None,
-        }
-    }
-
     /// A form's CSRF token matches the session's (tokens need none).
     pub fn check_csrf(&self, sent: &str) -> Result<(), Refused> {
         match &self.csrf {

@@ -355,7 +355,7 @@ impl PgSpool {
         tenant: &str,
         progress: &(dyn Fn() + Sync),
     ) -> Result<crate::report::log::Verified, SpoolError> {
-        use crate::report::log::{Stored, Walk};
+        use crate::report::log::Walk;
         use futures_util::TryStreamExt;
         let client = self.client().await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
@@ -370,16 +370,7 @@ impl PgSpool {
         let mut walk = Walk::new(tenant);
         while let Some(r) = rows.try_next().await? {
             progress();
-            let record = Stored {
-                seq: r.get(0),
-                at: r.get(1),
-                kind: r.get(2),
-                queue_id: r.get(3),
-                data: r.get(4),
-                prev: r.get(5),
-                hash: r.get(6),
-            };
-            if let Some(broken) = walk.next(record) {
+            if let Some(broken) = walk.next(stored(&r)) {
                 return Ok(broken);
             }
         }
@@ -1725,9 +1716,6 @@ async fn record(
     })
 }
 
-/// Appends `events` to the tenant's chain. The head row's lock, held to
-/// the commit, makes appends from several nodes take turns: each links to
-/// the head the previous one left.
 /// A log record from a row of seq, at, kind, queue_id, data, prev, hash.
 fn stored(r: &tokio_postgres::Row) -> crate::report::log::Stored {
     crate::report::log::Stored {
@@ -1741,6 +1729,9 @@ fn stored(r: &tokio_postgres::Row) -> crate::report::log::Stored {
     }
 }
 
+/// Appends `events` to the tenant's chain. The head row's lock, held to
+/// the commit, makes appends from several nodes take turns: each links to
+/// the head the previous one left.
 async fn append(
     tx: &PoolTx<'_>,
     tenant: &str,
