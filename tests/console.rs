@@ -312,9 +312,34 @@ fn each_role_sees_and_does_only_what_it_may() {
         assert_eq!(r.status, 403, "{path}: {}", r.body);
     }
 
+    // The current search downloads, every page of it.
+    let csv = admin.get("/transactions/export?format=csv&status=sent");
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.starts_with("at,tenant,queue_id,"), "{}", csv.body);
+    assert_eq!(csv.body.lines().count(), 3, "{}", csv.body);
+    let jsonl = admin.get("/transactions/export?format=jsonl");
+    let rows: Vec<Value> = jsonl
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    // Two sent, and the deferred message's attempts so far.
+    assert!(rows.len() >= 3, "{}", jsonl.body);
+    assert!(
+        rows.iter().all(|r| r["tenant"].is_string()),
+        "{}",
+        jsonl.body
+    );
+
     // The tenant-admin sees its tenant only.
     let mut tenant = Web::new(port);
     assert_eq!(tenant.login("tom", SECRET).status, 303);
+    let csv = tenant.get("/transactions/export?format=csv");
+    assert!(
+        csv.body.contains("rcpt-b@dest.test") && !csv.body.contains("rcpt-a@dest.test"),
+        "{}",
+        csv.body
+    );
     assert_eq!(tenant.get(&format!("/message/{delivered}")).status, 403);
     assert_eq!(
         tenant.get(&format!("/api/v1/messages/{deferred}")).status,
