@@ -24,8 +24,6 @@ use crate::report::tlsrpt::Reporter;
 use crate::spool::journal::Journal;
 use crate::spool::{Opener, Spool, Storage};
 
-/// Runs the gateway with `config`, read from `path` (None: the embedded
-/// defaults); SIGHUP reads `path` again.
 /// What the web console reads and acts on.
 fn console_state(
     config: &Arc<Config>,
@@ -34,6 +32,7 @@ fn console_state(
     queue: crate::queue::QueueHandle,
     memory: Arc<DomainMemory>,
     policies: Arc<Policies>,
+    node: Option<String>,
 ) -> anyhow::Result<Arc<crate::console::Console>> {
     use crate::console::{accounts::AccountStore, index::Index};
     let accounts = AccountStore::open(&config.database_path())?;
@@ -59,10 +58,20 @@ fn console_state(
         queue,
         memory,
         policies,
+        signer: match &config.report.signing_key {
+            Some(path) => Some(Arc::new(
+                heads::Signer::load(path).context("report.signing_key")?,
+            )),
+            None => None,
+        },
+        node,
+        verifications: Default::default(),
         started: crate::util::now(),
     }))
 }
 
+/// Runs the gateway with `config`, read from `path` (None: the embedded
+/// defaults); SIGHUP reads `path` again.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     for w in config.warnings() {
@@ -171,6 +180,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             handle.clone(),
             memory,
             policies.clone(),
+            node.clone(),
         )?;
         tokio::spawn(crate::console::index::follow(
             console.index.clone(),

@@ -31,11 +31,19 @@ const SECRET: &str = "console password 1";
 fn gateway() -> (Gateway, u16) {
     let port = free_port();
     let gw = Gateway::start_with(|dir, relay, submission| {
+        // The key that signs chain heads, the one ending a log download too.
+        let key = dir.join("heads.key");
+        let out = std::process::Command::new(bin())
+            .args(["report", "keygen", "--out", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
         format!(
-            "{}\n[console]\naddress = \"127.0.0.1:{port}\"\n\n\
+            "{}\n[report]\nsigning_key = \"{}\"\n\n[console]\naddress = \"127.0.0.1:{port}\"\n\n\
              [[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n\n\
              [[tenant]]\nid = \"b\"\nusers = [\"alice\"]\n{}",
             base_config(dir, relay, submission),
+            key.display(),
             policy_dir(
                 dir,
                 &[("exceptions.toml", &plaintext_exception("dest.test"))]
@@ -570,6 +578,8 @@ fn chromium_walks_every_page_as_each_role() {
         s.goto(&format!("{base}/policies"));
         assert!(s.text().contains("normal"), "{}", s.text());
         shot("policies");
+        s.goto(&format!("{base}/reports"));
+        shot("reports");
         if name == "oscar" {
             // The operator retries the deferred message from the queue page.
             s.goto(&format!("{base}/queue"));
@@ -756,4 +766,72 @@ fn an_admin_edits_the_policy_and_a_broken_file_is_refused() {
             && l.contains("ann")),
         "{log}"
     );
+}
+
+#[test]
+fn reports_walk_a_chain_and_download_a_signed_log() {
+    let (gw, port) = gateway();
+    traffic(&gw);
+    let mut admin = Web::new(port);
+    admin.login("ann", SECRET);
+    wait_rows(&mut admin, "status=sent", 2);
+    let page = admin.get("/reports");
+    assert_eq!(page.status, 200);
+    let token = csrf(&page.body);
+    let r = admin.post(
+        "/reports/verify",
+        &[("csrf", &token), ("tenant", "default")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let walked = wait_for(T, "the walk to end", || {
+        let page = admin.get("/reports");
+        let running = page.headers.contains_key("refresh") || page.body.contains("<progress");
+        (!running && (page.body.contains("intact") || page.body.contains("BROKEN")))
+            .then_some(page.body)
+    });
+    assert!(walked.contains("intact"), "{walked}");
+
+    // The download ends in a head that the gateway's key signed and that
+    // matches the chain.
+    let download = admin.get("/reports/export?tenant=default");
+    assert_eq!(download.status, 200);
+    let lines: Vec<&str> = download.body.lines().collect();
+    let (head, records) = lines.split_last().expect("lines");
+    assert!(head.starts_with("chain-head v1 tenant=default "), "{head}");
+    let last: Value = serde_json::from_str(records.last().expect("records")).unwrap();
+    assert!(
+        head.contains(&format!("hash={}", last["hash"].as_str().unwrap())),
+        "{head}"
+    );
+    for line in records {
+        let r: Value = serde_json::from_str(line).expect("a JSON line");
+        assert!(r["prev"].is_string() && r["hash"].is_string(), "{line}");
+    }
+    let file = gw.dir.path().join("download.jsonl");
+    std::fs::write(&file, &download.body).unwrap();
+    let key = gw.dir.path().join("heads.key.pub");
+    let out = gw.cli(&[
+        "report",
+        "verify",
+        "--heads",
+        file.to_str().unwrap(),
+        "--public-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // A tenant-admin neither walks nor downloads another tenant's log.
+    let mut tenant = Web::new(port);
+    tenant.login("tom", SECRET);
+    let page = tenant.get("/reports");
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(">default<"), "{}", page.body);
+    let t = csrf(&page.body);
+    assert_eq!(
+        tenant
+            .post("/reports/verify", &[("csrf", &t), ("tenant", "default")])
+            .status,
+        403
+    );
+    assert_eq!(tenant.get("/reports/export?tenant=default").status, 403);
 }

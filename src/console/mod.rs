@@ -18,6 +18,7 @@ mod metrics;
 mod pages;
 mod policies;
 mod query;
+mod reports;
 mod serve;
 mod session;
 mod state;

@@ -25,6 +25,22 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
         "queue" => ("Queue", "Warteschlange"),
         "domains" => ("Domains", "Domains"),
         "policies" => ("Policies", "Richtlinien"),
+        "reports" => ("Reports", "Berichte"),
+        "full-walk" => ("Full verification", "Vollständige Prüfung"),
+        "not-walked" => (
+            "not run in this process yet",
+            "in diesem Prozess noch nicht gelaufen",
+        ),
+        "verify" => ("Verify now", "Jetzt prüfen"),
+        "download" => ("Download the log", "Protokoll herunterladen"),
+        "download-note" => (
+            "A tenant's records of a period as JSON lines with their hashes, ending in the chain head signed with the gateway's key (docs/auditors.md).",
+            "Die Einträge eines Mandanten für einen Zeitraum als JSON-Zeilen mit ihren Hashes, am Ende der mit dem Schlüssel des Gateways signierte Kettenkopf (docs/auditors.md).",
+        ),
+        "tlsrpt-sent" => (
+            "TLS-RPT reports sent (30 days)",
+            "Gesendete TLS-RPT-Berichte (30 Tage)",
+        ),
         "general-policy" => ("General policy", "Allgemeine Richtlinie"),
         "validate-save" => ("Validate and save", "Prüfen und speichern"),
         "logout" => ("Log out", "Abmelden"),
@@ -102,6 +118,7 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
         "last" => ("Last", "Letzte"),
         "since" => ("Below best since", "Unter bester Stufe seit"),
         "standing" => ("Profile and exceptions", "Profil und Ausnahmen"),
+        "domains-after" => ("Domains after", "Domains nach"),
         "confirm" => ("Accept as best", "Als beste annehmen"),
         "message" => ("Message", "Nachricht"),
         "evidence" => (
@@ -144,7 +161,7 @@ pub(super) fn layout(
                     a.brand href="/" { "sealgate" }
                     @if let Some(user) = user {
                         nav {
-                            @for (href, key) in [("/", "dashboard"), ("/transactions", "transactions"), ("/queue", "queue"), ("/domains", "domains"), ("/policies", "policies")] {
+                            @for (href, key) in [("/", "dashboard"), ("/transactions", "transactions"), ("/queue", "queue"), ("/domains", "domains"), ("/policies", "policies"), ("/reports", "reports")] {
                                 a href=(href) class=(if key == active { "active" } else { "" }) { (t(key)) }
                             }
                         }
@@ -613,6 +630,7 @@ pub fn domains(
     user: &User,
     records: &[DomainRecord],
     policy: &crate::policy::rules::Policy,
+    next: Option<&str>,
 ) -> Markup {
     let now = crate::util::now();
     let t = |k| text(lang, k);
@@ -624,6 +642,10 @@ pub fn domains(
         t("domains"),
         "domains",
         html! {
+            form.filter method="get" action="/domains" {
+                label { (t("domains-after")) input name="after"; }
+                button type="submit" { (t("filter")) }
+            }
             table.domains id="domains" {
                 tr { th { (t("domain")) } th { (t("best")) } th { (t("last")) } th { (t("since")) } th { (t("hosts")) } th { (t("standing")) } @if confirms { th {} } }
                 @for d in records {
@@ -659,6 +681,9 @@ pub fn domains(
                         }
                     }
                 }
+            }
+            @if let Some(after) = next {
+                p.pager { a.button href=(format!("/domains?{}", serde_urlencoded::to_string([("after", after)]).unwrap_or_default())) { (t("next")) " →" } }
             }
         },
     )

@@ -13,11 +13,13 @@ use super::state::{Console, User};
 use crate::message::QueueId;
 use crate::util::now;
 
+/// A failure of ours: its details go to the gateway's log, not to the
+/// browser (a tenant's customer has no business reading paths or SQL).
 pub(super) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("console: {e}");
     refuse(
         StatusCode::INTERNAL_SERVER_ERROR,
-        &format!("internal error: {e}"),
+        "internal error; the gateway's log says more",
     )
 }
 
@@ -47,13 +49,7 @@ pub(super) async fn overview(console: &Arc<Console>, user: &User) -> Result<Over
     // Domains are shared by all tenants: a tenant-admin sees none here.
     let downgraded = match user.scope() {
         Some(_) => Vec::new(),
-        None => console
-            .memory
-            .list()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|d| d.downgrade_since.is_some())
-            .collect(),
+        None => console.memory.downgraded().map_err(internal)?,
     };
     Ok(Overview {
         totals,

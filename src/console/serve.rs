@@ -122,6 +122,9 @@ fn router(console: Arc<Console>) -> Router {
         .route("/queue/{id}/retry", post(retry))
         .route("/queue/{id}/delete", post(delete))
         .route("/domains", get(domains))
+        .route("/reports", get(super::reports::page))
+        .route("/reports/verify", post(super::reports::verify))
+        .route("/reports/export", get(super::reports::export))
         .route(
             "/policies",
             get(super::policies::page).post(super::policies::save),
@@ -541,8 +544,23 @@ async fn delete(
     }
 }
 
-async fn domains(State(console): State<Arc<Console>>, user: User, lang: Lang) -> Response {
-    let records = match console.memory.list() {
+/// Domains per page of the Domains page.
+const DOMAINS_PAGE: usize = 500;
+
+#[derive(Deserialize, Default)]
+struct DomainsQuery {
+    /// Domains after this name (the last one of the previous page).
+    #[serde(default)]
+    after: String,
+}
+
+async fn domains(
+    State(console): State<Arc<Console>>,
+    user: User,
+    lang: Lang,
+    Query(q): Query<DomainsQuery>,
+) -> Response {
+    let records = match console.memory.page(&q.after, DOMAINS_PAGE) {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
@@ -567,7 +585,10 @@ async fn domains(State(console): State<Arc<Console>>, user: User, lang: Lang) ->
         .scope()
         .map_or_else(|| console.config.default_tenant.clone(), str::to_string);
     let policy = console.policies.current().for_tenant(&tenant);
-    pages::domains(lang, &user, &records, &policy).into_response()
+    let next = (records.len() == DOMAINS_PAGE)
+        .then(|| records.last().map(|r| r.domain.clone()))
+        .flatten();
+    pages::domains(lang, &user, &records, &policy, next.as_deref()).into_response()
 }
 
 async fn confirm(

@@ -32,6 +32,12 @@ pub struct Console {
     pub queue: QueueHandle,
     pub memory: Arc<DomainMemory>,
     pub policies: Arc<crate::policy::Policies>,
+    /// Signs the head that ends a log download (`[report] signing_key`).
+    pub signer: Option<Arc<crate::report::heads::Signer>>,
+    /// This node's name in a cluster, for the heads it signs.
+    pub node: Option<String>,
+    /// Full walks of chains started from the Reports page.
+    pub verifications: super::reports::Verifications,
     pub started: i64,
 }
 

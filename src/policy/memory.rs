@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS domains (
     downgrade_since INTEGER,
     confirmed_at    INTEGER
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS domains_downgraded ON domains(downgrade_since)
+    WHERE downgrade_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS domain_hosts (
     domain      TEXT NOT NULL,
     mx_host     TEXT NOT NULL,
@@ -245,19 +247,59 @@ impl DomainMemory {
 
     /// Every remembered domain, from the database.
     pub fn list(&self) -> Result<Vec<DomainRecord>, MemoryError> {
+        self.select(|_| true, "", &[], None)
+    }
+
+    /// The domains below their best level now (an index finds them).
+    pub fn downgraded(&self) -> Result<Vec<DomainRecord>, MemoryError> {
+        self.select(
+            |r| r.downgrade_since.is_some(),
+            "WHERE downgrade_since IS NOT NULL",
+            &[],
+            None,
+        )
+    }
+
+    /// At most `limit` domains after `after`, in name order: a page of a
+    /// long list.
+    pub fn page(&self, after: &str, limit: usize) -> Result<Vec<DomainRecord>, MemoryError> {
+        let after = after.trim().to_ascii_lowercase();
+        self.select(
+            |r| r.domain.as_str() > after.as_str(),
+            "WHERE domain > ?1",
+            &[&after],
+            Some(limit),
+        )
+    }
+
+    fn select(
+        &self,
+        keep: impl Fn(&DomainRecord) -> bool,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+        limit: Option<usize>,
+    ) -> Result<Vec<DomainRecord>, MemoryError> {
         let Some(db) = &self.db else {
             let map = self
                 .domains
                 .lock()
                 .map_err(|_| MemoryError::Unknown("*".into()))?;
-            let mut v: Vec<_> = map.values().filter_map(|e| e.record.clone()).collect();
+            let mut v: Vec<_> = map
+                .values()
+                .filter_map(|e| e.record.clone())
+                .filter(|r| keep(r))
+                .collect();
             v.sort_by(|a, b| a.domain.cmp(&b.domain));
+            v.truncate(limit.unwrap_or(usize::MAX));
             return Ok(v);
         };
         let conn = db.lock().map_err(|_| MemoryError::Unknown("*".into()))?;
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let names: Vec<String> = conn
-            .prepare("SELECT domain FROM domains ORDER BY domain")?
-            .query_map([], |r| r.get(0))?
+            .prepare(&format!(
+                "SELECT domain FROM domains {filter} ORDER BY domain{limit}"
+            ))?
+            .query_map(params, |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for name in names {
@@ -443,6 +485,9 @@ mod tests {
         );
         let bad = verdict(false);
         let h = memory.observe("d.test", &bad, &[(bad.clone(), 800)], 200);
+        let found = memory.downgraded().expect("downgraded");
+        assert_eq!(found.len(), 1, "the index finds the downgrade");
+        assert_eq!(found[0].downgrade_since, Some(200));
         assert_eq!(
             h,
             History::Downgrade {
@@ -472,6 +517,7 @@ mod tests {
             (Level::Plaintext, None, Some(400))
         );
         assert_eq!(memory.history("d.test"), History::Ordinary);
+        assert!(memory.downgraded().expect("downgraded").is_empty());
         let listed = memory.list().expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(
@@ -483,6 +529,21 @@ mod tests {
         memory.observe("d.test", &bad, &[], 600);
         memory.observe("d.test", &good, &[], 700);
         assert_eq!(memory.history("d.test"), History::Ordinary);
+        // Pages of the list follow each other by name.
+        for d in ["a.test", "b.test", "c.test"] {
+            memory.observe(d, &good, &[], 800);
+        }
+        let names =
+            |page: Vec<DomainRecord>| page.into_iter().map(|r| r.domain).collect::<Vec<_>>();
+        assert_eq!(
+            names(memory.page("", 2).expect("page")),
+            ["a.test", "b.test"]
+        );
+        assert_eq!(
+            names(memory.page("b.test", 2).expect("page")),
+            ["c.test", "d.test"]
+        );
+        assert!(memory.page("d.test", 2).expect("page").is_empty());
         assert!(matches!(
             memory.confirm("never.test", 1),
             Err(MemoryError::Unknown(_))

@@ -37,7 +37,26 @@ struct Line<'a> {
     kind: &'a str,
     queue_id: &'a str,
     data: Value,
+    /// The previous record's hash, where an export starts mid-chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
     hash: String,
+}
+
+/// One record as a JSON line of `report export --format json`, with its
+/// `prev` (the console's download, which may start mid-chain).
+pub fn json_line(tenant: &str, r: &super::log::Stored) -> String {
+    let line = Line {
+        tenant,
+        seq: r.seq,
+        at: crate::util::rfc3339(r.at),
+        kind: &r.kind,
+        queue_id: &r.queue_id,
+        data: serde_json::from_str(&r.data).unwrap_or(Value::String(r.data.clone())),
+        prev: Some(hex(&r.prev)),
+        hash: hex(&r.hash),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
 }
 
 /// One stored record as selected.
@@ -112,6 +131,7 @@ pub fn json_lines(
             kind: r.kind,
             queue_id: r.queue_id,
             data,
+            prev: None,
             hash: hex(r.hash),
         };
         serde_json::to_writer(&mut *out, &line)?;

@@ -70,6 +70,12 @@ pub trait LogStore: Send + Sync {
     /// The tenant's records with these numbers, in order.
     fn read_seqs<'a>(&'a self, tenant: &'a str, seqs: &'a [i64])
     -> LogFuture<'a, Vec<log::Stored>>;
+    /// Walks a tenant's whole chain, calling `progress` once per record.
+    fn verify<'a>(
+        &'a self,
+        tenant: &'a str,
+        progress: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> LogFuture<'a, log::Verified>;
     /// Appends one event that no spool change carries (a console action).
     fn append<'a>(&'a self, tenant: &'a str, event: Event) -> LogFuture<'a, ()>;
 }

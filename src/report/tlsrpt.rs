@@ -40,6 +40,37 @@ CREATE TABLE IF NOT EXISTS tlsrpt_sent (
 ) WITHOUT ROWID;
 ";
 
+/// One report this gateway sent (or tried to), as `tlsrpt_sent` keeps it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub day: String,
+    pub domain: String,
+    pub rua: String,
+    pub at: i64,
+    pub outcome: String,
+}
+
+/// The reports sent since `since` (Unix seconds), newest first; none when
+/// the gateway never sent one.
+pub fn sent_since(db: &std::path::Path, since: i64) -> rusqlite::Result<Vec<Sent>> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    conn.prepare(
+        "SELECT day, domain, rua, at, outcome FROM tlsrpt_sent WHERE at >= ? ORDER BY at DESC LIMIT 500",
+    )?
+    .query_map([since], |r| {
+        Ok(Sent {
+            day: r.get(0)?,
+            domain: r.get(1)?,
+            rua: r.get(2)?,
+            at: r.get(3)?,
+            outcome: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
 /// The verdict of a logged attempt, as far as TLS-RPT reads it.
 /// The status of a check in a logged verdict; absent is not applicable.
 fn status(v: &Verdict, name: CheckName) -> Status {

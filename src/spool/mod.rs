@@ -170,6 +170,25 @@ impl crate::report::LogStore for Storage {
         })
     }
 
+    fn verify<'a>(
+        &'a self,
+        tenant: &'a str,
+        progress: Arc<dyn Fn() + Send + Sync>,
+    ) -> crate::report::LogFuture<'a, crate::report::log::Verified> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => Ok(pg.verify_log(tenant, &*progress).await?),
+                Storage::Sqlite(s) => {
+                    let tenant = tenant.to_string();
+                    s.read_log(move |conn| {
+                        crate::report::log::verify_with_progress(conn, &tenant, &*progress)
+                    })
+                    .await
+                }
+            }
+        })
+    }
+
     fn append<'a>(
         &'a self,
         tenant: &'a str,
