@@ -3,9 +3,8 @@
 //! download, ending in a head signed with the gateway's key; and the
 //! TLS-RPT reports this gateway sent.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,35 +15,13 @@ use serde::Deserialize;
 use super::pages::{layout, text};
 use super::query::internal;
 use super::session::{Lang, refuse};
-use super::state::{Console, User};
+use super::state::{Console, User, Verification};
 use crate::message::QueueId;
 use crate::report::log::Verified;
 use crate::util::rfc3339;
 
 /// Records read from the log per round of an export.
 const BATCH: usize = 2_000;
-
-/// A full walk of one chain, running or done.
-pub struct Verification {
-    pub started: i64,
-    pub by: String,
-    /// Records walked so far.
-    pub walked: Arc<AtomicU64>,
-    /// Records the index counted when it started (for the progress bar).
-    pub total: i64,
-    /// The outcome once the walk ended.
-    pub outcome: Option<Result<Verified, String>>,
-}
-
-/// The walks of this process, by tenant.
-#[derive(Default)]
-pub struct Verifications(Mutex<HashMap<String, Verification>>);
-
-impl Verifications {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verification>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 pub(super) async fn page(State(console): State<Arc<Console>>, user: User, lang: Lang) -> Response {
     let t = |k| text(lang, k);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::message::QueueId;
 use crate::policy::memory::DomainMemory;
 use crate::queue::QueueHandle;
 use crate::report::event::{Console as ConsoleEvent, VERSION};
+use crate::report::log::Verified;
 use crate::report::{Event, EventData, LogStore};
 use crate::spool::Spool;
 use crate::util::now;
@@ -37,7 +39,7 @@ pub struct Console {
     /// This node's name in a cluster, for the heads it signs.
     pub node: Option<String>,
     /// Full walks of chains started from the Reports page.
-    pub verifications: super::reports::Verifications,
+    pub verifications: Verifications,
     pub started: i64,
 }
 
@@ -165,4 +167,26 @@ pub fn random_hex() -> String {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     crate::util::hex(&raw)
+}
+
+/// A full walk of one chain, running or done.
+pub struct Verification {
+    pub started: i64,
+    pub by: String,
+    /// Records walked so far.
+    pub walked: Arc<AtomicU64>,
+    /// Records the index counted when it started (for the progress bar).
+    pub total: i64,
+    /// The outcome once the walk ended.
+    pub outcome: Option<Result<Verified, String>>,
+}
+
+/// The walks of this process, by tenant.
+#[derive(Default)]
+pub struct Verifications(Mutex<HashMap<String, Verification>>);
+
+impl Verifications {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verification>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
