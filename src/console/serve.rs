@@ -176,6 +176,16 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
+/// A path on this console, never one a browser would take elsewhere
+/// (`//host`, `/\\host`) or one that could not be a header value.
+fn local_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && p.len() < 2048
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~?=&%+".contains(&b))
+}
+
 async fn language(Path(code): Path<String>, headers: HeaderMap) -> Response {
     let code = if code == "de" { "de" } else { "en" };
     // Back to where the switch was clicked, when that was one of our pages.
@@ -184,7 +194,7 @@ async fn language(Path(code): Path<String>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|r| r.find("://").map(|i| &r[i + 3..]))
         .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
-        .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+        .filter(|p| local_path(p))
         .unwrap_or_else(|| "/".into());
     let mut res = Redirect::to(&back).into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie("lang", code, Some(365 * 86_400))) {
@@ -696,4 +706,27 @@ async fn metrics(
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_path;
+
+    #[test]
+    fn the_language_switch_returns_only_to_our_own_pages() {
+        assert!(local_path(
+            "/transactions?domain=a.test&after=1796045414.12"
+        ));
+        assert!(local_path("/"));
+        for elsewhere in [
+            "//evil.test/",
+            "/\\evil.test",
+            "https://evil.test/",
+            "",
+            "/a\r\nb",
+            "/<x>",
+        ] {
+            assert!(!local_path(elsewhere), "{elsewhere:?}");
+        }
+    }
 }
