@@ -32,7 +32,7 @@ fn console_state(
     queue: crate::queue::QueueHandle,
     memory: Arc<DomainMemory>,
     policies: Arc<Policies>,
-    node: Option<String>,
+    signer: Option<Arc<heads::Signer>>,
 ) -> anyhow::Result<Arc<crate::console::Console>> {
     use crate::console::{accounts::AccountStore, index::Index};
     let accounts = AccountStore::open(&config.database_path())?;
@@ -41,6 +41,8 @@ fn console_state(
             "console: no accounts yet; add one with `sealgate account add NAME --role admin`"
         );
     }
+    // In a cluster the heads a download ends in name the node that signed.
+    let node = spool.shared().then(|| config.cluster.node.clone());
     let index = Index::open(&config.console_index_path())
         .with_context(|| format!("{}", config.console_index_path().display()))?;
     Ok(Arc::new(crate::console::Console {
@@ -58,12 +60,7 @@ fn console_state(
         queue,
         memory,
         policies,
-        signer: match &config.report.signing_key {
-            Some(path) => Some(Arc::new(
-                heads::Signer::load(path).context("report.signing_key")?,
-            )),
-            None => None,
-        },
+        signer,
         node,
         verifications: Default::default(),
         started: crate::util::now(),
@@ -94,7 +91,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let dns = Dns::new(&config.dns)?;
     tokio::spawn(report_resolver(dns.clone(), config.dns.servers.clone()));
     let signer = match &config.report.signing_key {
-        Some(path) => Some(heads::Signer::load(path).context("report.signing_key")?),
+        // One key for the heads in the log and those ending a console download.
+        Some(path) => Some(Arc::new(
+            heads::Signer::load(path).context("report.signing_key")?,
+        )),
         None => None,
     };
     let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
@@ -160,7 +160,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             log_store.clone(),
             node.clone(),
             config.report.head_interval,
-            signer,
+            signer.clone(),
             heads_shutdown,
         ))
     });
@@ -180,7 +180,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             handle.clone(),
             memory,
             policies.clone(),
-            node.clone(),
+            signer,
         )?;
         tokio::spawn(crate::console::index::follow(
             console.index.clone(),

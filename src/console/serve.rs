@@ -38,11 +38,9 @@ pub async fn bind(
     };
     let (cert, key) = match (&console.certificate, &console.private_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
-        // The inbound certificate, generated on first start if unset.
-        _ => {
-            crate::tls::server_config(config)?;
-            crate::tls::inbound_files(config)
-        }
+        // The inbound certificate: serve loaded it (and made it on first
+        // start) before the console is bound.
+        _ => crate::tls::inbound_files(config),
     };
     let certs = crate::tls::load_certs(&cert)?;
     let key = crate::tls::load_key(&key)?;

@@ -218,7 +218,7 @@ pub async fn write_periodically(
     storage: std::sync::Arc<dyn super::LogStore>,
     node: Option<String>,
     interval: Duration,
-    signer: Option<Signer>,
+    signer: Option<std::sync::Arc<Signer>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut written: std::collections::HashMap<String, i64> = Default::default();
@@ -240,7 +240,7 @@ pub async fn write_periodically(
                         &log::hex(&hash),
                         crate::util::now(),
                         node.as_deref(),
-                        signer.as_ref(),
+                        signer.as_deref(),
                     );
                     tracing::info!(target: "sealgate::chain", "{text}");
                     written.insert(tenant, seq);
