@@ -79,7 +79,13 @@ fn close(path: &std::path::Path, depth: u8) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
         if depth > 0 {
             for entry in std::fs::read_dir(path)? {
-                close(&entry?.path(), depth - 1)?;
+                match close(&entry?.path(), depth - 1) {
+                    // A running gateway makes and removes files (journals,
+                    // spool temporaries) while a command walks its folder:
+                    // one that is gone needs no closing.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
             }
         }
     } else if meta.is_file() {
@@ -91,6 +97,28 @@ fn close(path: &std::path::Path, depth: u8) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_that_vanish_during_the_walk_are_not_an_error() {
+        // A running gateway removes its journal files while `sealgate
+        // account add` closes the folder; that must not stop the command.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let churn = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    let f = dir.join(format!("j{}", i % 8));
+                    let _ = std::fs::write(&f, b"x");
+                    let _ = std::fs::remove_file(&f);
+                }
+            })
+        };
+        while !churn.is_finished() {
+            private_dir(&dir).unwrap();
+        }
+        churn.join().unwrap();
+    }
 
     #[test]
     fn a_private_dir_is_closed_to_others() {
