@@ -3,7 +3,8 @@
 //! domain memory learn of the change at once.
 //!
 //! A Unix socket in `data_dir` (mode 0600). One request line, one reply
-//! line: `retry ID`, `flush`, `delete ID`, `confirm DOMAIN`, `tlsrpt DAY` or
+//! line: `retry ID`, `flush`, `delete ID [REASON]`, `hold ID [REASON]`,
+//! `release ID`, `bounce ID [REASON]`, `confirm DOMAIN`, `tlsrpt DAY` or
 //! `rekey keep|replace|to PATH`,
 //! answered `ok …` or `error …`. When no gateway runs, the CLI changes the
 //! database itself (TLS-RPT reports need the running gateway).
@@ -17,10 +18,10 @@ use tokio::sync::watch;
 
 use crate::message::QueueId;
 use crate::policy::memory::DomainMemory;
-use crate::queue::QueueHandle;
+use crate::queue::{Act, Acted, QueueHandle};
 use crate::report::tlsrpt::{Reporter, day_name};
-use crate::spool::Spool;
 use crate::spool::at_rest::KekChange;
+use crate::spool::{HoldOutcome, Operator, Spool};
 use crate::util::now;
 
 pub struct Server {
@@ -132,13 +133,23 @@ impl Server {
                 Err(e) => format!("error: {e:#}"),
             };
         }
+        let (id, reason) = match id.split_once(' ') {
+            Some((id, reason)) => (id, Some(reason.trim().to_string())),
+            None => (id, None),
+        };
         let id: QueueId = match id.parse() {
             Ok(id) => id,
             Err(e) => return format!("error: {e}"),
         };
+        let by = Operator {
+            by: format!("operator (sealgate queue {op})"),
+            reason: reason.filter(|r| !r.is_empty()),
+        };
         match op {
             "retry" => match self.spool.retry(id, now()).await {
-                Ok(jobs) if jobs.is_empty() => format!("error: {id}: no pending recipients"),
+                Ok(jobs) if jobs.is_empty() => {
+                    format!("error: {}", nothing_to_retry(id, &*self.spool).await)
+                }
                 Ok(jobs) => {
                     let n = jobs.len();
                     self.queue.due(jobs);
@@ -146,13 +157,61 @@ impl Server {
                 }
                 Err(e) => format!("error: {e}"),
             },
-            "delete" => match self.queue.delete(id).await {
-                Ok(true) => format!("ok: {id}: deleted"),
-                Ok(false) => format!("error: {id}: no such message"),
+            "delete" | "hold" | "bounce" => {
+                let act = match op {
+                    "delete" => Act::Delete,
+                    "hold" => Act::Hold,
+                    _ => Act::Bounce,
+                };
+                match self.queue.act(id, act, by).await {
+                    Ok(acted @ (Acted::Missing | Acted::AlreadyHeld)) => {
+                        format!("error: {}", acted_text(id, &acted))
+                    }
+                    Ok(acted) => format!("ok: {}", acted_text(id, &acted)),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            "release" => match self.spool.release(id, by, now()).await {
+                Ok(HoldOutcome::Done(jobs)) => {
+                    self.queue.due(jobs);
+                    format!("ok: {id}: released, due now")
+                }
+                Ok(HoldOutcome::Unchanged) => format!("error: {id}: not held"),
+                Ok(HoldOutcome::Missing) => format!("error: {id}: no such message in the queue"),
                 Err(e) => format!("error: {e}"),
             },
             _ => format!("error: unknown operation `{op}`"),
         }
+    }
+}
+
+/// Why a retry found nothing to do, in words.
+pub async fn nothing_to_retry(id: QueueId, spool: &dyn Spool) -> String {
+    match spool.show(id).await {
+        Ok(Some(m)) if m.held => format!("{id}: held; release it to deliver it"),
+        Ok(Some(_)) => format!("{id}: no pending recipients"),
+        Ok(None) => format!("{id}: no such message in the queue"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What an act did, in words.
+pub fn acted_text(id: QueueId, acted: &Acted) -> String {
+    match acted {
+        Acted::Missing => format!("{id}: no such message in the queue"),
+        Acted::Deleted => format!("{id}: deleted"),
+        Acted::Held => format!("{id}: held until released"),
+        Acted::AlreadyHeld => format!("{id}: held already"),
+        Acted::Bounced {
+            recipients,
+            dsn: Some(dsn),
+        } => format!("{id}: {recipients} recipient(s) bounced; DSN {dsn} queued to the sender"),
+        Acted::Bounced {
+            recipients,
+            dsn: None,
+        } => format!(
+            "{id}: {recipients} recipient(s) bounced; no DSN (none asked for, or a null sender)"
+        ),
     }
 }
 

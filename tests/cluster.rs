@@ -352,6 +352,9 @@ fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_ther
     });
     gw.signal_term();
     assert!(gw.wait_exit(), "clean stop");
+    // Held while no gateway runs (the spool itself), and held it moves.
+    let said = cli_ok(&gw, &["queue", "hold", &ids[0], "--reason", "moving"]);
+    assert!(said.contains("held until released"), "{said}");
     let before = cli_ok(&gw, &["report", "verify"]);
 
     let out = gw.cli(&["storage", "migrate", "--to", &url]);
@@ -382,8 +385,14 @@ fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_ther
     let mut sent = ids.clone();
     sent.sort();
     assert_eq!(queued, sent, "the same messages, the same ids");
+    let held: Vec<&serde_json::Value> = queue.iter().filter(|m| m["held"] == true).collect();
+    assert_eq!(held.len(), 1, "{queue:?}");
+    assert_eq!(held[0]["id"], ids[0].as_str());
     dest().remove_rule(&rule);
     dest().wait_rcpt_reply(&rcpt, "250");
+    let arrived = dest().wait_mails(&rcpt, 2, Duration::from_secs(60));
+    assert_eq!(arrived.len(), 2);
+    cli_ok(&gw, &["queue", "release", &ids[0]]);
     let arrived = dest().wait_mails(&rcpt, 3, Duration::from_secs(60));
     assert_eq!(arrived.len(), 3);
     gw.wait_queue_empty(Duration::from_secs(30));

@@ -313,6 +313,9 @@ fn each_role_sees_and_does_only_what_it_may() {
     let token = auditor.csrf();
     for path in [
         format!("/queue/{deferred}/retry"),
+        format!("/queue/{deferred}/hold"),
+        format!("/queue/{deferred}/release"),
+        format!("/queue/{deferred}/bounce"),
         format!("/queue/{deferred}/delete"),
         "/domains/dest.test/confirm".to_string(),
     ] {
@@ -388,6 +391,46 @@ fn each_role_sees_and_does_only_what_it_may() {
         (!v.is_empty()).then_some(v)
     });
     assert_eq!(records, vec![("oscar".to_string(), "retry".to_string())]);
+
+    // Held, it shows as held and waits; released, it is due again.
+    let r = operator.post(
+        &format!("/queue/{deferred}/hold"),
+        &[("csrf", &token), ("reason", "asking the sender")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let queue = operator.get("/api/v1/queue");
+    let listed: Value = serde_json::from_str(&queue.body).unwrap();
+    let held = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == deferred.as_str())
+        .expect("still queued");
+    assert_eq!(held["held"], true, "{held}");
+    let r = operator.post(&format!("/queue/{deferred}/hold"), &[("csrf", &token)]);
+    assert_eq!(r.status, 409, "held twice: {}", r.body);
+    let r = operator.post(&format!("/queue/{deferred}/release"), &[("csrf", &token)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // A bounce needs a reason; with one, the message leaves the queue.
+    let r = operator.post(&format!("/queue/{deferred}/bounce"), &[("csrf", &token)]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = operator.post(
+        &format!("/queue/{deferred}/bounce"),
+        &[("csrf", &token), ("reason", "the sender recalled it")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let queue = operator.get("/api/v1/queue");
+    assert!(!queue.body.contains(&deferred), "{}", queue.body);
+    let records = wait_for(T, "the hold, release and bounce in the log", || {
+        let v = console_records(&mut admin, &deferred);
+        (v.len() >= 4).then_some(v)
+    });
+    let actions: Vec<&str> = records.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["retry", "hold", "release", "bounce"],
+        "{records:?}"
+    );
 
     // A bearer token works for the API; the auditor's may not act.
     let token = gw.cli(&["account", "token", "audrey"]);
@@ -584,9 +627,20 @@ fn chromium_walks_every_page_as_each_role() {
             // The operator retries the deferred message from the queue page.
             s.goto(&format!("{base}/queue"));
             assert!(s.text().contains(&deferred), "{}", s.text());
-            s.click("form[action$='/retry'] button");
+            s.click("button.retry");
             wait_for(T, "back on the queue page", || {
                 s.url().ends_with("/queue").then_some(())
+            });
+            // Held from the page, it says so; released, it is gone again.
+            s.click("button.hold");
+            wait_for(T, "the message shown held", || {
+                s.text().contains("held").then_some(())
+            });
+            shot("queue-held");
+            s.click("button.release");
+            wait_for(T, "the hold released", || {
+                (s.script("return document.querySelectorAll('span.held').length;") == 0)
+                    .then_some(())
             });
             let records = wait_for(T, "the retry in the log", || {
                 let v = console_records(&mut check, &deferred);

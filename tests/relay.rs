@@ -248,6 +248,132 @@ fn queue_flush_tries_every_deferred_message_now() {
     gw.wait_queue_empty(T);
 }
 
+/// `sealgate queue hold|release|bounce|delete`: a held message waits
+/// through retries and flushes until released; a bounce fails it now with
+/// a DSN that says who and why; each is in the transaction log.
+#[test]
+fn an_operator_holds_releases_bounces_and_deletes_queued_mail() {
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        base_config(dir, relay, sub)
+            .replace("idle_timeout = \"2s\"", "idle_timeout = \"0s\"")
+            .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]")
+    });
+    let local = unique("hold");
+    let sender = format!("{local}-sender@src.test");
+    let rule = format!("/^{local}-[a-z]@/ 451 4.3.0 Try again later");
+    dest().add_rule(&rule);
+    let rcpt = |c: &str| format!("{local}-{c}@hold.test");
+    dest().wait_rcpt_reply(&rcpt("a"), "451");
+    let send = |to: &str| {
+        let mut c = Client::connect(gw.relay);
+        c.cmd("EHLO client.test");
+        let reply = c.message(&sender, &[to], message(&local, "x\r\n").as_bytes());
+        assert!(reply.starts_with("250"), "{reply}");
+        let id = reply.trim().rsplit(' ').next().unwrap().to_string();
+        wait_for(T, "a deferred attempt", || {
+            let out = gw.cli(&["queue", "show", &id, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["recipients"][0]["attempts"].as_u64()? >= 1).then_some(())
+        });
+        id
+    };
+    let ok = |args: &[&str]| {
+        let out = gw.cli(args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {said}");
+        said
+    };
+    let (a, c, d) = (send(&rcpt("a")), send(&rcpt("c")), send(&rcpt("d")));
+    send(&rcpt("b"));
+    let said = ok(&["queue", "delete", &d, "--reason", "a duplicate of b"]);
+    assert!(said.contains("deleted"), "{said}");
+
+    let said = ok(&["queue", "hold", &a, "--reason", "checking with the sender"]);
+    assert!(said.contains("held until released"), "{said}");
+    let again = gw.cli(&["queue", "hold", &a]);
+    assert!(!again.status.success(), "held twice");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&gw.cli(&["queue", "show", &a, "--json"]).stdout).unwrap();
+    assert_eq!(shown["held"], true, "{shown}");
+    let list = ok(&["queue", "list"]);
+    assert!(list.contains(&format!("{a}!")), "{list}");
+    assert!(list.contains("1 held"), "{list}");
+
+    // The peer takes mail again: b goes at the flush, a stays held.
+    dest().remove_rule(&rule);
+    let refused = gw.cli(&["queue", "retry", &a]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("held; release it"),
+        "{refused:?}"
+    );
+    ok(&["queue", "hold", &c]);
+    ok(&["queue", "flush"]);
+    dest().wait_mails(&rcpt("b"), 1, T);
+    assert!(
+        dest().mails(&rcpt("a")).is_empty(),
+        "a held message went out"
+    );
+
+    let said = ok(&["queue", "release", &a]);
+    assert!(said.contains("released"), "{said}");
+    dest().wait_mails(&rcpt("a"), 1, T);
+
+    // A held message can be bounced: the sender learns who and why.
+    let said = ok(&["queue", "bounce", &c, "--reason", "recalled by the sender"]);
+    assert!(said.contains("1 recipient(s) bounced; DSN"), "{said}");
+    let dsn = String::from_utf8(dest().wait_mails(&sender, 1, T).remove(0)).unwrap();
+    for needle in [
+        &format!("Final-Recipient: rfc822; {}", rcpt("c")),
+        "Action: failed",
+        "Status: 5.0.0",
+        "recalled by the sender",
+    ] {
+        assert!(dsn.contains(needle), "DSN lacks {needle:?}:\n{dsn}");
+    }
+    assert!(dest().mails(&rcpt("c")).is_empty());
+    let line = wait_delivery_line(&gw, &rcpt("c"), "bounced");
+    assert_eq!(line["code"], "5.0.0", "{line:?}");
+
+    // A reason with a line break would split the control line: refused.
+    let bad = gw.cli(&["queue", "delete", &a, "--reason", "two\nlines"]);
+    assert!(!bad.status.success(), "{bad:?}");
+    gw.wait_queue_empty(T);
+
+    // The log says who held, released, bounced, with their reasons.
+    let out = gw.cli(&["report", "export", "--format", "json"]);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |id: &str, kind: &str| -> Vec<serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["queue_id"] == id && r["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    let held = of(&a, "held");
+    assert_eq!(held.len(), 2, "{records:?}");
+    let text = serde_json::to_string(&held).unwrap();
+    assert!(
+        text.contains("checking with the sender") && text.contains("sealgate queue release"),
+        "{text}"
+    );
+    let deleted = serde_json::to_string(&of(&d, "deleted")).unwrap();
+    assert!(deleted.contains("a duplicate of b"), "{deleted}");
+    let bounced = of(&c, "attempt");
+    assert!(
+        serde_json::to_string(&bounced)
+            .unwrap()
+            .contains("recalled by the sender"),
+        "{bounced:?}"
+    );
+}
+
 #[test]
 fn transient_failure_is_retried_then_delivered() {
     // No connection reuse: a cached session would keep talking to the smtpd

@@ -12,7 +12,8 @@ use sealgate::report::event::{Deleted, VERSION};
 use sealgate::report::log::Verified;
 use sealgate::report::{Event, EventData};
 use sealgate::spool::{
-    AttemptRecord, DueJob, KeyFile, NewMessage, PgSpool, QueueId, RecipientOutcome, Spool,
+    AttemptRecord, DueJob, HoldOutcome, KeyFile, ListPage, NewMessage, Operator, PgSpool, QueueId,
+    RecipientOutcome, Spool, SqliteSpool,
 };
 
 const LEASE: Option<Duration> = Some(Duration::from_secs(30));
@@ -104,9 +105,17 @@ fn event(id: QueueId, by: &str) -> Event {
         queue_id: id,
         at: 100,
         data: EventData::Deleted(Deleted {
+            reason: None,
             v: VERSION,
             by: by.into(),
         }),
+    }
+}
+
+fn operator() -> Operator {
+    Operator {
+        by: "test".into(),
+        reason: Some("checking".into()),
     }
 }
 
@@ -265,7 +274,13 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
     let shown = spool.show(id).await.unwrap().expect("shown");
     assert_eq!(shown.client, "client.test [127.0.0.1]");
     assert_eq!(shown.recipients[2].last_reply.as_deref(), Some("451 later"));
-    let list = spool.list().await.unwrap();
+    let list = spool
+        .list(ListPage {
+            limit: 1000,
+            ..ListPage::default()
+        })
+        .await
+        .unwrap();
     assert_eq!((list.len(), list[0].pending, list[0].recipients), (1, 2, 3));
 
     let retried = spool.retry(id, 300).await.unwrap();
@@ -297,10 +312,25 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
         spool.show(id).await.unwrap().is_none(),
         "finished content is deleted at once"
     );
-    let list = spool.list().await.unwrap();
+    let list = spool
+        .list(ListPage {
+            limit: 1000,
+            ..ListPage::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1, "only the DSN is queued");
-    assert!(spool.delete(list[0].id).await.unwrap());
-    assert!(spool.list().await.unwrap().is_empty());
+    assert!(spool.delete(list[0].id, operator()).await.unwrap());
+    assert!(
+        spool
+            .list(ListPage {
+                limit: 1000,
+                ..ListPage::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // received, attempt, received (DSN), attempt, deleted
     assert_eq!(verify_chain(&client, "t").await, 5);
 }
@@ -351,7 +381,13 @@ async fn two_nodes_appending_to_one_chain_take_turns() {
         ]
     );
     assert_eq!(
-        a.list().await.unwrap().len(),
+        a.list(ListPage {
+            limit: 1000,
+            ..ListPage::default()
+        })
+        .await
+        .unwrap()
+        .len(),
         2 * per_node,
         "both see one queue"
     );
@@ -491,7 +527,17 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     let command = PgSpool::open(&url, &key(&dir, false), "node-a", None)
         .await
         .unwrap();
-    assert_eq!(command.list().await.unwrap().len(), 1);
+    assert_eq!(
+        command
+            .list(ListPage {
+                limit: 1000,
+                ..ListPage::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let nodes = command.nodes(sealgate::util::now()).await.unwrap();
     assert_eq!(nodes.len(), 2);
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
@@ -537,7 +583,17 @@ async fn messages_stored_together_go_in_one_statement_and_a_bad_one_spoils_only_
     let results = futures_util::future::join_all(stores.into_iter().map(|m| spool.store(m))).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(verify_chain(&client, "t").await, 41);
-    assert_eq!(spool.list().await.unwrap().len(), 42);
+    assert_eq!(
+        spool
+            .list(ListPage {
+                limit: 1000,
+                ..ListPage::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        42
+    );
 }
 
 #[tokio::test]
@@ -554,7 +610,7 @@ async fn attempts_recorded_together_keep_each_ones_outcome() {
     for m in ms {
         spool.store(m).await.unwrap();
     }
-    assert!(spool.delete(ids[2]).await.unwrap());
+    assert!(spool.delete(ids[2], operator()).await.unwrap());
     let now = 500;
     let delivered = attempt(
         ids[0],
@@ -611,4 +667,118 @@ async fn attempts_recorded_together_keep_each_ones_outcome() {
     let client = raw(&url).await;
     // 3 received, 1 deleted, 3 attempts (the late one too: it happened).
     assert_eq!(verify_chain(&client, "t").await, 7);
+}
+
+/// What `sealgate queue hold|release` and the console's queue page ask of
+/// a spool, the same of both: `node` delivers, `other` acts.
+async fn holds_releases_and_pages(node: &dyn Spool, other: &dyn Spool) {
+    let mut ids = Vec::new();
+    for (tenant, n) in [("t", 5), ("u", 3)] {
+        for i in 0..n {
+            let m = message(
+                node,
+                tenant,
+                &["x@one.test", "y@two.test"],
+                &format!("m{i}"),
+            );
+            ids.push(m.id);
+            node.store(m).await.unwrap();
+        }
+    }
+    ids.sort();
+    let id = ids[0];
+    let now = sealgate::util::now();
+    assert_eq!(
+        other.hold(id, operator(), now).await.unwrap(),
+        HoldOutcome::Done(vec![])
+    );
+    assert_eq!(
+        other.hold(id, operator(), now).await.unwrap(),
+        HoldOutcome::Unchanged
+    );
+    assert_eq!(
+        other.hold(QueueId(1), operator(), now).await.unwrap(),
+        HoldOutcome::Missing
+    );
+    // Held: not delivered, not on the schedule, not retried, not flushed.
+    assert!(node.load(id, "one.test").await.unwrap().is_none());
+    assert!(node.pending().await.unwrap().iter().all(|j| j.id != id));
+    assert!(node.retry(id, now).await.unwrap().is_empty());
+    assert!(
+        node.retry_all(now)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.id != id)
+    );
+    assert!(node.show(id).await.unwrap().unwrap().held);
+    // An operator's bounce still finds it, every domain at once.
+    let all = other.load_all(id).await.unwrap().unwrap();
+    assert_eq!(all.recipients.len(), 2);
+
+    // Pages: oldest first, from after an id on, one tenant or all.
+    let page = |after, limit, tenant: Option<&str>| ListPage {
+        after,
+        limit,
+        tenant: tenant.map(str::to_string),
+    };
+    let first = other.list(page(None, 3, None)).await.unwrap();
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
+    assert!(first[0].held && !first[1].held);
+    let rest = other.list(page(Some(ids[2]), 100, None)).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
+    let u = other.list(page(None, 100, Some("u"))).await.unwrap();
+    assert_eq!(u.len(), 3);
+    assert!(
+        u.iter()
+            .all(|m| m.tenant.0 == "u" && m.pending == 2 && m.recipients == 2)
+    );
+    let u2 = other.list(page(Some(u[0].id), 1, Some("u"))).await.unwrap();
+    assert_eq!(u2.iter().map(|m| m.id).collect::<Vec<_>>(), [u[1].id]);
+
+    // Released: due now, and delivered by whoever released it.
+    let HoldOutcome::Done(mut jobs) = other.release(id, operator(), now).await.unwrap() else {
+        panic!("not released");
+    };
+    jobs.sort_by(|a, b| a.domain.cmp(&b.domain));
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.id, j.domain.as_str(), j.due))
+            .collect::<Vec<_>>(),
+        [(id, "one.test", now), (id, "two.test", now)]
+    );
+    assert!(other.load(id, "two.test").await.unwrap().is_some());
+    assert_eq!(
+        other.release(id, operator(), now).await.unwrap(),
+        HoldOutcome::Unchanged
+    );
+    assert!(!other.show(id).await.unwrap().unwrap().held);
+}
+
+#[tokio::test]
+async fn an_operator_holds_and_releases_and_the_queue_is_read_in_pages() {
+    let url = database("hold").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+        .await
+        .unwrap();
+    let b = PgSpool::open(&url, &key(&dir, false), "node-b", LEASE)
+        .await
+        .unwrap();
+    holds_releases_and_pages(&*a, &*b).await;
+    // Both changes are in t's chain, after the message's own records.
+    let client = raw(&url).await;
+    let kinds: Vec<String> = client
+        .query("SELECT kind FROM txlog WHERE kind = 'held'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds.len(), 2);
+    verify_chain(&client, "t").await;
+
+    let sqlite = tempfile::tempdir().unwrap();
+    let spool = SqliteSpool::open(&sqlite.path().join("sealgate.db"), &key(&sqlite, true)).unwrap();
+    holds_releases_and_pages(&*spool, &*spool).await;
 }

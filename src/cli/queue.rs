@@ -1,7 +1,10 @@
-//! `sealgate queue`: list, show, retry, flush and delete queued messages
-//! (through the running gateway's control socket where it must act).
+//! `sealgate queue`: list, show, retry, flush, hold, release, bounce and
+//! delete queued messages (through the running gateway's control socket
+//! where it must act).
 
 use super::*;
+use crate::queue::{Act, Acted};
+use crate::spool::{HoldOutcome, ListPage, MessageSummary, Operator};
 
 #[derive(Subcommand)]
 pub(super) enum QueueCommand {
@@ -21,7 +24,41 @@ pub(super) enum QueueCommand {
     /// Try every queued message now (as `postqueue -f`).
     Flush,
     /// Remove a message from the queue without a bounce.
-    Delete { id: QueueId },
+    Delete {
+        id: QueueId,
+        /// Why, for the transaction log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Keep a message back from delivery until it is released.
+    Hold {
+        id: QueueId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a hold: the message is tried now.
+    Release { id: QueueId },
+    /// Give up a message's pending recipients now and send its sender a
+    /// DSN that says why.
+    Bounce {
+        id: QueueId,
+        /// Why, for the DSN and the transaction log (the sender reads it).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// A reason from the command line: one line of printable text, so that
+/// the control socket's line protocol and the DSN stay whole.
+fn reason_of(reason: Option<String>) -> anyhow::Result<Option<String>> {
+    match reason {
+        Some(r) if r.chars().any(char::is_control) => {
+            bail!("--reason: one line of text without control characters")
+        }
+        Some(r) if r.len() > 500 => bail!("--reason: at most 500 bytes"),
+        Some(r) if r.trim().is_empty() => Ok(None),
+        r => Ok(r.map(|r| r.trim().to_string())),
+    }
 }
 
 pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()> {
@@ -29,7 +66,19 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
     let spool = storage.spool();
     match command {
         QueueCommand::List { json } => {
-            let list = runtime.block_on(spool.list())?;
+            let mut list = Vec::new();
+            loop {
+                let page = runtime.block_on(spool.list(ListPage {
+                    after: list.last().map(|m: &MessageSummary| m.id),
+                    limit: 1000,
+                    tenant: None,
+                }))?;
+                let done = page.len() < 1000;
+                list.extend(page);
+                if done {
+                    break;
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -40,8 +89,9 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             );
             for m in &list {
                 println!(
-                    "{:<16}  {:>9}  {:<19}  {:>3}/{:<3}  {:<30}  {}",
+                    "{:<16}{} {:>9}  {:<19}  {:>3}/{:<3}  {:<30}  {}",
                     m.id,
+                    if m.held { "!" } else { " " },
                     m.size,
                     time(m.received_at),
                     m.pending,
@@ -50,7 +100,12 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
                     m.last_reply.as_deref().unwrap_or("-")
                 );
             }
-            println!("{} message(s)", list.len());
+            let held = list.iter().filter(|m| m.held).count();
+            if held > 0 {
+                println!("{} message(s), {held} held (marked !)", list.len());
+            } else {
+                println!("{} message(s)", list.len());
+            }
             Ok(())
         }
         QueueCommand::Show { id, json } => {
@@ -68,6 +123,9 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             println!("client:    {}", m.client);
             println!("size:      {}", m.size);
             println!("received:  {}", time(m.received_at));
+            if m.held {
+                println!("held:      yes, until released (sealgate queue release {id})");
+            }
             println!("expires:   {}", time(m.expires_at));
             for r in &m.recipients {
                 let status = match r.status {
@@ -95,7 +153,10 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             }
             let jobs = runtime.block_on(spool.retry(id, crate::util::now()))?;
             if jobs.is_empty() {
-                bail!("{id}: no pending recipients");
+                bail!(
+                    "{}",
+                    runtime.block_on(crate::control::nothing_to_retry(id, spool.as_ref()))
+                );
             }
             println!("{id}: due now; the gateway is not running, it will try at its next start");
             Ok(())
@@ -111,17 +172,71 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             );
             Ok(())
         }
-        QueueCommand::Delete { id } => {
+        QueueCommand::Delete { id, reason } => {
+            act(&config, &runtime, spool, id, Act::Delete, reason)
+        }
+        QueueCommand::Hold { id, reason } => act(&config, &runtime, spool, id, Act::Hold, reason),
+        QueueCommand::Bounce { id, reason } => {
+            if reason.trim().is_empty() {
+                bail!("--reason: say why; the sender reads it in the bounce");
+            }
+            act(&config, &runtime, spool, id, Act::Bounce, Some(reason))
+        }
+        QueueCommand::Release { id } => {
             if let Some(answer) =
-                crate::control::request(&config.control_socket(), &format!("delete {id}"))
+                crate::control::request(&config.control_socket(), &format!("release {id}"))
             {
                 return report(answer);
             }
-            if !runtime.block_on(spool.delete(id))? {
-                bail!("{id}: no such message");
+            let by = Operator {
+                by: "operator (sealgate queue release)".into(),
+                reason: None,
+            };
+            match runtime.block_on(spool.release(id, by, crate::util::now()))? {
+                HoldOutcome::Done(_) => {
+                    println!(
+                        "{id}: released; the gateway is not running, it will try at its next start"
+                    );
+                    Ok(())
+                }
+                HoldOutcome::Unchanged => bail!("{id}: not held"),
+                HoldOutcome::Missing => bail!("{id}: no such message in the queue"),
             }
-            println!("{id}: deleted");
-            Ok(())
         }
     }
+}
+
+/// Deletes, holds or bounces through the running gateway, which waits for
+/// an attempt in flight; or, when none runs, on the spool itself.
+fn act(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+    spool: std::sync::Arc<dyn crate::spool::Spool>,
+    id: QueueId,
+    act: Act,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let reason = reason_of(reason)?;
+    let verb = match act {
+        Act::Delete => "delete",
+        Act::Hold => "hold",
+        Act::Bounce => "bounce",
+    };
+    let line = match &reason {
+        Some(r) => format!("{verb} {id} {r}"),
+        None => format!("{verb} {id}"),
+    };
+    if let Some(answer) = crate::control::request(&config.control_socket(), &line) {
+        return report(answer);
+    }
+    let by = Operator {
+        by: format!("operator (sealgate queue {verb})"),
+        reason,
+    };
+    let (acted, _) = runtime.block_on(crate::queue::apply(config, spool.as_ref(), id, act, by))?;
+    if matches!(acted, Acted::Missing | Acted::AlreadyHeld) {
+        bail!("{}", crate::control::acted_text(id, &acted));
+    }
+    println!("{}", crate::control::acted_text(id, &acted));
+    Ok(())
 }

@@ -96,7 +96,19 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
     drop(progress);
 
     // Then the queue: each message whole, with its recipients' states.
-    let list = runtime.block_on(source.list())?;
+    let mut list: Vec<crate::spool::MessageSummary> = Vec::new();
+    loop {
+        let page = runtime.block_on(source.list(crate::spool::ListPage {
+            after: list.last().map(|m| m.id),
+            limit: 1000,
+            tenant: None,
+        }))?;
+        let done = page.len() < 1000;
+        list.extend(page);
+        if done {
+            break;
+        }
+    }
     let progress = super::progress::Progress::new(list.len() as u64, "queued messages");
     let mut messages = 0;
     for summary in &list {
@@ -104,15 +116,8 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
         let Some(detail) = runtime.block_on(source.show(summary.id))? else {
             continue;
         };
-        let Some(pending) = detail
-            .recipients
-            .iter()
-            .position(|r| r.status == RecipientStatus::Pending)
-        else {
-            continue;
-        };
-        let domain = detail.envelope.recipients[pending].domain.clone();
-        let Some(job) = runtime.block_on(source.load(summary.id, &domain))? else {
+        // Held or not: the hold goes over with it.
+        let Some(job) = runtime.block_on(source.load_all(summary.id))? else {
             continue;
         };
         let message = crate::spool::NewMessage {
@@ -124,7 +129,7 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
             body: job.body,
             events: Vec::new(),
         };
-        runtime.block_on(target.import_message(&message, &detail.recipients))?;
+        runtime.block_on(target.import_message(&message, &detail.recipients, detail.held))?;
         messages += 1;
     }
     drop(progress);

@@ -13,7 +13,7 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use super::index::{ChainStatus, Filter, Page, Totals};
-use super::query::{QueueFilter, do_retry, overview, queued, records, search};
+use super::query::{QueueAction, QueueFilter, do_act, overview, queued, records, search};
 use super::state::{Console, User};
 
 #[derive(OpenApi)]
@@ -22,7 +22,8 @@ use super::state::{Console, User};
         title = "sealgate",
         description = "The gateway's transactions, queue and log chains. Authenticate with `Authorization: Bearer TOKEN` (`sealgate account token NAME`); a tenant-admin's token sees its own tenant only, an auditor's changes nothing."
     ),
-    paths(dashboard, transactions, message, queue, retry),
+    paths(dashboard, transactions, message, queue, act),
+    components(schemas(QueueAction)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -48,7 +49,7 @@ pub fn routes() -> Router<Arc<Console>> {
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/queue", get(queue))
-        .route("/api/v1/queue/{id}/retry", post(retry))
+        .route("/api/v1/queue/{id}/{action}", post(act))
 }
 
 async fn openapi() -> Response {
@@ -162,15 +163,19 @@ async fn message(
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct Queue {
-    /// Messages matching, of which at most 500 are listed.
-    total: usize,
+    /// Messages with a pending recipient, in the whole queue.
+    queued: u64,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
     #[schema(value_type = Vec<Object>)]
     messages: Vec<crate::spool::MessageSummary>,
 }
 
-/// Queued messages.
+/// Queued messages, oldest first, a page of at most 100 at a time.
 #[utoipa::path(get, path = "/api/v1/queue", params(QueueFilter), responses(
     (status = 200, body = Queue),
+    (status = 400, description = "`after` is not a queue id"),
     (status = 401, description = "no or an unknown token"),
 ))]
 async fn queue(
@@ -179,9 +184,10 @@ async fn queue(
     Query(f): Query<QueueFilter>,
 ) -> Response {
     match queued(&console, &user, &f).await {
-        Ok((list, total)) => axum::Json(Queue {
-            total,
-            messages: list,
+        Ok(page) => axum::Json(Queue {
+            queued: page.depth.messages,
+            next: page.next.map(|n| n.to_string()),
+            messages: page.messages,
         })
         .into_response(),
         Err(r) => r,
@@ -189,27 +195,41 @@ async fn queue(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct Retried {
+struct Acted {
     result: String,
 }
 
-/// Tries a queued message's pending recipients now.
-#[utoipa::path(post, path = "/api/v1/queue/{id}/retry",
-    params(("id" = String, Path, description = "queue id, 16 hex digits", pattern = "^[0-9A-Fa-f]{1,16}$")),
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Reason {
+    /// Why; required for delete and bounce. One line, at most 500 characters kept.
+    #[serde(default)]
+    reason: String,
+}
+
+/// Retries, holds, releases, deletes or bounces a queued message.
+#[utoipa::path(post, path = "/api/v1/queue/{id}/{action}",
+    params(
+        ("id" = String, Path, description = "queue id, 16 hex digits", pattern = "^[0-9A-Fa-f]{1,16}$"),
+        ("action" = QueueAction, Path, description = "what to do"),
+        Reason,
+    ),
     responses(
-        (status = 200, body = Retried),
-        (status = 400, description = "not a queue id"),
+        (status = 200, body = Acted),
+        (status = 400, description = "not a queue id, an unknown action, or no reason for a delete or bounce"),
         (status = 401, description = "no or an unknown token"),
         (status = 403, description = "an auditor, or another tenant's message"),
         (status = 404, description = "not in the queue"),
+        (status = 409, description = "nothing to do: held already, not held, or nothing pending"),
     ))]
-async fn retry(
+async fn act(
     State(console): State<Arc<Console>>,
     user: User,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, QueueAction)>,
+    Query(q): Query<Reason>,
 ) -> Response {
-    match do_retry(&console, &user, &id).await {
-        Ok(result) => axum::Json(Retried { result }).into_response(),
+    match do_act(&console, &user, &id, action, &q.reason).await {
+        Ok(result) => axum::Json(Acted { result }).into_response(),
         Err(r) => r,
     }
 }

@@ -6,13 +6,13 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::index::{ChainStatus, Filter, Page, STATUSES, Totals, TxRow};
-use super::query::{Overview, QueueFilter};
+use super::query::{Overview, QueueFilter, QueuePage};
 use super::session::Lang;
 use super::state::User;
 use crate::policy::memory::DomainRecord;
 use crate::report::event::EventData;
 use crate::report::log::Stored;
-use crate::spool::{MessageDetail, MessageSummary};
+use crate::spool::MessageDetail;
 use crate::util::rfc3339;
 
 pub const STYLE: &str = include_str!("console.css");
@@ -109,7 +109,15 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
         "any" => ("any", "alle"),
         "retry" => ("Retry now", "Jetzt erneut"),
         "delete" => ("Delete", "Löschen"),
+        "hold" => ("Hold", "Anhalten"),
+        "held" => ("held", "angehalten"),
+        "release" => ("Release", "Freigeben"),
+        "bounce" => ("Bounce", "Zurückweisen"),
         "reason" => ("reason", "Grund"),
+        "reason-help" => (
+            "Why: kept in the log; required for bounce and delete, and the sender reads it in the bounce",
+            "Warum: steht im Protokoll; nötig für Zurückweisen und Löschen, der Absender liest ihn in der Unzustellbarkeitsnachricht",
+        ),
         "received" => ("Received", "Empfangen"),
         "pending" => ("Pending", "Offen"),
         "next-attempt" => ("Next attempt", "Nächster Versuch"),
@@ -520,7 +528,10 @@ fn record(lang: Lang, r: &Stored) -> Markup {
                         }
                     }
                 }
-                Ok(EventData::Deleted(d)) => { p { "deleted by " (d.by) } }
+                Ok(EventData::Deleted(d)) => { p { "deleted by " (d.by) @if let Some(r) = &d.reason { ": " (r) } } }
+                Ok(EventData::Held(h)) => {
+                    p { (if h.held { "held by " } else { "released by " }) (h.by) @if let Some(r) = &h.reason { ": " (r) } }
+                }
                 Ok(EventData::Pruned(p)) => { p { "records " (p.from_seq) "–" (p.through_seq) " removed by retention" } }
                 Ok(EventData::Console(c)) => {
                     p { (c.action) " by " strong { (c.account) } " (" (c.role) ") from " (c.source)
@@ -568,16 +579,22 @@ fn tls_facts(tls: &crate::qualify::TlsFacts) -> Markup {
     }
 }
 
-pub fn queue(
-    lang: Lang,
-    user: &User,
-    f: &QueueFilter,
-    list: &[MessageSummary],
-    total: usize,
-) -> Markup {
+pub fn queue(lang: Lang, user: &User, f: &QueueFilter, page: &QueuePage) -> Markup {
     let t = |k| text(lang, k);
     let csrf = user.csrf.as_deref().unwrap_or("");
     let acts = user.account.role.acts();
+    let next = page.next.map(|n| {
+        let after = n.to_string();
+        let pairs = [
+            ("sender", f.sender.as_str()),
+            ("tenant", f.tenant.as_str()),
+            ("after", after.as_str()),
+        ];
+        format!(
+            "/queue?{}",
+            serde_urlencoded::to_string(pairs).unwrap_or_default()
+        )
+    });
     layout(
         lang,
         Some(user),
@@ -589,37 +606,47 @@ pub fn queue(
                 @if user.scope().is_none() { label { (t("tenant")) input name="tenant" value=(f.tenant); } }
                 button type="submit" { (t("filter")) }
             }
-            p.muted { (list.len()) " " (t("shown-of")) " " (total) }
+            p.muted { (page.messages.len()) " " (t("shown-of")) " " (page.depth.messages) }
             table.queue id="queue" {
                 tr {
                     th { (t("queue-id")) } th { (t("tenant")) } th { (t("sender")) } th { (t("received")) }
                     th.num { (t("pending")) } th { (t("next-attempt")) } th { (t("last-reply")) }
                     @if acts { th {} }
                 }
-                @for m in list {
+                @for m in &page.messages {
                     tr {
-                        td { a href=(format!("/message/{}", m.id)) { code { (m.id) } } }
+                        td {
+                            a href=(format!("/message/{}", m.id)) { code { (m.id) } }
+                            @if m.held { " " span.held { (t("held")) } }
+                        }
                         td { (m.tenant.0) }
                         td { (m.sender) }
                         td.nowrap { (rfc3339(m.received_at)) }
                         td.num { (m.pending) "/" (m.recipients) }
-                        td.nowrap { (m.next_attempt.map(rfc3339).unwrap_or_default()) }
+                        td.nowrap { @if !m.held { (m.next_attempt.map(rfc3339).unwrap_or_default()) } }
                         td.small { (m.last_reply.as_deref().unwrap_or("")) }
                         @if acts {
                             td.act {
+                                // One form; each button posts it to its own action.
                                 form method="post" action=(format!("/queue/{}/retry", m.id)) {
                                     input type="hidden" name="csrf" value=(csrf);
-                                    button type="submit" class="retry" { (t("retry")) }
-                                }
-                                form method="post" action=(format!("/queue/{}/delete", m.id)) {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    input name="reason" placeholder=(t("reason")) required;
-                                    button.danger type="submit" { (t("delete")) }
+                                    input name="reason" placeholder=(t("reason")) title=(t("reason-help")) maxlength="500";
+                                    @if m.held {
+                                        button type="submit" class="release" formaction=(format!("/queue/{}/release", m.id)) { (t("release")) }
+                                    } @else {
+                                        button type="submit" class="retry" { (t("retry")) }
+                                        button type="submit" class="hold" formaction=(format!("/queue/{}/hold", m.id)) { (t("hold")) }
+                                    }
+                                    button.danger type="submit" class="bounce" formaction=(format!("/queue/{}/bounce", m.id)) { (t("bounce")) }
+                                    button.danger type="submit" class="delete" formaction=(format!("/queue/{}/delete", m.id)) { (t("delete")) }
                                 }
                             }
                         }
                     }
                 }
+            }
+            @if let Some(next) = next {
+                p.pager { a.button id="next-page" href=(next) { (t("next")) " →" } }
             }
         },
     )

@@ -108,28 +108,88 @@ pub(super) async fn records(
 #[derive(Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct QueueFilter {
+    /// Part of the sender's address.
     #[serde(default)]
     pub sender: String,
     #[serde(default)]
     pub tenant: String,
+    /// Messages after this queue id (the `next` of the previous page).
+    #[serde(default)]
+    #[param(pattern = "^[0-9A-Fa-f]{0,16}$")]
+    pub after: String,
 }
 
-/// Queued messages this user may see, filtered; at most 500.
+/// Messages per page of the queue.
+pub const QUEUE_PAGE: usize = 100;
+/// Most messages one view reads for a sender filter (the sender is
+/// sealed at rest, so it is matched after reading): a view costs the
+/// same in a queue of a hundred or of a million.
+const QUEUE_SCAN: usize = 5_000;
+
+/// A page of the queue.
+pub struct QueuePage {
+    pub messages: Vec<crate::spool::MessageSummary>,
+    /// Where the next page starts, if there is more to look at.
+    pub next: Option<QueueId>,
+    pub depth: crate::spool::QueueDepth,
+}
+
+/// Queued messages this user may see, filtered, a page at a time.
 pub(super) async fn queued(
     console: &Arc<Console>,
     user: &User,
     f: &QueueFilter,
-) -> Result<(Vec<crate::spool::MessageSummary>, usize), Response> {
-    let all = console.spool.list().await.map_err(internal)?;
+) -> Result<QueuePage, Response> {
+    let mut after: Option<QueueId> = match f.after.trim() {
+        "" => None,
+        a => Some(
+            a.parse()
+                .map_err(|e: String| refuse(StatusCode::BAD_REQUEST, &e))?,
+        ),
+    };
+    // A tenant-admin sees its own tenant, whatever the filter asks.
+    let tenant = match user.scope() {
+        Some(t) => Some(t.to_string()),
+        None => Some(f.tenant.trim().to_string()).filter(|t| !t.is_empty()),
+    };
     let sender = f.sender.trim().to_lowercase();
-    let mine: Vec<_> = all
-        .into_iter()
-        .filter(|m| user.account.sees(&m.tenant.0))
-        .filter(|m| f.tenant.is_empty() || m.tenant.0 == f.tenant)
-        .filter(|m| sender.is_empty() || m.sender.to_lowercase().contains(&sender))
-        .collect();
-    let total = mine.len();
-    Ok((mine.into_iter().take(500).collect(), total))
+    let batch = if sender.is_empty() { QUEUE_PAGE } else { 500 };
+    let mut messages = Vec::new();
+    let mut scanned = 0;
+    let next = loop {
+        let page = console
+            .spool
+            .list(crate::spool::ListPage {
+                after,
+                limit: batch,
+                tenant: tenant.clone(),
+            })
+            .await
+            .map_err(internal)?;
+        let end = page.len() < batch;
+        for m in page {
+            scanned += 1;
+            after = Some(m.id);
+            if sender.is_empty() || m.sender.to_lowercase().contains(&sender) {
+                messages.push(m);
+                if messages.len() == QUEUE_PAGE {
+                    break;
+                }
+            }
+        }
+        if messages.len() == QUEUE_PAGE || (scanned >= QUEUE_SCAN && !end) {
+            break after;
+        }
+        if end {
+            break None;
+        }
+    };
+    let depth = console.spool.depth().await.map_err(internal)?;
+    Ok(QueuePage {
+        messages,
+        next,
+        depth,
+    })
 }
 
 /// The queued message `id` if this user may act on it.
@@ -159,22 +219,118 @@ pub(super) async fn actionable(
     Ok((id, tenant))
 }
 
-/// Retries a message now; what came of it, in words.
-pub(super) async fn do_retry(
+/// What an operator may do to a queued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueAction {
+    /// Try its pending recipients now.
+    Retry,
+    /// Keep it back from delivery until released.
+    Hold,
+    /// End a hold; it is tried now.
+    Release,
+    /// Remove it without a bounce (a reason is required).
+    Delete,
+    /// Fail its pending recipients now with a DSN to the sender (a reason
+    /// is required).
+    Bounce,
+}
+
+impl QueueAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueAction::Retry => "retry",
+            QueueAction::Hold => "hold",
+            QueueAction::Release => "release",
+            QueueAction::Delete => "delete",
+            QueueAction::Bounce => "bounce",
+        }
+    }
+}
+
+/// Does `action` to the message `id`; what came of it, in words. The
+/// queue's own record (held, deleted, the bounce) names the account and
+/// the reason; a console record follows each change that was made.
+pub(super) async fn do_act(
     console: &Arc<Console>,
     user: &User,
     id: &str,
+    action: QueueAction,
+    reason: &str,
 ) -> Result<String, Response> {
     let (id, tenant) = actionable(console, user, id).await?;
-    let jobs = console.spool.retry(id, now()).await.map_err(internal)?;
-    let said = if jobs.is_empty() {
-        format!("{id}: no pending recipients")
-    } else {
-        format!("{id}: {} destination(s) scheduled now", jobs.len())
-    };
-    console.queue.due(jobs);
+    // Kept short and on one line: it goes into the log, a DSN and pages.
+    let reason: String = reason
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect();
+    if reason.is_empty() && matches!(action, QueueAction::Delete | QueueAction::Bounce) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "say why: a delete or a bounce needs a reason",
+        ));
+    }
+    let reason = Some(reason).filter(|r| !r.is_empty());
+    let said = act_on(console, id, action, user, reason.clone()).await?;
     console
-        .record(user, &tenant, id, "retry", None, Some(said.clone()))
+        .record(user, &tenant, id, action.name(), None, reason)
         .await;
     Ok(said)
+}
+
+async fn act_on(
+    console: &Arc<Console>,
+    id: QueueId,
+    action: QueueAction,
+    user: &User,
+    reason: Option<String>,
+) -> Result<String, Response> {
+    use crate::queue::{Act, Acted};
+    use crate::spool::{HoldOutcome, Operator};
+    let by = Operator {
+        by: format!("console account {}", user.account.name),
+        reason,
+    };
+    let act = match action {
+        QueueAction::Retry => {
+            let jobs = console.spool.retry(id, now()).await.map_err(internal)?;
+            if jobs.is_empty() {
+                let why = crate::control::nothing_to_retry(id, console.spool.as_ref()).await;
+                return Err(refuse(StatusCode::CONFLICT, &why));
+            }
+            let said = format!("{id}: {} destination(s) scheduled now", jobs.len());
+            console.queue.due(jobs);
+            return Ok(said);
+        }
+        QueueAction::Release => {
+            return match console.spool.release(id, by, now()).await {
+                Ok(HoldOutcome::Done(jobs)) => {
+                    console.queue.due(jobs);
+                    Ok(format!("{id}: released, due now"))
+                }
+                Ok(HoldOutcome::Unchanged) => {
+                    Err(refuse(StatusCode::CONFLICT, &format!("{id}: not held")))
+                }
+                Ok(HoldOutcome::Missing) => Err(refuse(
+                    StatusCode::NOT_FOUND,
+                    "no such message in the queue",
+                )),
+                Err(e) => Err(internal(e)),
+            };
+        }
+        QueueAction::Hold => Act::Hold,
+        QueueAction::Delete => Act::Delete,
+        QueueAction::Bounce => Act::Bounce,
+    };
+    match console.queue.act(id, act, by).await {
+        Ok(Acted::Missing) => Err(refuse(
+            StatusCode::NOT_FOUND,
+            "no such message in the queue",
+        )),
+        Ok(Acted::AlreadyHeld) => Err(refuse(StatusCode::CONFLICT, &format!("{id}: held already"))),
+        Ok(acted) => Ok(crate::control::acted_text(id, &acted)),
+        Err(e) => Err(internal(e)),
+    }
 }

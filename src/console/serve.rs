@@ -19,9 +19,7 @@ use tower::ServiceExt;
 
 use super::index::Filter;
 use super::pages;
-use super::query::{
-    QueueFilter, actionable, do_retry, internal, overview, queued, records, search,
-};
+use super::query::{QueueAction, QueueFilter, do_act, internal, overview, queued, records, search};
 use super::session::{LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, cookie, refuse, set_cookie};
 use super::state::{Console, User};
 use crate::config::Config;
@@ -117,8 +115,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/transactions/export", get(export))
         .route("/message/{id}", get(message))
         .route("/queue", get(queue_page))
-        .route("/queue/{id}/retry", post(retry))
-        .route("/queue/{id}/delete", post(delete))
+        .route("/queue/{id}/{action}", post(queue_act))
         .route("/domains", get(domains))
         .route("/reports", get(super::reports::page))
         .route("/reports/verify", post(super::reports::verify))
@@ -498,57 +495,23 @@ async fn queue_page(
     Query(f): Query<QueueFilter>,
 ) -> Response {
     match queued(&console, &user, &f).await {
-        Ok((list, total)) => pages::queue(lang, &user, &f, &list, total).into_response(),
+        Ok(page) => pages::queue(lang, &user, &f, &page).into_response(),
         Err(r) => r,
     }
 }
 
-async fn retry(
+async fn queue_act(
     State(console): State<Arc<Console>>,
     user: User,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, QueueAction)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = user.check_csrf(&form.csrf) {
         return r.into();
     }
-    match do_retry(&console, &user, &id).await {
+    match do_act(&console, &user, &id, action, &form.reason).await {
         Ok(_) => Redirect::to("/queue").into_response(),
         Err(r) => r,
-    }
-}
-
-async fn delete(
-    State(console): State<Arc<Console>>,
-    user: User,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
-        return r.into();
-    }
-    let (id, tenant) = match actionable(&console, &user, &id).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    // Kept short and on one line: it goes into the log and onto pages.
-    let reason: String = form
-        .reason
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(500)
-        .collect();
-    if reason.is_empty() {
-        return refuse(StatusCode::BAD_REQUEST, "say why the message is deleted");
-    }
-    // The reason first: the log then reads "who and why", then "deleted".
-    console
-        .record(&user, &tenant, id, "delete", None, Some(reason))
-        .await;
-    match console.queue.delete(id).await {
-        Ok(_) => Redirect::to("/queue").into_response(),
-        Err(e) => internal(e),
     }
 }
 

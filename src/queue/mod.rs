@@ -26,7 +26,9 @@ use crate::policy::Action;
 use crate::report::EventData;
 use crate::report::event::{self, AttemptRecipient, RecipientResult};
 use crate::spool::journal::{Entry, Journal};
-use crate::spool::{AttemptRecord, DueJob, PendingRecipient, RecipientOutcome, Spool};
+use crate::spool::{
+    AttemptRecord, DueJob, HoldOutcome, Operator, PendingRecipient, RecipientOutcome, Spool,
+};
 use line::Status;
 
 use crate::util::now;
@@ -38,10 +40,13 @@ enum Event {
         domain: Arc<str>,
         next: Option<i64>,
     },
-    /// `queue delete`: done once no attempt for the message is in flight.
-    Delete {
+    /// An operator's delete, hold or bounce: done once no attempt for the
+    /// message is in flight here.
+    Act {
         id: QueueId,
-        done: tokio::sync::oneshot::Sender<Result<bool, String>>,
+        act: Act,
+        by: Operator,
+        done: Reply,
     },
     /// The watchdog asks whether the scheduler still turns.
     Ping(tokio::sync::oneshot::Sender<()>),
@@ -49,6 +54,36 @@ enum Event {
     /// lifetime and tenants' retention from the next attempt on.
     Settings(Arc<Config>),
 }
+
+/// What an operator does to a queued message that must wait for its
+/// attempt in flight: the log never shows an attempt after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Remove it, without a bounce.
+    Delete,
+    /// Keep it back until released.
+    Hold,
+    /// Give up its pending recipients now, with a DSN to the sender.
+    Bounce,
+}
+
+/// What came of an [`Act`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acted {
+    /// No such message, or (hold, bounce) nothing of it is pending.
+    Missing,
+    Deleted,
+    Held,
+    /// It was held already.
+    AlreadyHeld,
+    /// `recipients` failed; the DSN, if the sender gets one.
+    Bounced {
+        recipients: usize,
+        dsn: Option<QueueId>,
+    },
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Acted, String>>;
 
 /// How the rest of the gateway tells the queue about work.
 #[derive(Clone)]
@@ -64,13 +99,13 @@ impl QueueHandle {
         }
     }
 
-    /// Deletes a message without a bounce. An attempt in flight for it is
-    /// recorded first, so the log never shows an attempt after the delete.
-    pub async fn delete(&self, id: QueueId) -> Result<bool, String> {
+    /// Deletes, holds or bounces a message. An attempt in flight for it is
+    /// recorded first, so the log never shows an attempt after the act.
+    pub async fn act(&self, id: QueueId, act: Act, by: Operator) -> Result<Acted, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let stopped = || "the queue has stopped".to_string();
         self.tx
-            .send(Event::Delete { id, done })
+            .send(Event::Act { id, act, by, done })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -355,9 +390,8 @@ impl Queue {
             }
             Err(e) => tracing::error!("cannot read the queue from the spool: {e}"),
         }
-        // Deletes waiting for an attempt in flight to be recorded.
-        let mut deletes: HashMap<QueueId, Vec<tokio::sync::oneshot::Sender<Result<bool, String>>>> =
-            HashMap::new();
+        // Acts waiting for an attempt in flight to be recorded.
+        let mut acts: HashMap<QueueId, Vec<(Act, Operator, Reply)>> = HashMap::new();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u64;
         // A flush asked on any node of a cluster shows as a new count.
@@ -386,16 +420,16 @@ impl Queue {
                             schedule.add(DueJob { id, domain: domain.to_string(), due }, now);
                         }
                         if !schedule.in_flight_for(id)
-                            && let Some(waiting) = deletes.remove(&id)
+                            && let Some(waiting) = acts.remove(&id)
                         {
-                            self.spawn_delete(id, waiting);
+                            self.spawn_acts(id, waiting);
                         }
                     }
-                    Some(Event::Delete { id, done }) => {
+                    Some(Event::Act { id, act, by, done }) => {
                         if schedule.in_flight_for(id) {
-                            deletes.entry(id).or_default().push(done);
+                            acts.entry(id).or_default().push((act, by, done));
                         } else {
-                            self.spawn_delete(id, vec![done]);
+                            self.spawn_acts(id, vec![(act, by, done)]);
                         }
                     }
                     Some(Event::Ping(done)) => {
@@ -426,7 +460,7 @@ impl Queue {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Finished { id, domain, .. })) => schedule.finished(&(id, domain)),
                 Ok(Some(
-                    Event::Due(_) | Event::Delete { .. } | Event::Ping(_) | Event::Settings(_),
+                    Event::Due(_) | Event::Act { .. } | Event::Ping(_) | Event::Settings(_),
                 )) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -471,16 +505,24 @@ impl Queue {
         }
     }
 
-    fn spawn_delete(
-        &self,
-        id: QueueId,
-        waiting: Vec<tokio::sync::oneshot::Sender<Result<bool, String>>>,
-    ) {
+    /// Runs the acts on `id` in the order they came; a bounce's DSN joins
+    /// the schedule.
+    fn spawn_acts(&self, id: QueueId, acts: Vec<(Act, Operator, Reply)>) {
+        let config = self.config.clone();
         let spool = self.spool.clone();
+        let tx = self.handle.tx.clone();
         tokio::spawn(async move {
-            let result = spool.delete(id).await.map_err(|e| e.to_string());
-            for done in waiting {
-                let _ = done.send(result.clone());
+            for (act, by, done) in acts {
+                let result =
+                    apply(&config, spool.as_ref(), id, act, by)
+                        .await
+                        .map(|(acted, dsn)| {
+                            if let Some(job) = dsn {
+                                let _ = tx.send(Event::Due(job));
+                            }
+                            acted
+                        });
+                let _ = done.send(result.map_err(|e| e.to_string()));
             }
         });
     }
@@ -501,6 +543,158 @@ impl Queue {
             let _ = tx.send(Event::Finished { id, domain, next });
         });
     }
+}
+
+/// Does an operator's act on the spool; a bounce's DSN comes back as a
+/// job to schedule.
+pub async fn apply(
+    config: &Config,
+    spool: &dyn Spool,
+    id: QueueId,
+    act: Act,
+    by: Operator,
+) -> Result<(Acted, Option<DueJob>), crate::spool::SpoolError> {
+    Ok(match act {
+        Act::Delete => match spool.delete(id, by).await? {
+            true => (Acted::Deleted, None),
+            false => (Acted::Missing, None),
+        },
+        Act::Hold => match spool.hold(id, by, now()).await? {
+            HoldOutcome::Missing => (Acted::Missing, None),
+            HoldOutcome::Unchanged => (Acted::AlreadyHeld, None),
+            HoldOutcome::Done(_) => (Acted::Held, None),
+        },
+        Act::Bounce => bounce(config, spool, id, &by).await?,
+    })
+}
+
+/// An operator's bounce: every pending recipient, held or not, fails now
+/// with the operator's reason, in one record with its DSN and one attempt
+/// record per domain (so reports count it as the bounce it is).
+async fn bounce(
+    config: &Config,
+    spool: &dyn Spool,
+    id: QueueId,
+    by: &Operator,
+) -> Result<(Acted, Option<DueJob>), crate::spool::SpoolError> {
+    let Some(job) = spool.load_all(id).await? else {
+        return Ok((Acted::Missing, None));
+    };
+    let now = now();
+    let text = match &by.reason {
+        Some(reason) => format!("returned to the sender by {}: {reason}", by.by),
+        None => format!("returned to the sender by {}", by.by),
+    };
+    let detail = Detail {
+        // RFC 3463 has no code for an operator's decision: "other or
+        // undefined status", permanent.
+        status: [5, 0, 0],
+        remote: None,
+        reply: None,
+        text,
+    };
+    let id_text = id.to_string();
+    let mut by_domain: Vec<(String, Vec<AttemptRecipient>)> = Vec::new();
+    for r in &job.recipients {
+        line::AttemptLine {
+            id: &id_text,
+            tenant: &job.envelope.tenant,
+            sender: &job.envelope.sender,
+            recipient: Some(r),
+            level: None,
+            decision: None,
+            delay: now - job.received_at,
+            status: Status::Bounced,
+            detail: &detail,
+        }
+        .emit();
+        let evidence = AttemptRecipient {
+            address: r.recipient.address.clone(),
+            class: Some(r.recipient.class),
+            required: None,
+            action: None,
+            reason_code: None,
+            reason: None,
+            end_to_end: None,
+            outcome: RecipientResult::Bounced,
+            status: "5.0.0".into(),
+            remote: None,
+            detail: detail.text.clone(),
+        };
+        match by_domain.iter_mut().find(|(d, _)| *d == r.recipient.domain) {
+            Some((_, list)) => list.push(evidence),
+            None => by_domain.push((r.recipient.domain.clone(), vec![evidence])),
+        }
+    }
+    let reportable: Vec<dsn::Failure<'_>> = job
+        .recipients
+        .iter()
+        .filter(|r| r.recipient.notify.on_failure())
+        .map(|r| dsn::Failure {
+            recipient: &r.recipient,
+            detail: &detail,
+        })
+        .collect();
+    let lifetime = config.queue.max_lifetime.as_secs() as i64;
+    let dsn = dsn::build(
+        &config.hostname,
+        &job,
+        &reportable,
+        spool.next_id(),
+        now,
+        lifetime,
+    );
+    let dsn_job = dsn.as_ref().map(|d| DueJob {
+        id: d.id,
+        domain: d.envelope.recipients[0].domain.clone(),
+        due: now,
+    });
+    let dsn_id = dsn.as_ref().map(|d| d.id);
+    let events = by_domain
+        .into_iter()
+        .map(|(domain, recipients)| crate::report::Event {
+            queue_id: id,
+            at: now,
+            data: EventData::Attempt(Box::new(event::Attempt {
+                v: event::VERSION,
+                domain,
+                verdict: None,
+                checks: Vec::new(),
+                hosts: Vec::new(),
+                recipients,
+                bounce: dsn_id,
+            })),
+        })
+        .collect();
+    let record = AttemptRecord {
+        id,
+        domain: job.recipients[0].recipient.domain.clone(),
+        outcomes: job
+            .recipients
+            .iter()
+            .map(|r| {
+                (
+                    r.index,
+                    RecipientOutcome::Failed {
+                        reply: detail.text.clone(),
+                    },
+                )
+            })
+            .collect(),
+        dsn,
+        now,
+        purge_at: now + config.hold_delivered(&job.envelope.tenant.0).as_secs() as i64,
+        tenant: job.envelope.tenant.clone(),
+        events,
+    };
+    spool.record(record).await?;
+    Ok((
+        Acted::Bounced {
+            recipients: job.recipients.len(),
+            dsn: dsn_id,
+        },
+        dsn_job,
+    ))
 }
 
 /// When to try a job again whose storage failed: the first retry wait,

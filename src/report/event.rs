@@ -137,6 +137,21 @@ pub struct Deleted {
     #[serde(default = "version")]
     pub v: u32,
     pub by: String,
+    /// Why, as the operator said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An operator held a message back from delivery, or released it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub by: String,
+    /// `true` for a hold, `false` for its release.
+    pub held: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Records of the log itself were removed by retention.
@@ -181,6 +196,7 @@ pub enum EventData {
     Classified(Classified),
     Attempt(Box<Attempt>),
     Deleted(Deleted),
+    Held(Held),
     Pruned(Pruned),
     Console(Console),
 }
@@ -205,6 +221,7 @@ impl EventData {
             EventData::Classified(_) => "classified",
             EventData::Attempt(_) => "attempt",
             EventData::Deleted(_) => "deleted",
+            EventData::Held(_) => "held",
             EventData::Pruned(_) => "pruned",
             EventData::Console(_) => "console",
         }
@@ -217,6 +234,7 @@ impl EventData {
             EventData::Classified(d) => serde_json::to_string(d),
             EventData::Attempt(d) => serde_json::to_string(d),
             EventData::Deleted(d) => serde_json::to_string(d),
+            EventData::Held(d) => serde_json::to_string(d),
             EventData::Pruned(d) => serde_json::to_string(d),
             EventData::Console(d) => serde_json::to_string(d),
         };
@@ -245,6 +263,7 @@ impl EventData {
             "classified" => EventData::Classified(read("classified", value)?),
             "attempt" => EventData::Attempt(Box::new(read("attempt", value)?)),
             "deleted" => EventData::Deleted(read("deleted", value)?),
+            "held" => EventData::Held(read("held", value)?),
             "pruned" => EventData::Pruned(read("pruned", value)?),
             "console" => EventData::Console(read("console", value)?),
             other => return Err(EventError::Kind(other.to_string())),

@@ -277,6 +277,7 @@ mod tests {
             data: crate::report::EventData::Deleted(crate::report::event::Deleted {
                 v: crate::report::event::VERSION,
                 by: format!("n{n}"),
+                reason: None,
             }),
         };
         log::append(&conn, "t", &[event(1), event(2), event(3)]).expect("append");

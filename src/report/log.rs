@@ -452,6 +452,7 @@ mod tests {
             data: EventData::Deleted(Deleted {
                 v: VERSION,
                 by: format!("r{n}@x.test"),
+                reason: None,
             }),
         }
     }

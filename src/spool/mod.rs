@@ -203,6 +203,33 @@ impl crate::report::LogStore for Storage {
     }
 }
 
+/// The log record of a message's content leaving the spool.
+fn deleted_record(id: QueueId, at: i64, by: &str, reason: Option<&str>) -> Event {
+    Event {
+        queue_id: id,
+        at,
+        data: crate::report::EventData::Deleted(crate::report::event::Deleted {
+            v: crate::report::event::VERSION,
+            by: by.to_string(),
+            reason: reason.map(str::to_string),
+        }),
+    }
+}
+
+/// The log record of a hold or its release.
+fn held_record(id: QueueId, at: i64, by: &Operator, held: bool) -> Event {
+    Event {
+        queue_id: id,
+        at,
+        data: crate::report::EventData::Held(crate::report::event::Held {
+            v: crate::report::event::VERSION,
+            by: by.by.clone(),
+            held,
+            reason: by.reason.clone(),
+        }),
+    }
+}
+
 /// A boxed future, so that [`Spool`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -275,11 +302,41 @@ pub enum RecipientStatus {
     Failed,
 }
 
+/// Who changes a message by hand, and why: both go into the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// `sealgate queue …` on the host, or a console account.
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+/// What holding or releasing a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// No such message, or nothing of it is pending.
+    Missing,
+    /// It was held already (hold), or was not held (release).
+    Unchanged,
+    /// Done; on release, its jobs, due now.
+    Done(Vec<DueJob>),
+}
+
+/// One page of the queue, oldest first, from after a message id on.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub after: Option<QueueId>,
+    pub limit: usize,
+    /// Only this tenant's messages.
+    pub tenant: Option<String>,
+}
+
 /// One line of `sealgate queue list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageSummary {
     pub id: QueueId,
     pub tenant: TenantId,
+    /// Kept back from delivery by an operator until released.
+    pub held: bool,
     pub sender: String,
     pub size: u64,
     pub received_at: i64,
@@ -298,6 +355,7 @@ pub struct MessageDetail {
     pub expires_at: i64,
     pub client: String,
     pub size: u64,
+    pub held: bool,
     pub recipients: Vec<RecipientState>,
 }
 
@@ -351,27 +409,51 @@ pub trait Spool: Send + Sync {
     fn next_id(&self) -> QueueId;
     /// Stores a message durably; when this returns `Ok`, the message survives a crash.
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>>;
-    /// Loads a message with its pending recipients in `domain`; `None` if none are pending.
+    /// Loads a message with its pending recipients in `domain`; `None` if
+    /// none are pending or an operator holds it.
     fn load<'a>(
         &'a self,
         id: QueueId,
         domain: &'a str,
     ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>>;
+    /// Loads a message with its pending recipients in every domain, held
+    /// or not (an operator's bounce); `None` if none are pending.
+    fn load_all(&self, id: QueueId) -> BoxFuture<'_, Result<Option<LoadedJob>, SpoolError>>;
     /// Records an attempt's outcomes, the DSN it causes, and removes a finished message.
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>>;
-    /// Every (message, domain) with pending recipients, with its due time: the queue on start.
+    /// Every (message, domain) with pending recipients and not held, with
+    /// its due time: the queue on start.
     fn pending(&self) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
-    /// Makes every pending recipient of a message due now; returns its jobs, empty if none.
+    /// Makes every pending recipient of a message due now; returns its
+    /// jobs, empty if none or if the message is held.
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
-    /// Makes every pending recipient due now (`sealgate queue flush`).
+    /// Makes every pending recipient due now (`sealgate queue flush`);
+    /// held messages stay held.
     fn retry_all(&self, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>>;
+    /// Keeps a message back from delivery until released, with a `held`
+    /// log record.
+    fn hold(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>>;
+    /// Ends a hold: the pending recipients are due now, and in a cluster
+    /// this node delivers them.
+    fn release(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>>;
     /// Removes a message and all its state, with a `deleted` log record;
     /// `false` if there was none.
-    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>>;
+    fn delete(&self, id: QueueId, by: Operator) -> BoxFuture<'_, Result<bool, SpoolError>>;
     /// Deletes the content of finished messages whose hold time is over.
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>>;
-    /// Messages with pending recipients, oldest first.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
+    /// A page of the messages with pending recipients, oldest first: one
+    /// index range, whatever the queue's size.
+    fn list(&self, page: ListPage) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>>;
     /// One message's envelope and recipient states.
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>>;
     /// Messages with a pending recipient, and when the oldest was received:

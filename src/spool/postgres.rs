@@ -149,6 +149,12 @@ ALTER TABLE nodes ADD COLUMN lease BIGINT NOT NULL DEFAULT 30;
 -- raised by `sealgate queue flush` on any node: every node reads its queue again
 ALTER TABLE nodes ADD COLUMN flush BIGINT NOT NULL DEFAULT 0;
 ",
+    "
+-- Version 3: an operator keeps a message back (`sealgate queue hold`)
+-- until released; the console pages the queue one tenant at a time.
+ALTER TABLE messages ADD COLUMN held BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX messages_tenant ON messages (tenant, id) WHERE purge_at IS NULL;
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -179,7 +185,9 @@ enum Op {
     Record(Box<AttemptRecord>),
     Retry(QueueId, i64),
     RetryAll(i64),
-    Delete(QueueId),
+    Delete(QueueId, Operator),
+    /// Hold (`true`) or release (`false`).
+    Hold(QueueId, Operator, bool, i64),
     Purge(i64),
 }
 
@@ -189,6 +197,7 @@ enum Done {
     Recorded(RecordResult),
     Jobs(Vec<DueJob>),
     Deleted(bool),
+    Hold(HoldOutcome),
     Purged(usize),
 }
 
@@ -583,6 +592,7 @@ impl PgSpool {
         &self,
         message: &NewMessage,
         states: &[RecipientState],
+        held: bool,
     ) -> Result<(), SpoolError> {
         let sealed = seal_message(&self.cipher, message)?;
         let mut client = self.client().await?;
@@ -622,6 +632,14 @@ impl PgSpool {
             &[&key, &idx, &status, &attempts, &next, &reply],
         )
         .await?;
+        if held {
+            exec(
+                &tx,
+                "UPDATE messages SET held = true WHERE id = $1",
+                &[&key],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -693,7 +711,13 @@ impl PgSpool {
         Ok(())
     }
 
-    async fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
+    /// A job of one domain, this node's and not held; or of every domain
+    /// (`None`: held or not, whoever owns it).
+    async fn load_now(
+        &self,
+        id: QueueId,
+        domain: Option<&str>,
+    ) -> Result<Option<LoadedJob>, SpoolError> {
         let client = self.client().await?;
         let key = id.0 as i64;
         // One round trip: the message with its pending recipients in the
@@ -711,8 +735,10 @@ impl PgSpool {
                                       array_agg(attempts ORDER BY idx) AS attempts,
                                       array_agg(class ORDER BY idx) AS class
                                FROM recipients
-                               WHERE message_id = m.id AND domain = $3 AND status = 0) r
-                 WHERE m.id = $1 AND m.purge_at IS NULL AND m.owner = $2",
+                               WHERE message_id = m.id AND ($3::text IS NULL OR domain = $3)
+                                 AND status = 0) r
+                 WHERE m.id = $1 AND m.purge_at IS NULL
+                   AND ($3::text IS NULL OR (m.owner = $2 AND NOT m.held))",
             )
             .await?;
         let Some(row) = client
@@ -768,20 +794,26 @@ impl PgSpool {
         }))
     }
 
-    async fn list_now(&self) -> Result<Vec<MessageSummary>, SpoolError> {
+    async fn list_now(&self, page: &ListPage) -> Result<Vec<MessageSummary>, SpoolError> {
         let client = self.client().await?;
+        let after = page.after.map_or(0, |a| a.0 as i64);
         let rows = client
             .query(
                 "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
-                        COUNT(*) FILTER (WHERE r.status = 0), COUNT(*),
-                        MIN(r.next_attempt) FILTER (WHERE r.status = 0),
+                        (SELECT COUNT(*) FROM recipients x
+                          WHERE x.message_id = m.id AND x.status = 0),
+                        (SELECT COUNT(*) FROM recipients x WHERE x.message_id = m.id),
+                        (SELECT MIN(next_attempt) FROM recipients x
+                          WHERE x.message_id = m.id AND x.status = 0),
                         (SELECT idx FROM recipients x WHERE x.message_id = m.id
                            AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1),
                         (SELECT last_reply FROM recipients x WHERE x.message_id = m.id
-                           AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
-                 FROM messages m JOIN recipients r ON r.message_id = m.id
-                 WHERE m.purge_at IS NULL GROUP BY m.id ORDER BY m.id",
-                &[],
+                           AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1),
+                        m.held
+                 FROM messages m
+                 WHERE m.purge_at IS NULL AND m.id > $1 AND ($2::text IS NULL OR m.tenant = $2)
+                 ORDER BY m.id LIMIT $3",
+                &[&after, &page.tenant, &(page.limit as i64)],
             )
             .await?;
         let cipher = &self.cipher;
@@ -792,6 +824,7 @@ impl PgSpool {
                 Ok(MessageSummary {
                     id: QueueId(id as u64),
                     tenant: TenantId(r.get(1)),
+                    held: r.get(10),
                     sender: cipher.open_text(Field::Sender, Row(id, 0), r.get(2))?,
                     size: r.get::<_, i64>(3) as u64,
                     received_at: r.get(4),
@@ -810,7 +843,7 @@ impl PgSpool {
         let Some(head) = client
             .query_opt(
                 "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                        expires_at, client, size, tls_request, content
+                        expires_at, client, size, tls_request, content, held
                  FROM messages WHERE id = $1",
                 &[&key],
             )
@@ -863,6 +896,7 @@ impl PgSpool {
             expires_at,
             client: client_text,
             size: size as u64,
+            held: head.get("held"),
             recipients,
         }))
     }
@@ -887,7 +921,11 @@ impl Spool for PgSpool {
         id: QueueId,
         domain: &'a str,
     ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>> {
-        Box::pin(self.load_now(id, domain))
+        Box::pin(self.load_now(id, Some(domain)))
+    }
+
+    fn load_all(&self, id: QueueId) -> BoxFuture<'_, Result<Option<LoadedJob>, SpoolError>> {
+        Box::pin(self.load_now(id, None))
     }
 
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
@@ -924,10 +962,38 @@ impl Spool for PgSpool {
         })
     }
 
-    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>> {
+    fn delete(&self, id: QueueId, by: Operator) -> BoxFuture<'_, Result<bool, SpoolError>> {
         Box::pin(async move {
-            match self.write(Op::Delete(id)).await? {
+            match self.write(Op::Delete(id, by)).await? {
                 Done::Deleted(d) => Ok(d),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn hold(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Hold(id, by, true, now)).await? {
+                Done::Hold(h) => Ok(h),
+                _ => Err(SpoolError::Stopped),
+            }
+        })
+    }
+
+    fn release(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
+        Box::pin(async move {
+            match self.write(Op::Hold(id, by, false, now)).await? {
+                Done::Hold(h) => Ok(h),
                 _ => Err(SpoolError::Stopped),
             }
         })
@@ -942,8 +1008,8 @@ impl Spool for PgSpool {
         })
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
-        Box::pin(self.list_now())
+    fn list(&self, page: ListPage) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
+        Box::pin(async move { self.list_now(&page).await })
     }
 
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
@@ -1282,7 +1348,7 @@ async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<
             exec(tx, "UPDATE nodes SET flush = flush + 1", &[]).await?;
             due_jobs(&**tx, node, None).await.map(Done::Jobs)
         }
-        Op::Delete(id) => {
+        Op::Delete(id, by) => {
             let key = id.0 as i64;
             let tenant: Option<String> = opt(
                 tx,
@@ -1292,11 +1358,14 @@ async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<
             .await?
             .map(|r| r.get(0));
             if let Some(tenant) = &tenant {
-                let event = deleted(*id, crate::util::now(), "operator (sealgate queue delete)");
+                let event = deleted_record(*id, crate::util::now(), &by.by, by.reason.as_deref());
                 append(tx, tenant, node, &[event]).await?;
             }
             Ok(Done::Deleted(tenant.is_some()))
         }
+        Op::Hold(id, by, held, now) => set_held(tx, node, *id, by, *held, *now)
+            .await
+            .map(Done::Hold),
         Op::Purge(now) => {
             let held = rows(
                 tx,
@@ -1307,7 +1376,7 @@ async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<
             .await?;
             for r in &held {
                 let id = QueueId(r.get::<_, i64>(0) as u64);
-                let event = deleted(id, *now, "retention (hold_delivered ended)");
+                let event = deleted_record(id, *now, "retention (hold_delivered ended)", None);
                 append(tx, r.get(1), node, &[event]).await?;
             }
             Ok(Done::Purged(held.len()))
@@ -1315,15 +1384,52 @@ async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<
     }
 }
 
-fn deleted(id: QueueId, at: i64, by: &str) -> crate::report::Event {
-    crate::report::Event {
-        queue_id: id,
-        at,
-        data: crate::report::EventData::Deleted(crate::report::event::Deleted {
-            v: crate::report::event::VERSION,
-            by: by.into(),
-        }),
+/// Holds or releases a message that has pending recipients; a release
+/// makes them due now, on this node.
+async fn set_held(
+    tx: &PoolTx<'_>,
+    node: &str,
+    id: QueueId,
+    by: &Operator,
+    held: bool,
+    now: i64,
+) -> Result<HoldOutcome, SpoolError> {
+    let key = id.0 as i64;
+    let Some(found) = opt(
+        tx,
+        "SELECT tenant, held FROM messages m WHERE id = $1 AND purge_at IS NULL
+         AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = 0)
+         FOR UPDATE",
+        &[&key],
+    )
+    .await?
+    else {
+        return Ok(HoldOutcome::Missing);
+    };
+    let tenant: String = found.get(0);
+    if found.get::<_, bool>(1) == held {
+        return Ok(HoldOutcome::Unchanged);
     }
+    // Released, it is delivered by the node that was asked: the owner's
+    // schedule dropped it while it was held.
+    exec(
+        tx,
+        "UPDATE messages SET held = $1, owner = CASE WHEN $1 THEN owner ELSE $2 END
+         WHERE id = $3",
+        &[&held, &node, &key],
+    )
+    .await?;
+    append(tx, &tenant, node, &[held_record(id, now, by, held)]).await?;
+    if held {
+        return Ok(HoldOutcome::Done(Vec::new()));
+    }
+    exec(
+        tx,
+        "UPDATE recipients SET next_attempt = $1 WHERE message_id = $2 AND status = 0",
+        &[&now, &key],
+    )
+    .await?;
+    due_jobs(&**tx, node, Some(id)).await.map(HoldOutcome::Done)
 }
 
 async fn insert_message(
@@ -1791,8 +1897,10 @@ async fn due_jobs(
         Some(id) => {
             client
                 .query(
-                    "SELECT message_id, domain, MIN(next_attempt) FROM recipients
-                     WHERE message_id = $1 AND status = 0 GROUP BY message_id, domain",
+                    "SELECT r.message_id, r.domain, MIN(r.next_attempt)
+                     FROM recipients r JOIN messages m ON m.id = r.message_id
+                     WHERE r.message_id = $1 AND r.status = 0 AND NOT m.held
+                     GROUP BY r.message_id, r.domain",
                     &[&(id.0 as i64)],
                 )
                 .await?
@@ -1802,7 +1910,7 @@ async fn due_jobs(
                 .query(
                     "SELECT r.message_id, r.domain, MIN(r.next_attempt)
                      FROM messages m JOIN recipients r ON r.message_id = m.id
-                     WHERE m.owner = $1 AND m.purge_at IS NULL AND r.status = 0
+                     WHERE m.owner = $1 AND m.purge_at IS NULL AND r.status = 0 AND NOT m.held
                      GROUP BY r.message_id, r.domain",
                     &[&node],
                 )

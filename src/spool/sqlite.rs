@@ -294,6 +294,10 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
         "TEXT NOT NULL DEFAULT 'none'",
     )?;
     add_column(conn, "messages", "content", "TEXT NOT NULL DEFAULT 'plain'")?;
+    // Kept back by an operator (`sealgate queue hold`) until released.
+    add_column(conn, "messages", "held", "INTEGER NOT NULL DEFAULT 0")?;
+    // The console's queue page, one tenant at a time.
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS messages_tenant ON messages(tenant, id)")?;
     Ok(())
 }
 
@@ -519,8 +523,9 @@ fn read_envelope_row(
 
 fn jobs_of(conn: &Connection, id: QueueId) -> Result<Vec<DueJob>, SpoolError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT domain, MIN(next_attempt) FROM recipients
-         WHERE message_id = ? AND status = 0 GROUP BY domain",
+        "SELECT r.domain, MIN(r.next_attempt) FROM recipients r
+         JOIN messages m ON m.id = r.message_id
+         WHERE r.message_id = ? AND r.status = 0 AND m.held = 0 GROUP BY r.domain",
     )?;
     let rows = stmt.query_map([id.0 as i64], |r| {
         Ok(DueJob {
@@ -550,7 +555,11 @@ impl Spool for SqliteSpool {
         id: QueueId,
         domain: &'a str,
     ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>> {
-        Box::pin(async move { self.load_now(id, domain) })
+        Box::pin(async move { self.load_now(id, Some(domain)) })
+    }
+
+    fn load_all(&self, id: QueueId) -> BoxFuture<'_, Result<Option<LoadedJob>, SpoolError>> {
+        Box::pin(async move { self.load_now(id, None) })
     }
 
     fn record(&self, attempt: AttemptRecord) -> BoxFuture<'_, Result<RecordResult, SpoolError>> {
@@ -561,8 +570,8 @@ impl Spool for SqliteSpool {
         Box::pin(async move { self.read(due_jobs) })
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
-        Box::pin(async move { self.list_now() })
+    fn list(&self, page: ListPage) -> BoxFuture<'_, Result<Vec<MessageSummary>, SpoolError>> {
+        Box::pin(async move { self.list_now(&page) })
     }
 
     fn show(&self, id: QueueId) -> BoxFuture<'_, Result<Option<MessageDetail>, SpoolError>> {
@@ -607,7 +616,7 @@ impl Spool for SqliteSpool {
         }))
     }
 
-    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<bool, SpoolError>> {
+    fn delete(&self, id: QueueId, by: Operator) -> BoxFuture<'_, Result<bool, SpoolError>> {
         Box::pin(self.write(move |conn| {
             let tenant: Option<String> = conn
                 .prepare_cached("SELECT tenant FROM messages WHERE id = ?")?
@@ -615,18 +624,29 @@ impl Spool for SqliteSpool {
                 .optional()?;
             let deleted = delete_message(conn, id.0 as i64)?;
             if let (true, Some(tenant)) = (deleted, tenant) {
-                let event = crate::report::Event {
-                    queue_id: id,
-                    at: chrono::Utc::now().timestamp(),
-                    data: crate::report::EventData::Deleted(crate::report::event::Deleted {
-                        v: crate::report::event::VERSION,
-                        by: "operator (sealgate queue delete)".into(),
-                    }),
-                };
+                let event = deleted_record(id, crate::util::now(), &by.by, by.reason.as_deref());
                 crate::report::log::append(conn, &tenant, &[event]).map_err(classify)?;
             }
             Ok(deleted)
         }))
+    }
+
+    fn hold(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
+        Box::pin(self.write(move |conn| set_held(conn, id, &by, true, now)))
+    }
+
+    fn release(
+        &self,
+        id: QueueId,
+        by: Operator,
+        now: i64,
+    ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
+        Box::pin(self.write(move |conn| set_held(conn, id, &by, false, now)))
     }
 
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>> {
@@ -639,14 +659,12 @@ impl Spool for SqliteSpool {
                 .collect::<Result<_, _>>()?;
             for (id, tenant) in &held {
                 delete_message(conn, *id)?;
-                let event = crate::report::Event {
-                    queue_id: QueueId(*id as u64),
-                    at: now,
-                    data: crate::report::EventData::Deleted(crate::report::event::Deleted {
-                        v: crate::report::event::VERSION,
-                        by: "retention (hold_delivered ended)".into(),
-                    }),
-                };
+                let event = deleted_record(
+                    QueueId(*id as u64),
+                    now,
+                    "retention (hold_delivered ended)",
+                    None,
+                );
                 crate::report::log::append(conn, tenant, &[event]).map_err(classify)?;
             }
             Ok(held.len())
@@ -659,13 +677,19 @@ impl Spool for SqliteSpool {
 }
 
 impl SqliteSpool {
-    fn load_now(&self, id: QueueId, domain: &str) -> Result<Option<LoadedJob>, SpoolError> {
+    /// A job of one domain (not held), or of every domain (`None`: held or not).
+    fn load_now(&self, id: QueueId, domain: Option<&str>) -> Result<Option<LoadedJob>, SpoolError> {
         self.read(|conn| {
             let head = conn
-                .prepare_cached(
+                .prepare_cached(if domain.is_some() {
                     "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                     expires_at, body, tls_request, content FROM messages WHERE id = ? AND purge_at IS NULL",
-                )?
+                     expires_at, body, tls_request, content FROM messages
+                     WHERE id = ? AND purge_at IS NULL AND held = 0"
+                } else {
+                    "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
+                     expires_at, body, tls_request, content FROM messages
+                     WHERE id = ? AND purge_at IS NULL"
+                })?
                 .query_row([id.0 as i64], |row| {
                     let (envelope, received_at, expires_at) =
                         read_envelope_row(row, &self.cipher, id.0 as i64)?;
@@ -689,7 +713,8 @@ impl SqliteSpool {
                 body.ok_or_else(|| SpoolError::Corrupt(format!("message {id} has no body")))?;
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, address, orcpt, notify, attempts, class FROM recipients
-                 WHERE message_id = ? AND domain = ? AND status = 0 ORDER BY idx",
+                 WHERE message_id = ?1 AND (?2 IS NULL OR domain = ?2) AND status = 0
+                 ORDER BY idx",
             )?;
             let recipients = stmt
                 .query_map(params![id.0 as i64, domain], |r| {
@@ -780,28 +805,44 @@ impl SqliteSpool {
         }))
     }
 
-    fn list_now(&self) -> Result<Vec<MessageSummary>, SpoolError> {
+    fn list_now(&self, page: &ListPage) -> Result<Vec<MessageSummary>, SpoolError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
-                        SUM(r.status = 0), COUNT(*),
-                        MIN(CASE WHEN r.status = 0 THEN r.next_attempt END),
+            // The same query twice: with `tenant = ?` SQLite walks the
+            // (tenant, id) index, without it the primary key.
+            const COLUMNS: &str = "SELECT m.id, m.tenant, m.sender, m.size, m.received_at,
+                        (SELECT COUNT(*) FROM recipients x
+                          WHERE x.message_id = m.id AND x.status = 0),
+                        (SELECT COUNT(*) FROM recipients x WHERE x.message_id = m.id),
+                        (SELECT MIN(next_attempt) FROM recipients x
+                          WHERE x.message_id = m.id AND x.status = 0),
                         (SELECT idx FROM recipients x WHERE x.message_id = m.id
                            AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
                            AS reply_idx,
                         (SELECT last_reply FROM recipients x WHERE x.message_id = m.id
                            AND x.last_reply IS NOT NULL ORDER BY x.status, x.idx LIMIT 1)
-                           AS last_reply
-                 FROM messages m JOIN recipients r ON r.message_id = m.id
-                 WHERE m.purge_at IS NULL GROUP BY m.id ORDER BY m.id",
-            )?;
+                           AS last_reply,
+                        m.held
+                 FROM messages m";
+            let after = page.after.map_or(0, |a| a.0 as i64);
+            let limit = page.limit as i64;
+            let mut stmt = match &page.tenant {
+                Some(_) => conn.prepare_cached(&format!(
+                    "{COLUMNS} WHERE m.tenant = ?1 AND m.id > ?2 AND m.purge_at IS NULL
+                     ORDER BY m.tenant, m.id LIMIT ?3"
+                ))?,
+                None => conn.prepare_cached(&format!(
+                    "{COLUMNS} WHERE ?1 IS NULL AND m.id > ?2 AND m.purge_at IS NULL
+                     ORDER BY m.id LIMIT ?3"
+                ))?,
+            };
             let cipher = &self.cipher;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map(params![page.tenant, after, limit], |r| {
                 let id: i64 = r.get(0)?;
                 let reply_at = Row(id, r.get::<_, Option<i64>>("reply_idx")?.unwrap_or(0));
                 Ok(MessageSummary {
                     id: QueueId(id as u64),
                     tenant: TenantId(r.get(1)?),
+                    held: r.get("held")?,
                     sender: opened_text(r, "sender", cipher, Field::Sender, Row(id, 0))?,
                     size: r.get::<_, i64>(3)? as u64,
                     received_at: r.get(4)?,
@@ -871,7 +912,8 @@ impl SqliteSpool {
             let head = conn
                 .query_row(
                     "SELECT tenant, sender, env_id, ret, smtputf8, body_8bit, received_at,
-                     expires_at, client, size, tls_request, content FROM messages WHERE id = ?",
+                     expires_at, client, size, tls_request, content, held
+                     FROM messages WHERE id = ?",
                     [id.0 as i64],
                     |row| {
                         let (envelope, received_at, expires_at) =
@@ -888,11 +930,12 @@ impl SqliteSpool {
                                 Row(id.0 as i64, 0),
                             )?,
                             row.get::<_, i64>("size")?,
+                            row.get::<_, bool>("held")?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((mut envelope, received_at, expires_at, client, size)) = head else {
+            let Some((mut envelope, received_at, expires_at, client, size, held)) = head else {
                 return Ok(None);
             };
             let mut stmt = conn.prepare(
@@ -933,6 +976,7 @@ impl SqliteSpool {
                 expires_at,
                 client,
                 size: size as u64,
+                held,
                 recipients,
             }))
         })
@@ -1017,8 +1061,9 @@ fn reseal_batch(
 /// Every (message, domain) with pending recipients, and when it is due.
 fn due_jobs(conn: &Connection) -> Result<Vec<DueJob>, SpoolError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT message_id, domain, MIN(next_attempt) FROM recipients
-         WHERE status = 0 GROUP BY message_id, domain",
+        "SELECT r.message_id, r.domain, MIN(r.next_attempt) FROM recipients r
+         JOIN messages m ON m.id = r.message_id
+         WHERE r.status = 0 AND m.held = 0 GROUP BY r.message_id, r.domain",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(DueJob {
@@ -1028,6 +1073,43 @@ fn due_jobs(conn: &Connection) -> Result<Vec<DueJob>, SpoolError> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Holds or releases a message that has pending recipients; a release
+/// makes them due now.
+fn set_held(
+    conn: &Connection,
+    id: QueueId,
+    by: &Operator,
+    held: bool,
+    now: i64,
+) -> Result<HoldOutcome, SpoolError> {
+    let key = id.0 as i64;
+    let found: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT tenant, held FROM messages m WHERE id = ? AND purge_at IS NULL
+             AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = 0)",
+        )?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((tenant, was)) = found else {
+        return Ok(HoldOutcome::Missing);
+    };
+    if was == held {
+        return Ok(HoldOutcome::Unchanged);
+    }
+    conn.prepare_cached("UPDATE messages SET held = ? WHERE id = ?")?
+        .execute(params![held, key])?;
+    crate::report::log::append(conn, &tenant, &[held_record(id, now, by, held)])
+        .map_err(classify)?;
+    if held {
+        return Ok(HoldOutcome::Done(Vec::new()));
+    }
+    conn.prepare_cached(
+        "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND status = 0",
+    )?
+    .execute(params![now, key])?;
+    Ok(HoldOutcome::Done(jobs_of(conn, id)?))
 }
 
 fn delete_message(conn: &Connection, id: i64) -> Result<bool, SpoolError> {
@@ -1114,7 +1196,15 @@ mod tests {
             Some("451 marker-reply")
         );
         assert_eq!(
-            spool.list().await.unwrap()[0].last_reply.as_deref(),
+            spool
+                .list(ListPage {
+                    limit: 1000,
+                    ..ListPage::default()
+                })
+                .await
+                .unwrap()[0]
+                .last_reply
+                .as_deref(),
             Some("451 marker-reply")
         );
         drop(spool);
@@ -1271,7 +1361,13 @@ mod tests {
             spool.show(id).await.unwrap().is_none(),
             "finished content is deleted at once"
         );
-        let list = spool.list().await.unwrap();
+        let list = spool
+            .list(ListPage {
+                limit: 1000,
+                ..ListPage::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(list.len(), 1, "only the DSN is queued");
         assert_eq!(list[0].pending, 1);
     }
@@ -1338,6 +1434,16 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(spool.list().await.unwrap().len(), 200);
+        assert_eq!(
+            spool
+                .list(ListPage {
+                    limit: 1000,
+                    ..ListPage::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            200
+        );
     }
 }
