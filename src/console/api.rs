@@ -163,8 +163,10 @@ async fn message(
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct Queue {
-    /// Messages with a pending recipient, in the whole queue.
-    queued: u64,
+    /// Messages with a pending recipient, in the whole queue (not for a
+    /// tenant-admin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued: Option<u64>,
     /// Pass as `after` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
@@ -185,7 +187,7 @@ async fn queue(
 ) -> Response {
     match queued(&console, &user, &f).await {
         Ok(page) => axum::Json(Queue {
-            queued: page.depth.messages,
+            queued: page.depth.map(|d| d.messages),
             next: page.next.map(|n| n.to_string()),
             messages: page.messages,
         })

@@ -606,7 +606,9 @@ pub fn queue(lang: Lang, user: &User, f: &QueueFilter, page: &QueuePage) -> Mark
                 @if user.scope().is_none() { label { (t("tenant")) input name="tenant" value=(f.tenant); } }
                 button type="submit" { (t("filter")) }
             }
-            p.muted { (page.messages.len()) " " (t("shown-of")) " " (page.depth.messages) }
+            @if let Some(depth) = page.depth {
+                p.muted { (page.messages.len()) " " (t("shown-of")) " " (depth.messages) }
+            }
             table.queue id="queue" {
                 tr {
                     th { (t("queue-id")) } th { (t("tenant")) } th { (t("sender")) } th { (t("received")) }

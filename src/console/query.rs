@@ -131,7 +131,9 @@ pub struct QueuePage {
     pub messages: Vec<crate::spool::MessageSummary>,
     /// Where the next page starts, if there is more to look at.
     pub next: Option<QueueId>,
-    pub depth: crate::spool::QueueDepth,
+    /// The whole queue's size: not for a tenant-admin, whose view is its
+    /// own tenant's.
+    pub depth: Option<crate::spool::QueueDepth>,
 }
 
 /// Queued messages this user may see, filtered, a page at a time.
@@ -184,7 +186,10 @@ pub(super) async fn queued(
             break None;
         }
     };
-    let depth = console.spool.depth().await.map_err(internal)?;
+    let depth = match user.scope() {
+        Some(_) => None,
+        None => Some(console.spool.depth().await.map_err(internal)?),
+    };
     Ok(QueuePage {
         messages,
         next,
