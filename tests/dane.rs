@@ -410,3 +410,69 @@ fn the_resolver_is_checked_at_start() {
     });
     assert!(said.contains("WARN"), "{said}");
 }
+
+/// The resolver's cache, as `/metrics` reports it: the second message to
+/// a domain finds its MX, address and TLSA answers cached.
+#[test]
+fn a_second_delivery_is_answered_from_the_dns_cache() {
+    let w = world();
+    let port = free_port();
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[console]\naddress = \"127.0.0.1:{port}\"\n",
+            w.config(dir, relay, sub)
+        )
+    });
+    let lookups = || -> (f64, f64) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let body = rt.block_on(async {
+            reqwest::Client::builder()
+                // The gateway's own self-signed certificate.
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap()
+                .get(format!("https://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .expect("a scrape")
+                .text()
+                .await
+                .unwrap()
+        });
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+        let count = |result: &str| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == "sealgate_dns_cache_lookups_total")
+                .filter(|s| s.labels.get("result") == Some(result))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        (count("hit"), count("miss"))
+    };
+    wait_for(T, "the console to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let rcpt = format!("{}@ee.dane.test", unique("cache"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let (hits, misses) = lookups();
+    assert!(misses >= 3.0, "MX, address and TLSA asked: {misses} misses");
+    let rcpt = format!("{}@ee.dane.test", unique("cache"));
+    send(&gw, &rcpt);
+    delivered(&rcpt);
+    let (hits_after, misses_after) = lookups();
+    assert!(
+        hits_after >= hits + 3.0,
+        "the second delivery's MX, address and TLSA from the cache: hits {hits} -> {hits_after}, misses {misses} -> {misses_after}"
+    );
+}

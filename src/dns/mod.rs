@@ -171,6 +171,7 @@ pub struct Dns {
 
 impl Dns {
     pub fn new(config: &DnsConfig) -> Result<Dns, DnsError> {
+        crate::metrics::count_dns_cache();
         let mut builder = if config.servers.is_empty() {
             Resolver::builder_tokio()
                 .map_err(|e| DnsError::Setup(format!("/etc/resolv.conf: {e}")))?
