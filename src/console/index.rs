@@ -652,6 +652,9 @@ fn reason(p: &crate::report::event::AttemptRecipient) -> String {
 }
 
 /// Keeps the index following the log until shutdown.
+/// Records after whose indexing the free heap goes back to the system.
+const BIG_CATCH_UP: usize = 10_000;
+
 pub async fn follow(
     index: Arc<Index>,
     log: Arc<dyn LogStore>,
@@ -666,7 +669,15 @@ pub async fn follow(
             _ = shutdown.changed() => return,
         }
         match index.catch_up(log.as_ref()).await {
-            Ok(_) => failing = false,
+            Ok(n) => {
+                failing = false;
+                // A long catch-up (the first start after an upgrade, a
+                // burst of mail) leaves the decoded batches' memory free
+                // but kept by the allocator: hand it back.
+                if n >= BIG_CATCH_UP {
+                    crate::util::return_free_memory();
+                }
+            }
             // Said once per outage, not every second.
             Err(e) if !failing => {
                 failing = true;
