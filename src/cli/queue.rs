@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::queue::{Act, Acted};
-use crate::spool::{HoldOutcome, ListPage, MessageSummary, Operator};
+use crate::spool::{HoldOutcome, Operator};
 
 #[derive(Subcommand)]
 pub(super) enum QueueCommand {
@@ -66,19 +66,7 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
     let spool = storage.spool();
     match command {
         QueueCommand::List { json } => {
-            let mut list = Vec::new();
-            loop {
-                let page = runtime.block_on(spool.list(ListPage {
-                    after: list.last().map(|m: &MessageSummary| m.id),
-                    limit: 1000,
-                    tenant: None,
-                }))?;
-                let done = page.len() < 1000;
-                list.extend(page);
-                if done {
-                    break;
-                }
-            }
+            let list = runtime.block_on(crate::spool::list_all(spool.as_ref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());

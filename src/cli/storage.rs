@@ -96,19 +96,7 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
     drop(progress);
 
     // Then the queue: each message whole, with its recipients' states.
-    let mut list: Vec<crate::spool::MessageSummary> = Vec::new();
-    loop {
-        let page = runtime.block_on(source.list(crate::spool::ListPage {
-            after: list.last().map(|m| m.id),
-            limit: 1000,
-            tenant: None,
-        }))?;
-        let done = page.len() < 1000;
-        list.extend(page);
-        if done {
-            break;
-        }
-    }
+    let list = runtime.block_on(crate::spool::list_all(source.as_ref()))?;
     let progress = super::progress::Progress::new(list.len() as u64, "queued messages");
     let mut messages = 0;
     for summary in &list {

@@ -635,20 +635,7 @@ async fn bounce(
             detail: &detail,
         })
         .collect();
-    let lifetime = config.queue.max_lifetime.as_secs() as i64;
-    let dsn = dsn::build(
-        &config.hostname,
-        &job,
-        &reportable,
-        spool.next_id(),
-        now,
-        lifetime,
-    );
-    let dsn_job = dsn.as_ref().map(|d| DueJob {
-        id: d.id,
-        domain: d.envelope.recipients[0].domain.clone(),
-        due: now,
-    });
+    let (dsn, dsn_job) = bounce_of(config, spool, &job, &reportable, now);
     let dsn_id = dsn.as_ref().map(|d| d.id);
     let events = by_domain
         .into_iter()
@@ -695,6 +682,31 @@ async fn bounce(
         },
         dsn_job,
     ))
+}
+
+/// The DSN for `failed` recipients of `job`, if one is due, and its job.
+fn bounce_of(
+    config: &Config,
+    spool: &dyn Spool,
+    job: &crate::message::LoadedJob,
+    failed: &[dsn::Failure<'_>],
+    now: i64,
+) -> (Option<crate::spool::NewMessage>, Option<DueJob>) {
+    let lifetime = config.queue.max_lifetime.as_secs() as i64;
+    let dsn = dsn::build(
+        &config.hostname,
+        job,
+        failed,
+        spool.next_id(),
+        now,
+        lifetime,
+    );
+    let due = dsn.as_ref().map(|d| DueJob {
+        id: d.id,
+        domain: d.envelope.recipients[0].domain.clone(),
+        due: now,
+    });
+    (dsn, due)
 }
 
 /// When to try a job again whose storage failed: the first retry wait,
@@ -842,20 +854,7 @@ async fn attempt(
             })
         })
         .collect();
-    let lifetime = config.queue.max_lifetime.as_secs() as i64;
-    let dsn = dsn::build(
-        &config.hostname,
-        &job,
-        &reportable,
-        spool.next_id(),
-        now,
-        lifetime,
-    );
-    let dsn_job = dsn.as_ref().map(|d| DueJob {
-        id: d.id,
-        domain: d.envelope.recipients[0].domain.clone(),
-        due: now,
-    });
+    let (dsn, dsn_job) = bounce_of(config, spool, &job, &reportable, now);
 
     let event = crate::report::Event {
         queue_id: id,

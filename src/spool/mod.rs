@@ -203,6 +203,27 @@ impl crate::report::LogStore for Storage {
     }
 }
 
+/// Every message with pending recipients, read a page at a time: for
+/// commands that need the whole queue (`queue list`, `storage migrate`).
+pub async fn list_all(spool: &dyn Spool) -> Result<Vec<MessageSummary>, SpoolError> {
+    const PAGE: usize = 1000;
+    let mut all: Vec<MessageSummary> = Vec::new();
+    loop {
+        let page = spool
+            .list(ListPage {
+                after: all.last().map(|m| m.id),
+                limit: PAGE,
+                tenant: None,
+            })
+            .await?;
+        let done = page.len() < PAGE;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
 /// The log record of a message's content leaving the spool.
 fn deleted_record(id: QueueId, at: i64, by: &str, reason: Option<&str>) -> Event {
     Event {
