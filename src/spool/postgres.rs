@@ -794,6 +794,20 @@ impl PgSpool {
         }))
     }
 
+    /// Holds (`true`) or releases a message, in the writer's next batch.
+    async fn set_held(
+        &self,
+        id: QueueId,
+        by: Operator,
+        held: bool,
+        now: i64,
+    ) -> Result<HoldOutcome, SpoolError> {
+        match self.write(Op::Hold(id, by, held, now)).await? {
+            Done::Hold(h) => Ok(h),
+            _ => Err(SpoolError::Stopped),
+        }
+    }
+
     async fn list_now(&self, page: &ListPage) -> Result<Vec<MessageSummary>, SpoolError> {
         let client = self.client().await?;
         let after = page.after.map_or(0, |a| a.0 as i64);
@@ -977,12 +991,7 @@ impl Spool for PgSpool {
         by: Operator,
         now: i64,
     ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
-        Box::pin(async move {
-            match self.write(Op::Hold(id, by, true, now)).await? {
-                Done::Hold(h) => Ok(h),
-                _ => Err(SpoolError::Stopped),
-            }
-        })
+        Box::pin(self.set_held(id, by, true, now))
     }
 
     fn release(
@@ -991,12 +1000,7 @@ impl Spool for PgSpool {
         by: Operator,
         now: i64,
     ) -> BoxFuture<'_, Result<HoldOutcome, SpoolError>> {
-        Box::pin(async move {
-            match self.write(Op::Hold(id, by, false, now)).await? {
-                Done::Hold(h) => Ok(h),
-                _ => Err(SpoolError::Stopped),
-            }
-        })
+        Box::pin(self.set_held(id, by, false, now))
     }
 
     fn purge(&self, now: i64) -> BoxFuture<'_, Result<usize, SpoolError>> {
