@@ -21,7 +21,7 @@ use crate::policy::memory::DomainMemory;
 use crate::queue::{Act, Acted, QueueHandle};
 use crate::report::tlsrpt::{Reporter, day_name};
 use crate::spool::at_rest::KekChange;
-use crate::spool::{HoldOutcome, Operator, Spool};
+use crate::spool::{Operator, Spool};
 use crate::util::now;
 
 pub struct Server {
@@ -145,6 +145,13 @@ impl Server {
             by: format!("operator (sealgate queue {op})"),
             reason: reason.filter(|r| !r.is_empty()),
         };
+        if let Some(act) = Act::from_name(op) {
+            return match self.queue.act(id, act, by).await {
+                Ok(acted) if acted.done() => format!("ok: {}", acted_text(id, &acted)),
+                Ok(acted) => format!("error: {}", acted_text(id, &acted)),
+                Err(e) => format!("error: {e}"),
+            };
+        }
         match op {
             "retry" => match self.spool.retry(id, now()).await {
                 Ok(jobs) if jobs.is_empty() => {
@@ -155,29 +162,6 @@ impl Server {
                     self.queue.due(jobs);
                     format!("ok: {id}: {n} destination(s) scheduled now")
                 }
-                Err(e) => format!("error: {e}"),
-            },
-            "delete" | "hold" | "bounce" => {
-                let act = match op {
-                    "delete" => Act::Delete,
-                    "hold" => Act::Hold,
-                    _ => Act::Bounce,
-                };
-                match self.queue.act(id, act, by).await {
-                    Ok(acted @ (Acted::Missing | Acted::AlreadyHeld)) => {
-                        format!("error: {}", acted_text(id, &acted))
-                    }
-                    Ok(acted) => format!("ok: {}", acted_text(id, &acted)),
-                    Err(e) => format!("error: {e}"),
-                }
-            }
-            "release" => match self.spool.release(id, by, now()).await {
-                Ok(HoldOutcome::Done(jobs)) => {
-                    self.queue.due(jobs);
-                    format!("ok: {id}: released, due now")
-                }
-                Ok(HoldOutcome::Unchanged) => format!("error: {id}: not held"),
-                Ok(HoldOutcome::Missing) => format!("error: {id}: no such message in the queue"),
                 Err(e) => format!("error: {e}"),
             },
             _ => format!("error: unknown operation `{op}`"),
@@ -202,6 +186,8 @@ pub fn acted_text(id: QueueId, acted: &Acted) -> String {
         Acted::Deleted => format!("{id}: deleted"),
         Acted::Held => format!("{id}: held until released"),
         Acted::AlreadyHeld => format!("{id}: held already"),
+        Acted::Released => format!("{id}: released, due now"),
+        Acted::NotHeld => format!("{id}: not held"),
         Acted::Bounced {
             recipients,
             dsn: Some(dsn),

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::queue::{Act, Acted};
-use crate::spool::{HoldOutcome, Operator};
+use crate::spool::Operator;
 
 #[derive(Subcommand)]
 pub(super) enum QueueCommand {
@@ -170,32 +170,12 @@ pub(super) fn queue(config: Config, command: QueueCommand) -> anyhow::Result<()>
             }
             act(&config, &runtime, spool, id, Act::Bounce, Some(reason))
         }
-        QueueCommand::Release { id } => {
-            if let Some(answer) =
-                crate::control::request(&config.control_socket(), &format!("release {id}"))
-            {
-                return report(answer);
-            }
-            let by = Operator {
-                by: "operator (sealgate queue release)".into(),
-                reason: None,
-            };
-            match runtime.block_on(spool.release(id, by, crate::util::now()))? {
-                HoldOutcome::Done(_) => {
-                    println!(
-                        "{id}: released; the gateway is not running, it will try at its next start"
-                    );
-                    Ok(())
-                }
-                HoldOutcome::Unchanged => bail!("{id}: not held"),
-                HoldOutcome::Missing => bail!("{id}: no such message in the queue"),
-            }
-        }
+        QueueCommand::Release { id } => act(&config, &runtime, spool, id, Act::Release, None),
     }
 }
 
-/// Deletes, holds or bounces through the running gateway, which waits for
-/// an attempt in flight; or, when none runs, on the spool itself.
+/// Deletes, holds, releases or bounces through the running gateway, which
+/// waits for an attempt in flight; or, when none runs, on the spool itself.
 fn act(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
@@ -205,11 +185,7 @@ fn act(
     reason: Option<String>,
 ) -> anyhow::Result<()> {
     let reason = reason_of(reason)?;
-    let verb = match act {
-        Act::Delete => "delete",
-        Act::Hold => "hold",
-        Act::Bounce => "bounce",
-    };
+    let verb = act.name();
     let line = match &reason {
         Some(r) => format!("{verb} {id} {r}"),
         None => format!("{verb} {id}"),
@@ -222,9 +198,12 @@ fn act(
         reason,
     };
     let (acted, _) = runtime.block_on(crate::queue::apply(config, spool.as_ref(), id, act, by))?;
-    if matches!(acted, Acted::Missing | Acted::AlreadyHeld) {
+    if !acted.done() {
         bail!("{}", crate::control::acted_text(id, &acted));
     }
     println!("{}", crate::control::acted_text(id, &acted));
+    if acted == Acted::Released {
+        println!("the gateway is not running: it will try at its next start");
+    }
     Ok(())
 }

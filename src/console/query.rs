@@ -293,7 +293,7 @@ async fn act_on(
     reason: Option<String>,
 ) -> Result<String, Response> {
     use crate::queue::{Act, Acted};
-    use crate::spool::{HoldOutcome, Operator};
+    use crate::spool::Operator;
     let by = Operator {
         by: format!("console account {}", user.account.name),
         reason,
@@ -309,22 +309,7 @@ async fn act_on(
             console.queue.due(jobs);
             return Ok(said);
         }
-        QueueAction::Release => {
-            return match console.spool.release(id, by, now()).await {
-                Ok(HoldOutcome::Done(jobs)) => {
-                    console.queue.due(jobs);
-                    Ok(format!("{id}: released, due now"))
-                }
-                Ok(HoldOutcome::Unchanged) => {
-                    Err(refuse(StatusCode::CONFLICT, &format!("{id}: not held")))
-                }
-                Ok(HoldOutcome::Missing) => Err(refuse(
-                    StatusCode::NOT_FOUND,
-                    "no such message in the queue",
-                )),
-                Err(e) => Err(internal(e)),
-            };
-        }
+        QueueAction::Release => Act::Release,
         QueueAction::Hold => Act::Hold,
         QueueAction::Delete => Act::Delete,
         QueueAction::Bounce => Act::Bounce,
@@ -334,7 +319,10 @@ async fn act_on(
             StatusCode::NOT_FOUND,
             "no such message in the queue",
         )),
-        Ok(Acted::AlreadyHeld) => Err(refuse(StatusCode::CONFLICT, &format!("{id}: held already"))),
+        Ok(acted) if !acted.done() => Err(refuse(
+            StatusCode::CONFLICT,
+            &crate::control::acted_text(id, &acted),
+        )),
         Ok(acted) => Ok(crate::control::acted_text(id, &acted)),
         Err(e) => Err(internal(e)),
     }

@@ -63,8 +63,28 @@ pub enum Act {
     Delete,
     /// Keep it back until released.
     Hold,
+    /// End a hold: due now, on this node.
+    Release,
     /// Give up its pending recipients now, with a DSN to the sender.
     Bounce,
+}
+
+impl Act {
+    /// As the command line and the control socket name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Delete => "delete",
+            Act::Hold => "hold",
+            Act::Release => "release",
+            Act::Bounce => "bounce",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Act> {
+        [Act::Delete, Act::Hold, Act::Release, Act::Bounce]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
 }
 
 /// What came of an [`Act`].
@@ -76,11 +96,21 @@ pub enum Acted {
     Held,
     /// It was held already.
     AlreadyHeld,
+    Released,
+    /// A release of a message that was not held.
+    NotHeld,
     /// `recipients` failed; the DSN, if the sender gets one.
     Bounced {
         recipients: usize,
         dsn: Option<QueueId>,
     },
+}
+
+impl Acted {
+    /// Whether the act changed anything.
+    pub fn done(&self) -> bool {
+        !matches!(self, Acted::Missing | Acted::AlreadyHeld | Acted::NotHeld)
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Acted, String>>;
@@ -328,34 +358,24 @@ impl Queue {
                 now,
                 purge_at: now + self.config.hold_delivered(&job.envelope.tenant.0).as_secs() as i64,
                 tenant: job.envelope.tenant.clone(),
-                events: vec![crate::report::Event {
-                    queue_id: job.id,
-                    at: now,
-                    data: EventData::Attempt(Box::new(event::Attempt {
-                        v: event::VERSION,
-                        domain: entry.domain.clone(),
-                        verdict: None,
-                        checks: Vec::new(),
-                        hosts: Vec::new(),
-                        recipients: taken
-                            .iter()
-                            .map(|r| AttemptRecipient {
-                                address: r.recipient.address.clone(),
-                                class: Some(r.recipient.class),
-                                required: None,
-                                action: None,
-                                reason_code: None,
-                                reason: None,
-                                end_to_end: None,
-                                outcome: RecipientResult::Delivered,
-                                status: "2.0.0".into(),
-                                remote: Some(entry.remote.clone()),
-                                detail: text.clone(),
-                            })
-                            .collect(),
-                        bounce: None,
-                    })),
-                }],
+                events: vec![attempt_without_verdict(
+                    job.id,
+                    now,
+                    entry.domain.clone(),
+                    taken
+                        .iter()
+                        .map(|r| {
+                            undecided(
+                                r,
+                                RecipientResult::Delivered,
+                                "2.0.0",
+                                Some(&entry.remote),
+                                &text,
+                            )
+                        })
+                        .collect(),
+                    None,
+                )],
             };
             match self.spool.record(record).await {
                 Ok(_) => recorded += taken.len(),
@@ -516,8 +536,8 @@ impl Queue {
                 let result =
                     apply(&config, spool.as_ref(), id, act, by)
                         .await
-                        .map(|(acted, dsn)| {
-                            if let Some(job) = dsn {
+                        .map(|(acted, due)| {
+                            for job in due {
                                 let _ = tx.send(Event::Due(job));
                             }
                             acted
@@ -545,26 +565,34 @@ impl Queue {
     }
 }
 
-/// Does an operator's act on the spool; a bounce's DSN comes back as a
-/// job to schedule.
+/// Does an operator's act on the spool; what it made due (a released
+/// message's jobs, a bounce's DSN) comes back to be scheduled.
 pub async fn apply(
     config: &Config,
     spool: &dyn Spool,
     id: QueueId,
     act: Act,
     by: Operator,
-) -> Result<(Acted, Option<DueJob>), crate::spool::SpoolError> {
+) -> Result<(Acted, Vec<DueJob>), crate::spool::SpoolError> {
     Ok(match act {
         Act::Delete => match spool.delete(id, by).await? {
-            true => (Acted::Deleted, None),
-            false => (Acted::Missing, None),
+            true => (Acted::Deleted, Vec::new()),
+            false => (Acted::Missing, Vec::new()),
         },
         Act::Hold => match spool.hold(id, by, now()).await? {
-            HoldOutcome::Missing => (Acted::Missing, None),
-            HoldOutcome::Unchanged => (Acted::AlreadyHeld, None),
-            HoldOutcome::Done(_) => (Acted::Held, None),
+            HoldOutcome::Missing => (Acted::Missing, Vec::new()),
+            HoldOutcome::Unchanged => (Acted::AlreadyHeld, Vec::new()),
+            HoldOutcome::Done(_) => (Acted::Held, Vec::new()),
         },
-        Act::Bounce => bounce(config, spool, id, &by).await?,
+        Act::Release => match spool.release(id, by, now()).await? {
+            HoldOutcome::Missing => (Acted::Missing, Vec::new()),
+            HoldOutcome::Unchanged => (Acted::NotHeld, Vec::new()),
+            HoldOutcome::Done(jobs) => (Acted::Released, jobs),
+        },
+        Act::Bounce => {
+            let (acted, dsn) = bounce(config, spool, id, &by).await?;
+            (acted, dsn.into_iter().collect())
+        }
     })
 }
 
@@ -608,19 +636,7 @@ async fn bounce(
             detail: &detail,
         }
         .emit();
-        let evidence = AttemptRecipient {
-            address: r.recipient.address.clone(),
-            class: Some(r.recipient.class),
-            required: None,
-            action: None,
-            reason_code: None,
-            reason: None,
-            end_to_end: None,
-            outcome: RecipientResult::Bounced,
-            status: "5.0.0".into(),
-            remote: None,
-            detail: detail.text.clone(),
-        };
+        let evidence = undecided(r, RecipientResult::Bounced, "5.0.0", None, &detail.text);
         match by_domain.iter_mut().find(|(d, _)| *d == r.recipient.domain) {
             Some((_, list)) => list.push(evidence),
             None => by_domain.push((r.recipient.domain.clone(), vec![evidence])),
@@ -639,19 +655,7 @@ async fn bounce(
     let dsn_id = dsn.as_ref().map(|d| d.id);
     let events = by_domain
         .into_iter()
-        .map(|(domain, recipients)| crate::report::Event {
-            queue_id: id,
-            at: now,
-            data: EventData::Attempt(Box::new(event::Attempt {
-                v: event::VERSION,
-                domain,
-                verdict: None,
-                checks: Vec::new(),
-                hosts: Vec::new(),
-                recipients,
-                bounce: dsn_id,
-            })),
-        })
+        .map(|(domain, recipients)| attempt_without_verdict(id, now, domain, recipients, dsn_id))
         .collect();
     let record = AttemptRecord {
         id,
@@ -682,6 +686,53 @@ async fn bounce(
         },
         dsn_job,
     ))
+}
+
+/// The evidence of a recipient whose outcome came without a delivery
+/// decision: a delivery found in the journal, an operator's bounce.
+fn undecided(
+    r: &PendingRecipient,
+    outcome: RecipientResult,
+    status: &str,
+    remote: Option<&str>,
+    detail: &str,
+) -> AttemptRecipient {
+    AttemptRecipient {
+        address: r.recipient.address.clone(),
+        class: Some(r.recipient.class),
+        required: None,
+        action: None,
+        reason_code: None,
+        reason: None,
+        end_to_end: None,
+        outcome,
+        status: status.to_string(),
+        remote: remote.map(str::to_string),
+        detail: detail.to_string(),
+    }
+}
+
+/// An attempt record with no connection behind it, hence no verdict.
+fn attempt_without_verdict(
+    id: QueueId,
+    at: i64,
+    domain: String,
+    recipients: Vec<AttemptRecipient>,
+    bounce: Option<QueueId>,
+) -> crate::report::Event {
+    crate::report::Event {
+        queue_id: id,
+        at,
+        data: EventData::Attempt(Box::new(event::Attempt {
+            v: event::VERSION,
+            domain,
+            verdict: None,
+            checks: Vec::new(),
+            hosts: Vec::new(),
+            recipients,
+            bounce,
+        })),
+    }
 }
 
 /// The DSN for `failed` recipients of `job`, if one is due, and its job.
