@@ -166,9 +166,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     });
     if config.report.tlsrpt && spool.shared() {
         // Each node would send the same day's reports from its own state.
-        tracing::warn!(
-            "report.tlsrpt: TLS-RPT reports are not sent from a cluster yet; `sealgate report tlsrpt` prints them from the shared log (docs/cluster.md)"
-        );
+        tracing::warn!("report.tlsrpt: {}", crate::control::CLUSTER_TLSRPT);
     } else if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
     }
