@@ -34,7 +34,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text = format!("{text}: {s}");
+        // Wrappers that print their cause themselves would say it twice.
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
         source = s.source();
     }
     text
@@ -155,5 +159,19 @@ mod tests {
         assert_eq!(hex_upper(&[0xab]), "AB");
         let io = std::io::Error::other("disk full");
         assert_eq!(error_chain(&io), "disk full");
+    }
+
+    /// A wrapper that prints its cause and also gives it as its source
+    /// (tokio-postgres, deadpool) is said once.
+    #[test]
+    fn a_cause_the_wrapper_already_printed_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("handshake: {0}")]
+        struct Says(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect")]
+        struct Wraps(#[source] Says);
+        let e = Wraps(Says(std::io::Error::other("unknown issuer")));
+        assert_eq!(error_chain(&e), "connect: handshake: unknown issuer");
     }
 }

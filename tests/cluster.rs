@@ -420,3 +420,178 @@ fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_ther
         output_text(&again)
     );
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it in `dir`
+/// (ca.pem, server.pem, server.key), readable by the postgres user.
+fn database_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            output_text(&out)
+        );
+    };
+    let p256 = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &p256,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Test database CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &p256,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.pem",
+    ]);
+    // PostgreSQL reads its key only when the postgres user owns it, 0600.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "postgres:"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_node_reaches_postgresql_over_tls_and_checks_its_certificate() {
+    let certs = peers_dir().join("postgres-tls-certs");
+    database_certificates(&certs);
+    // The server takes nothing in clear, so a node that gets in used TLS.
+    std::fs::write(
+        certs.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    let at = |f: &str| certs.join(f).display().to_string();
+    let pg = PrivatePg::start_with(
+        "postgres-tls",
+        24434,
+        &format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c hba_file={}",
+            at("server.pem"),
+            at("server.key"),
+            at("pg_hba.conf")
+        ),
+    );
+    let url = pg_database(&pg.url, "tls");
+    let shared = tempfile::tempdir().unwrap();
+    let secure = format!("{url}?sslmode=require");
+    let gw = Gateway::start_with(|dir, relay, sub| {
+        format!(
+            "{}\n[storage]\nurl = \"{secure}\"\nca = \"{}\"\n\n[spool]\nkey_file = \"{}\"\n",
+            base_config(dir, relay, sub),
+            at("ca.pem"),
+            shared.path().join("spool.key").display()
+        )
+    });
+    let rcpt = format!("{}@tls-db.test", unique("pg"));
+    let mut c = Client::connect(gw.relay);
+    c.cmd("EHLO load.test");
+    assert!(c.cmd("MAIL FROM:<load@src.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(text("<tls-db@src.test>", &rcpt).as_bytes());
+    assert!(c.cmd(".").starts_with("250"), "stored over TLS");
+    wait_all(
+        &["<tls-db@src.test>".to_string()],
+        std::slice::from_ref(&rcpt),
+        Duration::from_secs(30),
+    );
+
+    // The same node's commands, told otherwise by the environment (which
+    // wins over the file) or by another file.
+    let command = |config: &Path, url: &str| {
+        let out = std::process::Command::new(bin())
+            .env("SEALGATE_STORAGE_URL", url)
+            .args(["--config", config.to_str().unwrap(), "queue", "list"])
+            .output()
+            .expect("sealgate");
+        (out.status.success(), output_text(&out))
+    };
+    let without_ca = gw.dir.path().join("without-ca.toml");
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    let ca_line = format!("ca = \"{}\"\n", at("ca.pem"));
+    assert!(text.contains(&ca_line));
+    std::fs::write(&without_ca, text.replace(&ca_line, "")).unwrap();
+    let (ok, said) = command(&gw.config, &secure);
+    assert!(ok, "{said}");
+    // In clear, the server refuses.
+    let (ok, said) = command(&without_ca, &format!("{url}?sslmode=disable"));
+    assert!(!ok && said.contains("no encryption"), "{said}");
+    // A CA for a connection that would not use it, or a mode that might
+    // not encrypt: refused before connecting.
+    let (ok, said) = command(&gw.config, &url);
+    assert!(
+        !ok && said.contains("does not say sslmode=require"),
+        "{said}"
+    );
+    let (ok, said) = command(&without_ca, &format!("{url}?sslmode=prefer"));
+    assert!(
+        !ok && said.contains("sslmode=prefer would send everything in clear"),
+        "{said}"
+    );
+    // Without our CA, the server's certificate is not trusted.
+    let (ok, said) = command(&without_ca, &secure);
+    assert!(!ok && said.to_lowercase().contains("certificate"), "{said}");
+}

@@ -173,7 +173,7 @@ async fn verify_chain(client: &tokio_postgres::Client, tenant: &str) -> usize {
 async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
     let url = database("roundtrip").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let spool = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let marker = "marker-7c1e0d5a in the body";
@@ -250,7 +250,7 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
 
     // A restart (a second open) sees the same queue, and the same keys.
     drop(spool);
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let spool = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let mut due = spool.pending().await.unwrap();
@@ -339,10 +339,10 @@ async fn messages_are_stored_loaded_recorded_and_survive_a_restart() {
 async fn two_nodes_appending_to_one_chain_take_turns() {
     let url = database("chain").await;
     let dir = tempfile::tempdir().unwrap();
-    let a = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let a = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
-    let b = PgSpool::open(&url, &key(&dir, false), "node-b", LEASE)
+    let b = PgSpool::open(&url, None, &key(&dir, false), "node-b", LEASE)
         .await
         .unwrap();
     // Ids made on two nodes in the same microsecond still differ.
@@ -416,7 +416,7 @@ async fn two_nodes_appending_to_one_chain_take_turns() {
 async fn a_newer_schema_or_a_missing_key_is_refused() {
     let url = database("refuse").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let spool = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let m = message(&*spool, "t", &["x@one.test"], "kept");
@@ -425,7 +425,7 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
 
     // The key file gone: refused, nothing lost.
     let elsewhere = tempfile::tempdir().unwrap();
-    let err = PgSpool::open(&url, &key(&elsewhere, true), "node-a", LEASE)
+    let err = PgSpool::open(&url, None, &key(&elsewhere, true), "node-a", LEASE)
         .await
         .err()
         .expect("refused");
@@ -439,7 +439,7 @@ async fn a_newer_schema_or_a_missing_key_is_refused() {
         .execute("UPDATE sealgate_schema SET version = 99", &[])
         .await
         .unwrap();
-    let err = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let err = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .err()
         .expect("refused");
@@ -455,10 +455,10 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     let url = database("owner").await;
     let dir = tempfile::tempdir().unwrap();
     let lease = Some(Duration::from_secs(3));
-    let a = PgSpool::open(&url, &key(&dir, true), "node-a", lease)
+    let a = PgSpool::open(&url, None, &key(&dir, true), "node-a", lease)
         .await
         .unwrap();
-    let b = PgSpool::open(&url, &key(&dir, false), "node-b", lease)
+    let b = PgSpool::open(&url, None, &key(&dir, false), "node-b", lease)
         .await
         .unwrap();
     assert!(a.shared() && a.available());
@@ -479,7 +479,7 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     );
 
     // A second live process named node-b is refused.
-    let err = PgSpool::open(&url, &key(&dir, false), "node-b", lease)
+    let err = PgSpool::open(&url, None, &key(&dir, false), "node-b", lease)
         .await
         .err()
         .expect("refused");
@@ -524,7 +524,7 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
     }
 
     // The command's view: no node name taken, every message listed.
-    let command = PgSpool::open(&url, &key(&dir, false), "node-a", None)
+    let command = PgSpool::open(&url, None, &key(&dir, false), "node-a", None)
         .await
         .unwrap();
     assert_eq!(
@@ -548,7 +548,7 @@ async fn a_node_delivers_its_own_messages_and_the_others_take_them_over_when_it_
 async fn messages_stored_together_go_in_one_statement_and_a_bad_one_spoils_only_itself() {
     let url = database("batch").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let spool = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     // Queued before the writer runs (one thread): one batch of three.
@@ -600,7 +600,7 @@ async fn messages_stored_together_go_in_one_statement_and_a_bad_one_spoils_only_
 async fn attempts_recorded_together_keep_each_ones_outcome() {
     let url = database("records").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let spool = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
     let ms: Vec<NewMessage> = (0..3)
@@ -759,10 +759,10 @@ async fn holds_releases_and_pages(node: &dyn Spool, other: &dyn Spool) {
 async fn an_operator_holds_and_releases_and_the_queue_is_read_in_pages() {
     let url = database("hold").await;
     let dir = tempfile::tempdir().unwrap();
-    let a = PgSpool::open(&url, &key(&dir, true), "node-a", LEASE)
+    let a = PgSpool::open(&url, None, &key(&dir, true), "node-a", LEASE)
         .await
         .unwrap();
-    let b = PgSpool::open(&url, &key(&dir, false), "node-b", LEASE)
+    let b = PgSpool::open(&url, None, &key(&dir, false), "node-b", LEASE)
         .await
         .unwrap();
     holds_releases_and_pages(&*a, &*b).await;

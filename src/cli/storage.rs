@@ -58,6 +58,7 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
     let target = runtime
         .block_on(crate::spool::PgSpool::open(
             &url,
+            config.storage.ca.as_deref(),
             &key,
             &config.cluster.node,
             None,

@@ -14,6 +14,9 @@ pub struct StorageConfig {
     /// sit in this file. Shown with its password hidden.
     #[serde(serialize_with = "ser_url")]
     pub url: Option<String>,
+    /// PEM file of the certificate(s) that sign PostgreSQL's, when the
+    /// URL says `sslmode=require`; without it, the system's trust store.
+    pub ca: Option<PathBuf>,
 }
 
 /// This node among those that share one database.

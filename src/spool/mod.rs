@@ -56,7 +56,8 @@ impl Storage {
         match config.storage_url() {
             Some(url) => {
                 let lease = gateway.then_some(config.cluster.lease);
-                let spool = PgSpool::open(&url, &key, &config.cluster.node, lease)
+                let ca = config.storage.ca.as_deref();
+                let spool = PgSpool::open(&url, ca, &key, &config.cluster.node, lease)
                     .await
                     .with_context(|| {
                         format!(

@@ -21,6 +21,7 @@
 //! lock (so that nodes starting together do not race), and a database
 //! with a newer schema than this binary knows is refused.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,8 +29,10 @@ use std::time::Duration;
 use deadpool_postgres::Transaction as PoolTx;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row as PgRow, Transaction};
+use tokio_postgres::{Row as PgRow, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::at_rest::{Cipher, Field, KekChange, RekeyDone, Row, StoredKey};
 use super::values::{DELIVERED, FAILED, IdClock, PENDING, Sealed, class_of, seal_message};
@@ -214,8 +217,12 @@ impl PgSpool {
     /// its messages when its heartbeat is older than `lease`. Without a
     /// lease it is a command's view (`sealgate queue`, `report`): no node
     /// lock, no heartbeat, no ids of its own.
+    ///
+    /// `ca`: the certificates that sign the server's, for `sslmode=require`
+    /// (see [`connector`]).
     pub async fn open(
         url: &str,
+        ca: Option<&Path>,
         key: &KeyFile,
         node: &str,
         lease: Option<Duration>,
@@ -226,9 +233,10 @@ impl PgSpool {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(MAX_BEAT);
         }
+        let tls = connector(&mut config, url, ca)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -287,6 +295,7 @@ impl PgSpool {
         if let Some(lease) = lease {
             let beat = Beat {
                 config,
+                tls,
                 node: node.to_string(),
                 slot,
                 lease,
@@ -2008,8 +2017,71 @@ fn open_opt(
     })
 }
 
+/// How this node reaches PostgreSQL. In clear unless the URL says
+/// `sslmode=require`; then over TLS (TLS 1.2 or 1.3 with the suites the
+/// BSI profile allows), the server's certificate checked against `ca`
+/// (PEM) or, without it, the system's trust store, and its name against
+/// the URL's host. `sslmode=prefer`, which would go on in clear when TLS
+/// is not offered, is refused when asked for; libpq makes it the default,
+/// here the default is what it always was: no TLS.
+fn connector(
+    config: &mut tokio_postgres::Config,
+    url: &str,
+    ca: Option<&Path>,
+) -> Result<MakeRustlsConnect, SpoolError> {
+    let refuse = |why: String| SpoolError::Unavailable(format!("storage TLS: {why}"));
+    match config.get_ssl_mode() {
+        SslMode::Require => {}
+        SslMode::Prefer if url.contains("sslmode=prefer") => {
+            return Err(refuse(
+                "sslmode=prefer would send everything in clear when the server offers no TLS: say sslmode=require (TLS, the certificate checked) or leave sslmode out (no TLS)".into(),
+            ));
+        }
+        _ => {
+            if let Some(ca) = ca {
+                return Err(refuse(format!(
+                    "[storage] ca is {}, but the storage url does not say sslmode=require",
+                    ca.display()
+                )));
+            }
+            config.ssl_mode(SslMode::Disable);
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| refuse(format!("[storage] ca {}: {e}", path.display())))?;
+            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refuse(format!("[storage] ca {}: {e}", path.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(refuse(format!(
+                    "[storage] ca {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::qualify::bsi::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refuse(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(tls))
+}
+
+/// With the causes: "db error" alone would hide the server's reason (a
+/// refusal by pg_hba.conf, a certificate that is not trusted).
 fn unavailable(e: deadpool_postgres::PoolError) -> SpoolError {
-    SpoolError::Unavailable(e.to_string())
+    SpoolError::Unavailable(match e {
+        deadpool_postgres::PoolError::Backend(e) => crate::util::error_chain(&e),
+        e => crate::util::error_chain(&e),
+    })
 }
 
 /// One node among those sharing the database (`sealgate cluster status`).
@@ -2034,6 +2106,7 @@ pub struct NodeStatus {
 /// dies.
 struct Beat {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     node: String,
     slot: u8,
     lease: Duration,
@@ -2043,7 +2116,7 @@ struct Beat {
 impl Beat {
     /// A connection holding the node lock.
     async fn connect(&self) -> Result<tokio_postgres::Client, SpoolError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -901,17 +901,20 @@ pub fn dkim_keygen(dir: &Path, domain: &str, algorithm: &str) -> (PathBuf, Strin
 /// machine's own, or a private cluster); its URL without a database.
 pub fn pg_server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| pg_script_url(&peers_dir().join("postgres"), 24432, false))
+    URL.get_or_init(|| pg_script_url(&peers_dir().join("postgres"), 24432, None))
 }
 
-fn pg_script_url(dir: &Path, port: u16, private: bool) -> String {
+/// `private`: a cluster of the test's own even where the machine has a
+/// server, started with these server options.
+fn pg_script_url(dir: &Path, port: u16, private: Option<&str>) -> String {
     let mut cmd = Command::new("bash");
     cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/postgres.sh"))
         .arg("url")
         .arg(dir)
         .arg(port.to_string());
-    if private {
-        cmd.env("SEALGATE_TEST_PG_PRIVATE", "1");
+    if let Some(options) = private {
+        cmd.env("SEALGATE_TEST_PG_PRIVATE", "1")
+            .env("SEALGATE_TEST_PG_OPTIONS", options);
     }
     let out = cmd.output().expect("postgres.sh");
     assert!(out.status.success(), "postgres.sh: {}", output_text(&out));
@@ -952,14 +955,25 @@ pub fn pg_query(url: &str, sql: &str) -> Vec<String> {
 pub struct PrivatePg {
     dir: PathBuf,
     port: u16,
+    options: String,
     pub url: String,
 }
 
 impl PrivatePg {
     pub fn start(name: &str, port: u16) -> PrivatePg {
+        Self::start_with(name, port, "")
+    }
+
+    /// With these server options (`-c name=value …`).
+    pub fn start_with(name: &str, port: u16, options: &str) -> PrivatePg {
         let dir = peers_dir().join(name);
-        let url = pg_script_url(&dir, port, true);
-        PrivatePg { dir, port, url }
+        let url = pg_script_url(&dir, port, Some(options));
+        PrivatePg {
+            dir,
+            port,
+            options: options.to_string(),
+            url,
+        }
     }
 
     /// Stops it at once, as a crash would.
@@ -975,7 +989,7 @@ impl PrivatePg {
 
     /// Starts it again; it recovers what was committed from its WAL.
     pub fn resume(&self) {
-        pg_script_url(&self.dir, self.port, true);
+        pg_script_url(&self.dir, self.port, Some(&self.options));
     }
 }
 
