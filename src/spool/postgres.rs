@@ -2032,7 +2032,8 @@ fn connector(
     let refuse = |why: String| SpoolError::Unavailable(format!("storage TLS: {why}"));
     match config.get_ssl_mode() {
         SslMode::Require => {}
-        SslMode::Prefer if url.contains("sslmode=prefer") => {
+        // Prefer is also what the URL parser says when sslmode is absent.
+        SslMode::Prefer if url.contains("sslmode") => {
             return Err(refuse(
                 "sslmode=prefer would send everything in clear when the server offers no TLS: say sslmode=require (TLS, the certificate checked) or leave sslmode out (no TLS)".into(),
             ));
