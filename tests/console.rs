@@ -445,6 +445,14 @@ fn each_role_sees_and_does_only_what_it_may() {
     );
     api.bearer = Some("sgt_not-a-token".into());
     assert_eq!(api.get("/api/v1/dashboard").status, 401);
+    // A console session acts through the API only with its CSRF token.
+    let forged = admin.post(&format!("/api/v1/queue/{deferred}/hold"), &[]);
+    assert!(
+        forged.status == 403 && forged.body.contains("CSRF"),
+        "{} {}",
+        forged.status,
+        forged.body
+    );
 
     // The report chain still verifies with the console's records in it.
     let out = gw.cli(&["report", "verify"]);

@@ -220,16 +220,27 @@ struct Reason {
         (status = 200, body = Acted),
         (status = 400, description = "not a queue id, an unknown action, or no reason for a delete or bounce"),
         (status = 401, description = "no or an unknown token"),
-        (status = 403, description = "an auditor, or another tenant's message"),
+        (status = 403, description = "an auditor, another tenant's message, or a console session without its `X-CSRF-Token`"),
         (status = 404, description = "not in the queue"),
         (status = 409, description = "nothing to do: held already, not held, or nothing pending"),
     ))]
 async fn act(
     State(console): State<Arc<Console>>,
     user: User,
+    headers: axum::http::HeaderMap,
     Path((id, action)): Path<(String, QueueAction)>,
     Query(q): Query<Reason>,
 ) -> Response {
+    // A bearer token cannot be sent by another site; a session cookie is
+    // held back by SameSite=Strict, and the session's token is asked for
+    // as well, as on the console's forms.
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Err(r) = user.check_csrf(sent) {
+        return r.into();
+    }
     match do_act(&console, &user, &id, action, &q.reason).await {
         Ok(result) => axum::Json(Acted { result }).into_response(),
         Err(r) => r,

@@ -6,7 +6,7 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::accounts::Role;
 use super::pages::{layout, text};
 use super::query::internal;
-use super::session::{Lang, refuse};
+use super::session::{ChangeForm, Checked, Lang, refuse};
 use super::state::{Console, User};
 use crate::message::{QueueId, RiskClass};
 use crate::policy::rules::{Policy, PolicySet};
@@ -56,15 +56,17 @@ pub(super) struct Edit {
     text: String,
 }
 
+impl ChangeForm for Edit {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(super) async fn save(
     State(console): State<Arc<Console>>,
-    user: User,
     lang: Lang,
-    Form(edit): Form<Edit>,
+    Checked(user, edit): Checked<Edit>,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&edit.csrf) {
-        return r.into();
-    }
     if user.account.role != Role::Admin {
         return refuse(StatusCode::FORBIDDEN, "only an admin changes the policy");
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::pages::{layout, text};
 use super::query::internal;
-use super::session::{Lang, refuse};
+use super::session::{ChangeForm, Checked, Lang, refuse};
 use super::state::{Console, User, Verification};
 use crate::message::QueueId;
 use crate::report::log::Verified;
@@ -138,15 +138,17 @@ pub(super) struct VerifyForm {
     tenant: String,
 }
 
+impl ChangeForm for VerifyForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Starts a full walk of a tenant's chain (a read: every role may).
 pub(super) async fn verify(
     State(console): State<Arc<Console>>,
-    user: User,
-    Form(form): Form<VerifyForm>,
+    Checked(user, form): Checked<VerifyForm>,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
-        return r.into();
-    }
     if !user.account.sees(&form.tenant) {
         return refuse(StatusCode::FORBIDDEN, "another tenant's log");
     }

@@ -20,7 +20,9 @@ use tower::ServiceExt;
 use super::index::Filter;
 use super::pages;
 use super::query::{QueueAction, QueueFilter, do_act, internal, overview, queued, records, search};
-use super::session::{LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, cookie, refuse, set_cookie};
+use super::session::{
+    ChangeForm, Checked, LOGIN_COOKIE, Lang, Refused, SESSION_COOKIE, cookie, refuse, set_cookie,
+};
 use super::state::{Console, User};
 use crate::config::Config;
 use crate::inbound::auth::Users;
@@ -295,6 +297,7 @@ async fn login(
     res
 }
 
+/// A button's form: the token, and the reason an operator may give.
 #[derive(Deserialize)]
 struct CsrfForm {
     #[serde(default)]
@@ -303,14 +306,16 @@ struct CsrfForm {
     reason: String,
 }
 
+impl ChangeForm for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 async fn logout(
     State(console): State<Arc<Console>>,
-    user: User,
-    Form(form): Form<CsrfForm>,
+    Checked(user, _): Checked<CsrfForm>,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
-        return r.into();
-    }
     if let Some(id) = &user.session {
         console.sessions.end(id);
     }
@@ -502,13 +507,9 @@ async fn queue_page(
 
 async fn queue_act(
     State(console): State<Arc<Console>>,
-    user: User,
     Path((id, action)): Path<(String, QueueAction)>,
-    Form(form): Form<CsrfForm>,
+    Checked(user, form): Checked<CsrfForm>,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
-        return r.into();
-    }
     match do_act(&console, &user, &id, action, &form.reason).await {
         Ok(_) => Redirect::to("/queue").into_response(),
         Err(r) => r,
@@ -564,13 +565,9 @@ async fn domains(
 
 async fn confirm(
     State(console): State<Arc<Console>>,
-    user: User,
     Path(domain): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Checked(user, _): Checked<CsrfForm>,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
-        return r.into();
-    }
     if let Err(r) = user.require_action() {
         return r.into();
     }

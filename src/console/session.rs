@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -54,6 +54,31 @@ impl User {
         } else {
             Err(Refused::READ_ONLY)
         }
+    }
+}
+
+/// A form that changes something: it carries the CSRF token of the page
+/// it came from.
+pub trait ChangeForm: serde::de::DeserializeOwned + Send {
+    fn csrf(&self) -> &str;
+}
+
+/// A changing form posted by a logged-in user, its CSRF token checked
+/// before the handler runs: a handler that takes one cannot forget it.
+pub struct Checked<T>(pub User, pub T);
+
+impl<T: ChangeForm> FromRequest<Arc<Console>> for Checked<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, console: &Arc<Console>) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let user = User::from_request_parts(&mut parts, console).await?;
+        let axum::Form(form) =
+            axum::Form::<T>::from_request(Request::from_parts(parts, body), console)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        user.check_csrf(form.csrf())?;
+        Ok(Checked(user, form))
     }
 }
 
