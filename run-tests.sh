@@ -49,7 +49,7 @@ bash tests/peers/postgres.sh url target/tmp/peers/postgres 24432 >/dev/null
 # made now at the lowest CPU and I/O priority, so that it takes only what
 # the builds and the tests leave idle (the tests mostly wait on peers and
 # timers) instead of adding its ten minutes at the end. Sixteen codegen
-# units (cargo-fuzz's default is one) halve that build for runs of 30 s,
+# units (cargo-fuzz's default is one) halve that build for runs of a minute,
 # which lose little speed by it; run and build must agree on it, or the
 # run builds everything again.
 mkdir -p target
@@ -100,8 +100,9 @@ bash tests/peers/postgres.sh stop target/tmp/peers/postgres-restart
 bash tests/peers/postgres.sh stop target/tmp/peers/postgres-tls
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer), short and bounded: each
-# target FUZZ_SECONDS (default 30) from the committed seeds in fuzz/corpus
-# (each a case that once found a bug, or a real example).
+# target FUZZ_SECONDS (default 60, a minute per target) from the committed
+# seeds in fuzz/corpus (each a case that once found a bug, or a real
+# example).
 # Stable Rust: no sanitizer, and RUSTC_BOOTSTRAP for cargo-fuzz's flags.
 if ! wait "$fuzz_build"; then
   echo "building the fuzz targets failed:"
@@ -111,12 +112,12 @@ fi
 phase "fuzz build (what was left of it)"
 for target in address command data dsn config policy envelope content; do
   log="target/fuzz-$target.log"
-  echo "fuzzing $target for ${FUZZ_SECONDS:-30} s"
+  echo "fuzzing $target for ${FUZZ_SECONDS:-60} s"
   # New inputs go to target/fuzz-corpus; the committed seeds are only read.
   mkdir -p "target/fuzz-corpus/$target"
   if RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --codegen-units 16 "$target" \
       "target/fuzz-corpus/$target" "fuzz/corpus/$target" -- \
-      -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 >"$log" 2>&1; then
+      -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 >"$log" 2>&1; then
     grep -E '^Done' "$log" || true
   else
     echo "fuzz target $target failed:"
