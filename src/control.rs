@@ -100,7 +100,7 @@ impl Server {
             return format!("error: cannot understand `{line}`");
         };
         if op == "confirm" {
-            return match self.memory.confirm(id, now()) {
+            return match self.memory.confirm(id, now()).await {
                 Ok(r) => format!(
                     "ok: {}: {} accepted as the new best level",
                     r.domain,

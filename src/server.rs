@@ -100,10 +100,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
     let files = policies.current().files.clone();
     tracing::info!("policy from {}", describe(&files));
-    let memory = Arc::new(
-        DomainMemory::open(Some(&config.database_path()), config.policy.downgrade_hold)
-            .context("cannot open the domain memory")?,
-    );
+    let memory = Arc::new(DomainMemory::new(
+        Some(storage.domains().context("cannot open the domain memory")?),
+        config.policy.downgrade_hold,
+    ));
     let (journal, accepted_before) = Journal::open(&config.data_dir)?;
     let dkim = Arc::new(crate::dkim::Keys::new(signers));
     let outbound = Arc::new(

@@ -373,12 +373,16 @@ fn a_single_nodes_queue_and_log_move_into_postgresql_and_are_delivered_from_ther
     assert!(out.status.success(), "{said}");
     assert!(said.contains("3 queued message(s)"), "{said}");
     assert!(said.contains("tenant default: intact"), "{said}");
+    // What the node learnt of the destination went along.
+    assert!(said.contains(" 1 domain(s)"), "{said}");
 
     // The node on PostgreSQL: the same queue, the same chain, and it delivers.
     let mut config = std::fs::read_to_string(&gw.config).unwrap();
     config.push_str(&format!("\n[storage]\nurl = \"{url}\"\n"));
     std::fs::write(&gw.config, config).unwrap();
     let after = cli_ok(&gw, &["report", "verify"]);
+    let domains = cli_ok(&gw, &["domains", "show", "migrate.test"]);
+    assert!(domains.contains("last level:"), "{domains}");
     let head = |s: &str| s.split(", head ").nth(1).map(str::to_string);
     assert!(head(&before).is_some(), "{before}");
     assert_eq!(

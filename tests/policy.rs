@@ -267,13 +267,55 @@ fn offers_starttls(addr: &str) -> bool {
     ehlo.contains("STARTTLS")
 }
 
+/// The flip peer's STARTTLS is switched off and on by the downgrade tests:
+/// one at a time.
+static FLIP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_peer_that_stops_offering_starttls_is_a_downgrade_until_confirmed() {
+    let _flip = FLIP.lock().unwrap_or_else(|e| e.into_inner());
     let gw = gateway(&[]);
+    downgrade_until_confirmed(&gw, &gw);
+}
+
+/// Two nodes on one PostgreSQL database remember each domain together:
+/// what one node delivered at `qualified` makes the other hold high-class
+/// mail when the peer falls, and a confirm on the first ends the hold on
+/// the second.
+#[test]
+fn in_a_cluster_a_downgrade_seen_by_one_node_holds_on_another_until_confirmed_anywhere() {
+    let _flip = FLIP.lock().unwrap_or_else(|e| e.into_inner());
+    let url = pg_database(pg_server(), "downgrade");
+    let shared = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        let w = world();
+        Gateway::start_with(|dir, relay, sub| {
+            format!(
+                "{}\n[tls]\nprofile = \"bsi-strict\"\n{}\n[storage]\nurl = \"{url}\"\n\n[cluster]\nnode = \"{name}\"\n\n[spool]\nkey_file = \"{}\"\n",
+                w.config(dir, relay, sub),
+                policy_dir(dir, &[("tests.toml", POLICY)]),
+                shared.path().join("spool.key").display()
+            )
+        })
+    };
+    let first = node("first");
+    let second = node("second");
+    downgrade_until_confirmed(&first, &second);
+}
+
+/// `before` delivers to flip.pki.test at its best; the peer drops
+/// STARTTLS; `after` holds high-class mail for it as a downgrade; an
+/// operator confirms on `before`, and `after` seals the held message.
+fn downgrade_until_confirmed(before: &Gateway, after: &Gateway) {
     let addr = peer_address("flip");
-    send(&gw, &["a@flip.pki.test"], &mail("Before", ""));
-    wait_mail("a@flip.pki.test");
-    let list = String::from_utf8_lossy(&gw.cli(&["domains", "list"]).stdout).into_owned();
+    // Addresses of this run only: the other run's mail is in the same mailbox.
+    let (a, b) = (
+        format!("{}@flip.pki.test", unique("a")),
+        format!("{}@flip.pki.test", unique("b")),
+    );
+    send(before, &[&a], &mail("Before", ""));
+    wait_mail(&a);
+    let list = String::from_utf8_lossy(&after.cli(&["domains", "list"]).stdout).into_owned();
     assert!(
         list.lines()
             .any(|l| l.starts_with("flip.pki.test") && l.contains("qualified")),
@@ -296,8 +338,8 @@ fn a_peer_that_stops_offering_starttls_is_a_downgrade_until_confirmed() {
         (!offers_starttls(&addr)).then_some(())
     });
 
-    let id = send(&gw, &["b@flip.pki.test"], &mail("[secure] After", ""));
-    let why = held(&after_attempt(&gw, &id, "b@flip.pki.test", 1)).to_string();
+    let id = send(after, &[&b], &mail("[secure] After", ""));
+    let why = held(&after_attempt(after, &id, &b, 1)).to_string();
     assert!(
         why.contains(
             "policy: defer: downgrade: flip.pki.test reached qualified before and plaintext since"
@@ -305,9 +347,13 @@ fn a_peer_that_stops_offering_starttls_is_a_downgrade_until_confirmed() {
             && why.contains("sealgate domains confirm flip.pki.test"),
         "{why}"
     );
-    assert!(gw.log().contains("alert=\"downgrade\""), "{}", gw.log());
-    let shown =
-        String::from_utf8_lossy(&gw.cli(&["domains", "show", "flip.pki.test"]).stdout).into_owned();
+    assert!(
+        after.log().contains("alert=\"downgrade\""),
+        "{}",
+        after.log()
+    );
+    let shown = String::from_utf8_lossy(&before.cli(&["domains", "show", "flip.pki.test"]).stdout)
+        .into_owned();
     assert!(
         shown.contains("best level: qualified")
             && shown.contains("last level: plaintext")
@@ -316,21 +362,21 @@ fn a_peer_that_stops_offering_starttls_is_a_downgrade_until_confirmed() {
     );
 
     // The operator accepts the new state: the message is sealed, never sent in clear.
-    let confirmed = gw.cli(&["domains", "confirm", "flip.pki.test"]);
+    let confirmed = before.cli(&["domains", "confirm", "flip.pki.test"]);
     assert!(confirmed.status.success(), "{confirmed:?}");
     assert!(
         String::from_utf8_lossy(&confirmed.stdout).contains("plaintext accepted"),
         "{confirmed:?}"
     );
     let r = wait_for(T, "a decision after the confirmation", || {
-        let r = after_attempt(&gw, &id, "b@flip.pki.test", 1);
+        let r = after_attempt(after, &id, &b, 1);
         r["last_reply"]
             .as_str()
             .is_some_and(|w| w.contains("policy: seal"))
             .then_some(r)
     });
     assert!(held(&r).contains("the password could not be sent"), "{r}");
-    assert!(world().mails("b@flip.pki.test").is_empty());
+    assert!(world().mails(&b).is_empty());
 
     // Put the peer back for whatever runs next in this world.
     run(Command::new("postconf")

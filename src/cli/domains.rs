@@ -21,7 +21,17 @@ pub(super) enum DomainsCommand {
     Confirm { domain: String },
 }
 
-pub(super) fn domains(config: Config, command: DomainsCommand) -> anyhow::Result<()> {
+/// The domain memory where the gateway keeps it: the cluster's database,
+/// or this node's SQLite file (read without the spool's keys).
+pub(super) fn domain_memory(
+    config: &Config,
+) -> anyhow::Result<(tokio::runtime::Runtime, DomainMemory)> {
+    let hold = config.policy.downgrade_hold;
+    if config.storage_url().is_some() {
+        let (runtime, storage) = command_storage(config)?;
+        let store = storage.domains()?;
+        return Ok((runtime, DomainMemory::new(Some(store), hold)));
+    }
     let db = config.database_path();
     if !db.exists() {
         bail!(
@@ -29,15 +39,23 @@ pub(super) fn domains(config: Config, command: DomainsCommand) -> anyhow::Result
             db.display()
         );
     }
-    let memory = DomainMemory::open(Some(&db), config.policy.downgrade_hold)
-        .with_context(|| format!("cannot open {}", db.display()))?;
+    let memory =
+        DomainMemory::open(&db, hold).with_context(|| format!("cannot open {}", db.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok((runtime, memory))
+}
+
+pub(super) fn domains(config: Config, command: DomainsCommand) -> anyhow::Result<()> {
+    let (runtime, memory) = domain_memory(&config)?;
     let downgrade = |r: &DomainRecord| match r.downgrade_since {
         Some(since) => format!("since {}", time(since)),
         None => "-".into(),
     };
     match command {
         DomainsCommand::List { json } => {
-            let list = memory.list()?;
+            let list = runtime.block_on(memory.list())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -60,7 +78,7 @@ pub(super) fn domains(config: Config, command: DomainsCommand) -> anyhow::Result
             Ok(())
         }
         DomainsCommand::Show { domain, json } => {
-            let record = memory.show(&domain)?;
+            let record = runtime.block_on(memory.show(&domain))?;
             let policies = Policies::load(config.policy.dir.as_deref())?.current();
             let domain = domain.trim_end_matches('.').to_ascii_lowercase();
             if json {
@@ -152,7 +170,7 @@ pub(super) fn domains(config: Config, command: DomainsCommand) -> anyhow::Result
             {
                 return report(answer);
             }
-            let r = memory.confirm(&domain, crate::util::now())?;
+            let r = runtime.block_on(memory.confirm(&domain, crate::util::now()))?;
             println!(
                 "{}: {} accepted as the new best level",
                 r.domain,

@@ -232,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let dns = crate::dns::Dns::new(&config.dns)?;
                 let policies = Arc::new(Policies::load(config.policy.dir.as_deref())?);
                 // A check is not a delivery: it leaves the gateway's memory alone.
-                let memory = Arc::new(DomainMemory::open(None, config.policy.downgrade_hold)?);
+                let memory = Arc::new(DomainMemory::new(None, config.policy.downgrade_hold));
                 let outbound = crate::outbound::Outbound::new(
                     Arc::new(config),
                     dns,

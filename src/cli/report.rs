@@ -141,15 +141,11 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
     const ALL: (i64, i64) = (i64::MIN, i64::MAX);
     match command {
         ReportCommand::Domains { format, out } => {
-            let db = config.database_path();
-            if !db.exists() {
-                bail!("no database at {}", db.display());
-            }
-            let memory = DomainMemory::open(Some(&db), config.policy.downgrade_hold)?;
+            let (runtime, memory) = super::domains::domain_memory(&config)?;
             let policies = Policies::load(config.policy.dir.as_deref())?.current();
             let now = crate::util::now();
             let mut lines = Vec::new();
-            for r in memory.list()? {
+            for r in runtime.block_on(memory.list())? {
                 let mut exceptions = Vec::new();
                 let mut profiles = Vec::new();
                 for (tenant, p) in policies.all() {

@@ -1,14 +1,14 @@
-//! `sealgate storage migrate`: a single node's queue and transaction log
-//! moved from its SQLite database into the PostgreSQL database of a
-//! cluster, the log's chains intact (docs/cluster.md).
+//! `sealgate storage migrate`: a single node's queue, transaction log and
+//! domain memory moved from its SQLite database into the PostgreSQL
+//! database of a cluster, the log's chains intact (docs/cluster.md).
 
 use super::*;
 
 #[derive(Subcommand)]
 pub(super) enum StorageCommand {
     /// Copy the queue (every message with pending recipients, each
-    /// recipient's state) and the transaction log into PostgreSQL, owned
-    /// by this node, then verify every chain there. Run it with the
+    /// recipient's state), the transaction log and the domain memory into
+    /// PostgreSQL, owned by this node, then verify every chain there. Run it with the
     /// gateway stopped; then set `[storage] url` and start it.
     Migrate {
         /// `sqlite` (this configuration's database) or a database file.
@@ -122,8 +122,13 @@ pub(super) fn storage(config: Config, command: StorageCommand) -> anyhow::Result
         messages += 1;
     }
     drop(progress);
+
+    // And what the node learnt of each domain, downgrades included.
+    use crate::policy::memory::{DomainStore, Select, SqliteDomains};
+    let remembered = runtime.block_on(SqliteDomains::open(&db)?.select(Select::All))?;
+    let domains = runtime.block_on(target.import_domains(&remembered))?;
     println!(
-        "copied {records} log record(s) and {messages} queued message(s) into {} (owned by node {})",
+        "copied {records} log record(s), {messages} queued message(s) and {domains} domain(s) into {} (owned by node {})",
         crate::config::redact_url(&url),
         config.cluster.node
     );

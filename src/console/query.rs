@@ -49,7 +49,7 @@ pub(super) async fn overview(console: &Arc<Console>, user: &User) -> Result<Over
     // Domains are shared by all tenants: a tenant-admin sees none here.
     let downgraded = match user.scope() {
         Some(_) => Vec::new(),
-        None => console.memory.downgraded().map_err(internal)?,
+        None => console.memory.downgraded().await.map_err(internal)?,
     };
     Ok(Overview {
         totals,

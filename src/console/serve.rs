@@ -532,7 +532,7 @@ async fn domains(
     lang: Lang,
     Query(q): Query<DomainsQuery>,
 ) -> Response {
-    let records = match console.memory.page(&q.after, DOMAINS_PAGE) {
+    let records = match console.memory.page(&q.after, DOMAINS_PAGE).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
@@ -578,7 +578,7 @@ async fn confirm(
             "a domain's level is confirmed by an operator",
         );
     }
-    match console.memory.confirm(&domain, now()) {
+    match console.memory.confirm(&domain, now()).await {
         Ok(r) => {
             let home = console.home(&user);
             console

@@ -15,7 +15,7 @@ impl Outbound {
         };
         let now = chrono::Utc::now().timestamp();
         let mut reports = Vec::new();
-        for plan in self.ordered(&domain, route.hosts, now) {
+        for plan in self.ordered(&domain, route.hosts, now).await {
             let c = match plan {
                 HostPlan::Skip {
                     target,

@@ -271,7 +271,7 @@ impl Outbound {
         // The best usable verdict, and every verdict seen.
         let mut best: Option<Verdict> = None;
         let mut seen: Vec<(Verdict, i64)> = Vec::new();
-        'hosts: for plan in &self.ordered(&domain, route.hosts, now) {
+        'hosts: for plan in &self.ordered(&domain, route.hosts, now).await {
             if open.is_empty() && (to_seal.is_empty() || spare.is_some()) {
                 break;
             }
@@ -362,8 +362,8 @@ impl Outbound {
         }
 
         let history = match seen.iter().map(|(v, _)| v).max_by_key(|v| v.observed_level) {
-            Some(top) => self.memory.observe(&domain, top, &seen, now),
-            None => self.memory.history(&domain),
+            Some(top) => self.memory.observe(&domain, top, &seen, now).await,
+            None => self.memory.history(&domain, now).await,
         };
         let refused = attempt::refused(&attempt.hosts);
         for (p, req) in open {
@@ -504,10 +504,11 @@ impl Outbound {
 
     /// Hosts of equal preference (RFC 5321 §5.1 leaves their order open):
     /// first the one that reached the best level lately.
-    fn ordered(&self, domain: &str, mut hosts: Vec<HostPlan>, now: i64) -> Vec<HostPlan> {
+    async fn ordered(&self, domain: &str, mut hosts: Vec<HostPlan>, now: i64) -> Vec<HostPlan> {
+        let levels = self.memory.host_levels(domain, now).await;
         hosts.sort_by_cached_key(|plan| {
             let t = plan.target();
-            let cached = self.memory.cached_level(domain, &t.host, now);
+            let cached = levels.get(&t.host.to_ascii_lowercase()).copied();
             (t.preference, std::cmp::Reverse(cached))
         });
         hosts

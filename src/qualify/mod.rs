@@ -72,6 +72,16 @@ impl Level {
             Level::Qualified => "qualified",
         }
     }
+
+    /// Its place in the order (0 plaintext … 3 qualified), as the
+    /// cluster's database keeps it so that SQL can compare levels.
+    pub fn rank(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_rank(rank: i16) -> Option<Level> {
+        Level::ALL.get(usize::try_from(rank).ok()?).copied()
+    }
 }
 
 impl fmt::Display for Level {

@@ -9,6 +9,7 @@
 
 pub mod at_rest;
 pub mod journal;
+mod pg_domains;
 mod postgres;
 mod sqlite;
 mod values;
@@ -25,6 +26,7 @@ pub use crate::message::{
     Content, Envelope, LoadedJob, Notify, PendingRecipient, QueueId, Recipient, Ret, TenantId,
     TlsRequest, domain_of,
 };
+pub use pg_domains::SharedDomains;
 pub use postgres::{NodeStatus, PgSpool};
 pub use sqlite::{KeyFile, SqliteSpool};
 
@@ -80,6 +82,17 @@ impl Storage {
                 Ok(Storage::Sqlite(spool))
             }
         }
+    }
+
+    /// The domain memory's store: the same database as the queue's.
+    pub fn domains(
+        &self,
+    ) -> Result<Box<dyn crate::policy::memory::DomainStore>, crate::policy::memory::MemoryError>
+    {
+        Ok(match self {
+            Storage::Sqlite(s) => Box::new(crate::policy::memory::SqliteDomains::open(s.path())?),
+            Storage::Postgres(pg) => Box::new(SharedDomains(pg.clone())),
+        })
     }
 
     pub fn spool(&self) -> Arc<dyn Spool> {

@@ -158,6 +158,31 @@ ALTER TABLE nodes ADD COLUMN flush BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN held BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX messages_tenant ON messages (tenant, id) WHERE purge_at IS NULL;
 ",
+    "
+-- Version 4: the domain memory (policy::memory), one for the cluster.
+-- Levels are ranks: 0 plaintext, 1 encrypted, 2 authenticated, 3 qualified.
+CREATE TABLE domains (
+    domain          TEXT PRIMARY KEY,
+    best_level      SMALLINT NOT NULL,
+    best_at         BIGINT NOT NULL,
+    last_level      SMALLINT NOT NULL,
+    last_at         BIGINT NOT NULL,
+    downgrade_since BIGINT,
+    confirmed_at    BIGINT
+);
+CREATE INDEX domains_downgraded ON domains (downgrade_since)
+    WHERE downgrade_since IS NOT NULL;
+CREATE TABLE domain_hosts (
+    domain      TEXT NOT NULL REFERENCES domains (domain) ON DELETE CASCADE,
+    mx_host     TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    level       SMALLINT NOT NULL,
+    shortfalls  TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    valid_until BIGINT NOT NULL,
+    PRIMARY KEY (domain, mx_host)
+);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -362,7 +387,7 @@ impl PgSpool {
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
         self.pool.get().await.map_err(unavailable)
     }
 
