@@ -25,18 +25,18 @@ use crate::spool::journal::Journal;
 use crate::spool::{Opener, Spool, Storage};
 
 /// What the web console reads and acts on.
-fn console_state(
+async fn console_state(
     config: &Arc<Config>,
-    log: Arc<dyn crate::report::LogStore>,
-    spool: Arc<dyn Spool>,
+    storage: &Storage,
     queue: crate::queue::QueueHandle,
     memory: Arc<DomainMemory>,
     policies: Arc<Policies>,
     signer: Option<Arc<heads::Signer>>,
 ) -> anyhow::Result<Arc<crate::console::Console>> {
+    let spool = storage.spool();
     use crate::console::{accounts::AccountStore, index::Index};
-    let accounts = AccountStore::open(&config.database_path())?;
-    if accounts.list()?.is_empty() {
+    let accounts = AccountStore::new(storage.tables(crate::console::accounts::SCHEMA)?);
+    if accounts.list().await?.is_empty() {
         tracing::warn!(
             "console: no accounts yet; add one with `sealgate account add NAME --role admin`"
         );
@@ -48,14 +48,13 @@ fn console_state(
     Ok(Arc::new(crate::console::Console {
         config: config.clone(),
         accounts,
-        sessions: Default::default(),
         idle: config
             .console
             .as_ref()
             .map_or(std::time::Duration::from_secs(1800), |c| c.idle_timeout),
         guard: Default::default(),
         index: Arc::new(index),
-        log,
+        log: Arc::new(storage.clone()),
         spool,
         queue,
         memory,
@@ -173,13 +172,13 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     if let Some((listener, tls)) = console_listener {
         let console = console_state(
             &config,
-            log_store.clone(),
-            spool.clone(),
+            &storage,
             handle.clone(),
             memory,
             policies.clone(),
             signer,
-        )?;
+        )
+        .await?;
         tokio::spawn(crate::console::index::follow(
             console.index.clone(),
             log_store.clone(),

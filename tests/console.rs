@@ -897,3 +897,71 @@ fn reports_walk_a_chain_and_download_a_signed_log() {
     );
     assert_eq!(tenant.get("/reports/export?tenant=default").status, 403);
 }
+
+/// Two nodes on one PostgreSQL database share the console's accounts and
+/// sessions: an account added on one logs in on the other, a session
+/// started on one is good on the other until it ends on either, and an
+/// API token made on one works on both.
+#[test]
+fn in_a_cluster_accounts_sessions_and_tokens_are_good_on_every_node() {
+    let url = pg_database(pg_server(), "console_cluster");
+    let shared = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        let port = free_port();
+        let gw = Gateway::start_with(|dir, relay, submission| {
+            format!(
+                "{}\n[console]\naddress = \"127.0.0.1:{port}\"\n\n[storage]\nurl = \"{url}\"\n\n\
+                 [cluster]\nnode = \"{name}\"\n\n[spool]\nkey_file = \"{}\"\n",
+                base_config(dir, relay, submission),
+                shared.path().join("spool.key").display()
+            )
+        });
+        wait_for(T, "the console to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        (gw, port)
+    };
+    let (first, first_port) = node("first");
+    let (second, second_port) = node("second");
+    let out = with_stdin(
+        std::process::Command::new(bin())
+            .args(["--config", first.config.to_str().unwrap()])
+            .args(["account", "add", "ann", "--role", "admin"]),
+        &format!("{SECRET}\n"),
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = output_text(&second.cli(&["account", "list"]));
+    assert!(listed.contains("ann\tadmin"), "{listed}");
+
+    // Logged in on the second node, whose own command did not add ann.
+    let mut on_second = Web::new(second_port);
+    assert_eq!(on_second.login("ann", SECRET).status, 303);
+    // The same cookie on the first node.
+    let mut on_first = Web::new(first_port);
+    on_first.cookies = on_second.cookies.clone();
+    let page = on_first.get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+    // Logged out on the first, it has ended on the second too.
+    let token = on_first.csrf();
+    assert_eq!(on_first.post("/logout", &[("csrf", &token)]).status, 303);
+    assert_eq!(
+        on_second.get("/").status,
+        303,
+        "the session ended everywhere"
+    );
+
+    // A token made on the second node is good on the first.
+    let made = second.cli(&["account", "token", "ann"]);
+    assert!(made.status.success(), "{}", output_text(&made));
+    let token = String::from_utf8_lossy(&made.stdout).into_owned();
+    let mut api = Web::new(first_port);
+    api.bearer = Some(token.trim().to_string());
+    let r = api.get("/api/v1/queue");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Removed on the first node: the token is refused on the second.
+    let removed = first.cli(&["account", "remove", "ann"]);
+    assert!(removed.status.success(), "{}", output_text(&removed));
+    let mut api = Web::new(second_port);
+    api.bearer = Some(token.trim().to_string());
+    assert_eq!(api.get("/api/v1/queue").status, 401);
+}

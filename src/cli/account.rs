@@ -37,7 +37,17 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
     crate::util::private_files();
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = AccountStore::open(&config.database_path())?;
+    // Where the gateway keeps them: a cluster's accounts are its nodes'.
+    let (runtime, store) = if config.storage_url().is_some() {
+        let (runtime, storage) = command_storage(&config)?;
+        let tables = storage.tables(crate::console::accounts::SCHEMA)?;
+        (runtime, AccountStore::new(tables))
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        (runtime, AccountStore::open(&config.database_path())?)
+    };
     let now = crate::util::now();
     match command {
         AccountCommand::Add { name, role, tenant } => {
@@ -46,7 +56,7 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
                 tenant_of(&config, Some(t.clone()))?;
             }
             let password = read_password(&format!("password for {name} (one line):"))?;
-            let a = store.add(&name, role, tenant.as_deref(), &password, now)?;
+            let a = runtime.block_on(store.add(&name, role, tenant.as_deref(), &password, now))?;
             println!(
                 "account {} added: {}{}",
                 a.name,
@@ -58,15 +68,15 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
         }
         AccountCommand::Passwd { name } => {
             let password = read_password(&format!("new password for {name} (one line):"))?;
-            store.set_password(&name, &password)?;
-            println!("password of {name} changed");
+            runtime.block_on(store.set_password(&name, &password))?;
+            println!("password of {name} changed; its sessions have ended");
         }
         AccountCommand::Remove { name } => {
-            store.remove(&name)?;
+            runtime.block_on(store.remove(&name))?;
             println!("account {name} removed, with its API tokens");
         }
         AccountCommand::List => {
-            for a in store.list()? {
+            for a in runtime.block_on(store.list())? {
                 println!(
                     "{}\t{}\t{}\t{}\tsince {}",
                     a.name,
@@ -78,17 +88,20 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
             }
         }
         AccountCommand::Totp { name, off: true } => {
-            store.disable_totp(&name)?;
+            runtime.block_on(store.disable_totp(&name))?;
             println!("{name} logs in with its password alone");
         }
         AccountCommand::Totp { name, off: false } => {
-            let uri = store.enable_totp(&name, &format!("sealgate {}", config.hostname))?;
+            let uri = runtime
+                .block_on(store.enable_totp(&name, &format!("sealgate {}", config.hostname)))?;
             println!("{uri}");
             eprintln!(
                 "add this to {name}'s authenticator app; from now on the login asks for its code"
             );
         }
-        AccountCommand::Token { name } => println!("{}", store.new_token(&name, now)?),
+        AccountCommand::Token { name } => {
+            println!("{}", runtime.block_on(store.new_token(&name, now))?)
+        }
     }
     Ok(())
 }

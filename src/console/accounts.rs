@@ -3,21 +3,22 @@
 //! hashes; API tokens are random and only their SHA-256 is stored, so the
 //! database never holds anything that logs in by itself.
 //!
-//! The accounts live in the gateway's SQLite database beside the domain
-//! memory and the recipient certificates (in a cluster: per node, like
-//! them; docs/console.md).
+//! The accounts and their login sessions live where the gateway keeps its
+//! tables: its SQLite database, or a cluster's PostgreSQL one, so that an
+//! account added on one node logs in on all and a session started on one
+//! node is good on the others (docs/console.md).
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-const SCHEMA: &str = "
+use crate::spool::tables::{TableError, Tables, Value};
+
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS console_accounts (
     name       TEXT PRIMARY KEY,
     role       TEXT NOT NULL,
@@ -32,6 +33,15 @@ CREATE TABLE IF NOT EXISTS console_tokens (
     name       TEXT NOT NULL REFERENCES console_accounts(name) ON DELETE CASCADE,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- id: the SHA-256 of the cookie's value
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id      BLOB PRIMARY KEY,
+    name    TEXT NOT NULL REFERENCES console_accounts(name) ON DELETE CASCADE,
+    csrf    TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    last    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS console_sessions_last ON console_sessions(last);
 ";
 
 /// What an account may do.
@@ -110,7 +120,7 @@ impl Account {
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     #[error("account store: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] TableError),
     #[error("`{0}` is not a role (admin, operator, auditor, tenant-admin)")]
     Role(String),
     #[error("account names are 1 to 64 letters, digits and . _ @ -; `{0}` is not one")]
@@ -129,32 +139,37 @@ pub enum AccountError {
     Totp(String),
 }
 
+/// The accounts, their tokens and their sessions.
 pub struct AccountStore {
-    conn: Mutex<Connection>,
+    tables: Tables,
 }
 
 /// Bytes of randomness in an API token.
 const TOKEN_BYTES: usize = 32;
 /// What every token starts with, so that a leaked one is recognised in a scan.
 pub const TOKEN_PREFIX: &str = "sgt_";
+/// A session ends this long after login whatever its activity.
+const ABSOLUTE: i64 = 12 * 3600;
+/// A session's last use is written at most this often (a write per page
+/// would cost more than the page).
+const TOUCH: i64 = 30;
+
+const ACCOUNT: &str =
+    "SELECT name, role, tenant, created_at, totp IS NOT NULL FROM console_accounts";
 
 impl AccountStore {
+    /// The accounts in the node's SQLite file.
     pub fn open(db: &Path) -> Result<AccountStore, AccountError> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(AccountStore {
-            conn: Mutex::new(conn),
-        })
+        Ok(AccountStore::new(Tables::sqlite(db, SCHEMA)?))
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves a usable connection.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The accounts where the gateway keeps its tables (a cluster's are
+    /// shared by its nodes).
+    pub fn new(tables: Tables) -> AccountStore {
+        AccountStore { tables }
     }
 
-    pub fn add(
+    pub async fn add(
         &self,
         name: &str,
         role: Role,
@@ -167,12 +182,20 @@ impl AccountStore {
             return Err(AccountError::Tenant);
         }
         let hash = hash(password)?;
-        let conn = self.conn();
-        let added = conn.execute(
-            "INSERT INTO console_accounts (name, role, tenant, hash, created_at)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-            params![name, role.name(), tenant, hash, now],
-        )?;
+        let added = self
+            .tables
+            .execute(
+                "INSERT INTO console_accounts (name, role, tenant, hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+                &[
+                    name.into(),
+                    role.name().into(),
+                    tenant.into(),
+                    hash.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
         if added == 0 {
             return Err(AccountError::Exists(name.to_string()));
         }
@@ -185,101 +208,98 @@ impl AccountStore {
         })
     }
 
-    /// A new password; the account's API tokens stay valid.
-    pub fn set_password(&self, name: &str, password: &str) -> Result<(), AccountError> {
+    /// A new password; the account's API tokens stay valid, its sessions end.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), AccountError> {
         let hash = hash(password)?;
-        let n = self.conn().execute(
-            "UPDATE console_accounts SET hash = ? WHERE name = ?",
-            params![hash, name],
-        )?;
-        if n == 0 {
-            return Err(AccountError::Missing(name.to_string()));
-        }
+        self.change(
+            name,
+            "UPDATE console_accounts SET hash = ?2 WHERE name = ?1",
+            hash.into(),
+        )
+        .await?;
+        self.tables
+            .execute(
+                "DELETE FROM console_sessions WHERE name = ?1",
+                &[name.into()],
+            )
+            .await?;
         Ok(())
     }
 
-    /// Removes the account and its tokens.
-    pub fn remove(&self, name: &str) -> Result<(), AccountError> {
+    /// Removes the account, its tokens and its sessions.
+    pub async fn remove(&self, name: &str) -> Result<(), AccountError> {
         let n = self
-            .conn()
-            .execute("DELETE FROM console_accounts WHERE name = ?", [name])?;
+            .tables
+            .execute(
+                "DELETE FROM console_accounts WHERE name = ?1",
+                &[name.into()],
+            )
+            .await?;
         if n == 0 {
             return Err(AccountError::Missing(name.to_string()));
         }
         Ok(())
     }
 
-    pub fn list(&self) -> Result<Vec<Account>, AccountError> {
-        self.select("ORDER BY name", [])
+    pub async fn list(&self) -> Result<Vec<Account>, AccountError> {
+        let rows = self
+            .tables
+            .query(&format!("{ACCOUNT} ORDER BY name"), &[])
+            .await?;
+        rows.into_iter().map(account).collect()
     }
 
-    pub fn get(&self, name: &str) -> Result<Option<Account>, AccountError> {
-        Ok(self.select("WHERE name = ?", [name])?.pop())
-    }
-
-    fn select<P: rusqlite::Params>(
-        &self,
-        tail: &str,
-        params: P,
-    ) -> Result<Vec<Account>, AccountError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT name, role, tenant, created_at, totp IS NOT NULL FROM console_accounts {tail}"
-        ))?;
-        let rows = stmt.query_map(params, |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, role, tenant, created_at, totp) = row?;
-            out.push(Account {
-                name,
-                role: role.parse()?,
-                tenant,
-                totp,
-                created_at,
-            });
-        }
-        Ok(out)
+    pub async fn get(&self, name: &str) -> Result<Option<Account>, AccountError> {
+        let row = self
+            .tables
+            .row(&format!("{ACCOUNT} WHERE name = ?1"), &[name.into()])
+            .await?;
+        row.map(account).transpose()
     }
 
     /// Every account's password hash, for the password checker.
-    pub fn hashes(&self) -> Result<std::collections::HashMap<String, String>, AccountError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, hash FROM console_accounts")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub async fn hashes(&self) -> Result<std::collections::HashMap<String, String>, AccountError> {
+        let rows = self
+            .tables
+            .query("SELECT name, hash FROM console_accounts", &[])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut r = r.into_iter();
+                Some((r.next()?.text()?, r.next()?.text()?))
+            })
+            .collect())
     }
 
     /// Gives the account a new second factor; returns the provisioning URI
     /// (`otpauth://totp/…`) for an authenticator app.
-    pub fn enable_totp(&self, name: &str, issuer: &str) -> Result<String, AccountError> {
+    pub async fn enable_totp(&self, name: &str, issuer: &str) -> Result<String, AccountError> {
         use rand::RngCore;
         let mut secret = vec![0u8; 20];
         rand::rng().fill_bytes(&mut secret);
         let totp = totp(secret.clone(), Some(issuer), name)?;
-        let n = self.conn().execute(
-            "UPDATE console_accounts SET totp = ? WHERE name = ?",
-            params![secret, name],
-        )?;
-        if n == 0 {
-            return Err(AccountError::Missing(name.to_string()));
-        }
+        self.change(
+            name,
+            "UPDATE console_accounts SET totp = ?2 WHERE name = ?1",
+            secret.into(),
+        )
+        .await?;
         Ok(totp.get_url())
     }
 
     /// Removes the account's second factor.
-    pub fn disable_totp(&self, name: &str) -> Result<(), AccountError> {
-        let n = self.conn().execute(
-            "UPDATE console_accounts SET totp = NULL WHERE name = ?",
-            [name],
-        )?;
+    pub async fn disable_totp(&self, name: &str) -> Result<(), AccountError> {
+        self.change(
+            name,
+            "UPDATE console_accounts SET totp = ?2 WHERE name = ?1",
+            Value::Null,
+        )
+        .await
+    }
+
+    async fn change(&self, name: &str, sql: &str, value: Value) -> Result<(), AccountError> {
+        let n = self.tables.execute(sql, &[name.into(), value]).await?;
         if n == 0 {
             return Err(AccountError::Missing(name.to_string()));
         }
@@ -289,53 +309,169 @@ impl AccountStore {
     /// Whether `code` is the account's current one-time code (or the one
     /// before or after, for clocks a little apart); true when the account
     /// has no second factor.
-    pub fn check_totp(&self, name: &str, code: &str, now: u64) -> Result<bool, AccountError> {
-        let secret: Option<Option<Vec<u8>>> = self
-            .conn()
-            .query_row(
-                "SELECT totp FROM console_accounts WHERE name = ?",
-                [name],
-                |r| r.get(0),
+    pub async fn check_totp(&self, name: &str, code: &str, now: u64) -> Result<bool, AccountError> {
+        let secret = self
+            .tables
+            .row(
+                "SELECT totp FROM console_accounts WHERE name = ?1",
+                &[name.into()],
             )
-            .optional()?;
-        match secret.flatten() {
+            .await?
+            .and_then(|r| r.into_iter().next()?.bytes());
+        match secret {
             None => Ok(true),
             Some(secret) => Ok(totp(secret, None, name)?.check(code.trim(), now)),
         }
     }
 
     /// A new API token for `name`: returned once, only its hash is kept.
-    pub fn new_token(&self, name: &str, now: i64) -> Result<String, AccountError> {
+    pub async fn new_token(&self, name: &str, now: i64) -> Result<String, AccountError> {
         use rand::RngCore;
+        if self.get(name).await?.is_none() {
+            return Err(AccountError::Missing(name.to_string()));
+        }
         let mut raw = [0u8; TOKEN_BYTES];
         rand::rng().fill_bytes(&mut raw);
         let token = format!("{TOKEN_PREFIX}{}", crate::util::hex(&raw));
-        let n = self.conn().execute(
-            "INSERT INTO console_tokens (hash, name, created_at)
-             SELECT ?, name, ? FROM console_accounts WHERE name = ?",
-            params![token_hash(&token), now, name],
-        )?;
-        if n == 0 {
-            return Err(AccountError::Missing(name.to_string()));
-        }
+        // Removed meanwhile: the reference fails, and no token is given.
+        self.tables
+            .execute(
+                "INSERT INTO console_tokens (hash, name, created_at) VALUES (?1, ?2, ?3)",
+                &[token_hash(&token).into(), name.into(), now.into()],
+            )
+            .await
+            .map_err(|_| AccountError::Missing(name.to_string()))?;
         Ok(token)
     }
 
     /// The account a bearer token belongs to, if any.
-    pub fn by_token(&self, token: &str) -> Result<Option<Account>, AccountError> {
-        let name: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT name FROM console_tokens WHERE hash = ?",
-                [token_hash(token)],
-                |r| r.get(0),
+    pub async fn by_token(&self, token: &str) -> Result<Option<Account>, AccountError> {
+        let name = self
+            .tables
+            .row(
+                "SELECT name FROM console_tokens WHERE hash = ?1",
+                &[token_hash(token).into()],
             )
-            .optional()?;
+            .await?
+            .and_then(|r| r.into_iter().next()?.text());
         match name {
-            Some(name) => self.get(&name),
+            Some(name) => self.get(&name).await,
             None => Ok(None),
         }
     }
+
+    /// A new session for `name`: its id (the cookie) and its CSRF token.
+    /// Only the id's hash is kept, and sessions past their time go.
+    pub async fn start_session(
+        &self,
+        name: &str,
+        idle: Duration,
+        now: i64,
+    ) -> Result<(String, String), AccountError> {
+        let (id, csrf) = (random_hex(), random_hex());
+        self.tables
+            .execute(
+                "DELETE FROM console_sessions WHERE last < ?1 OR started < ?2",
+                &[
+                    (now - idle.as_secs() as i64).into(),
+                    (now - ABSOLUTE).into(),
+                ],
+            )
+            .await?;
+        self.tables
+            .execute(
+                "INSERT INTO console_sessions (id, name, csrf, started, last)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+                &[
+                    token_hash(&id).into(),
+                    name.into(),
+                    csrf.clone().into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok((id, csrf))
+    }
+
+    /// The account and CSRF token of a live session (on any node of a
+    /// cluster), its last use refreshed.
+    pub async fn session(
+        &self,
+        id: &str,
+        idle: Duration,
+        now: i64,
+    ) -> Result<Option<(Account, String)>, AccountError> {
+        let key = Value::from(token_hash(id));
+        let Some(row) = self
+            .tables
+            .row(
+                "SELECT name, csrf, started, last FROM console_sessions WHERE id = ?1",
+                std::slice::from_ref(&key),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut row = row.into_iter();
+        let (Some(name), Some(csrf), Some(started), Some(last)) = (
+            row.next().and_then(Value::text),
+            row.next().and_then(Value::text),
+            row.next().and_then(|v| v.int()),
+            row.next().and_then(|v| v.int()),
+        ) else {
+            return Ok(None);
+        };
+        if now - last > idle.as_secs() as i64 || now - started > ABSOLUTE {
+            self.end_session(id).await?;
+            return Ok(None);
+        }
+        if now - last >= TOUCH {
+            self.tables
+                .execute(
+                    "UPDATE console_sessions SET last = ?2 WHERE id = ?1",
+                    &[key, now.into()],
+                )
+                .await?;
+        }
+        // Read each time: a removed account or a changed role counts at once.
+        Ok(self.get(&name).await?.map(|a| (a, csrf)))
+    }
+
+    pub async fn end_session(&self, id: &str) -> Result<(), AccountError> {
+        self.tables
+            .execute(
+                "DELETE FROM console_sessions WHERE id = ?1",
+                &[token_hash(id).into()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn account(row: Vec<Value>) -> Result<Account, AccountError> {
+    let mut r = row.into_iter();
+    let mut next = || r.next().unwrap_or(Value::Null);
+    let (name, role, tenant, created_at, totp) = (next(), next(), next(), next(), next());
+    let (Some(name), Some(role), Some(created_at)) = (name.text(), role.text(), created_at.int())
+    else {
+        return Err(AccountError::Db(TableError::Column(
+            "an account row with a missing name, role or time".into(),
+        )));
+    };
+    Ok(Account {
+        name,
+        role: role.parse()?,
+        tenant: tenant.text(),
+        totp: totp.truth(),
+        created_at,
+    })
+}
+
+pub fn random_hex() -> String {
+    use rand::RngCore;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    crate::util::hex(&raw)
 }
 
 fn check_name(name: &str) -> Result<(), AccountError> {
@@ -381,24 +517,29 @@ fn token_hash(token: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn accounts_roles_and_tokens() {
+    #[tokio::test]
+    async fn accounts_roles_and_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = AccountStore::open(&dir.path().join("db")).unwrap();
         assert!(matches!(
-            store.add("t", Role::TenantAdmin, None, "long enough password", 1),
+            store
+                .add("t", Role::TenantAdmin, None, "long enough password", 1)
+                .await,
             Err(AccountError::Tenant)
         ));
         assert!(matches!(
-            store.add("a", Role::Admin, None, "short", 1),
+            store.add("a", Role::Admin, None, "short", 1).await,
             Err(AccountError::Weak)
         ));
         assert!(matches!(
-            store.add("a b", Role::Admin, None, "long enough password", 1),
+            store
+                .add("a b", Role::Admin, None, "long enough password", 1)
+                .await,
             Err(AccountError::Name(_))
         ));
         store
             .add("ann", Role::Admin, None, "long enough password", 1)
+            .await
             .unwrap();
         store
             .add(
@@ -408,30 +549,37 @@ mod tests {
                 "long enough password",
                 2,
             )
+            .await
             .unwrap();
         assert!(matches!(
-            store.add("ann", Role::Auditor, None, "long enough password", 3),
+            store
+                .add("ann", Role::Auditor, None, "long enough password", 3)
+                .await,
             Err(AccountError::Exists(_))
         ));
-        let cus = store.get("cus").unwrap().unwrap();
+        let cus = store.get("cus").await.unwrap().unwrap();
         assert!(cus.sees("b") && !cus.sees("a"));
-        let token = store.new_token("cus", 5).unwrap();
+        let token = store.new_token("cus", 5).await.unwrap();
         assert!(token.starts_with(TOKEN_PREFIX));
-        assert_eq!(store.by_token(&token).unwrap(), Some(cus));
-        assert_eq!(store.by_token("sgt_00").unwrap(), None);
-        let uri = store.enable_totp("ann", "sealgate gw.test").unwrap();
+        assert_eq!(store.by_token(&token).await.unwrap(), Some(cus));
+        assert_eq!(store.by_token("sgt_00").await.unwrap(), None);
+        let uri = store.enable_totp("ann", "sealgate gw.test").await.unwrap();
         assert!(uri.starts_with("otpauth://totp/"), "{uri}");
-        assert!(store.get("ann").unwrap().unwrap().totp);
+        assert!(store.get("ann").await.unwrap().unwrap().totp);
         assert!(
-            !store.check_totp("ann", "000000", 59).unwrap()
-                || !store.check_totp("ann", "111111", 59).unwrap()
+            !store.check_totp("ann", "000000", 59).await.unwrap()
+                || !store.check_totp("ann", "111111", 59).await.unwrap()
         );
         assert!(
-            store.check_totp("cus", "anything", 59).unwrap(),
+            store.check_totp("cus", "anything", 59).await.unwrap(),
             "no second factor"
         );
-        store.remove("cus").unwrap();
-        assert_eq!(store.by_token(&token).unwrap(), None, "tokens go with it");
-        assert_eq!(store.list().unwrap().len(), 1);
+        store.remove("cus").await.unwrap();
+        assert_eq!(
+            store.by_token(&token).await.unwrap(),
+            None,
+            "tokens go with it"
+        );
+        assert_eq!(store.list().await.unwrap().len(), 1);
     }
 }

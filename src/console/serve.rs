@@ -212,7 +212,7 @@ struct LoginForm {
 }
 
 async fn login_page(lang: Lang) -> Response {
-    let token = super::state::random_hex();
+    let token = super::accounts::random_hex();
     let mut res = pages::login(lang, &token, None).into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
         res.headers_mut().append(header::SET_COOKIE, v);
@@ -228,7 +228,7 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let again = |status: StatusCode, why: &str| {
-        let token = super::state::random_hex();
+        let token = super::accounts::random_hex();
         let mut res = (status, pages::login(lang, &token, Some(why))).into_response();
         if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &token, Some(3600))) {
             res.headers_mut().append(header::SET_COOKIE, v);
@@ -253,7 +253,7 @@ async fn login(
         }
         return res;
     }
-    let users = match console.accounts.hashes() {
+    let users = match console.accounts.hashes().await {
         Ok(h) => Arc::new(Users::from_hashes(h)),
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -264,9 +264,10 @@ async fn login(
         && console
             .accounts
             .check_totp(&name, &form.code, unix)
+            .await
             .unwrap_or(false)
     {
-        console.accounts.get(&name).ok().flatten()
+        console.accounts.get(&name).await.ok().flatten()
     } else {
         None
     };
@@ -276,7 +277,14 @@ async fn login(
         return again(StatusCode::UNAUTHORIZED, pages::text(lang, "login-failed"));
     };
     console.guard.succeeded(ip, &name);
-    let (id, csrf) = console.sessions.start(&account.name);
+    let (id, csrf) = match console
+        .accounts
+        .start_session(&account.name, console.idle, now())
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
     let user = User {
         account,
         csrf: Some(csrf),
@@ -316,8 +324,10 @@ async fn logout(
     State(console): State<Arc<Console>>,
     Checked(user, _): Checked<CsrfForm>,
 ) -> Response {
-    if let Some(id) = &user.session {
-        console.sessions.end(id);
+    if let Some(id) = &user.session
+        && let Err(e) = console.accounts.end_session(id).await
+    {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
     }
     let home = console.home(&user);
     console

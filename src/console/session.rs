@@ -153,7 +153,7 @@ impl FromRequestParts<Arc<Console>> for User {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         {
-            return match console.accounts.by_token(token.trim()) {
+            return match console.accounts.by_token(token.trim()).await {
                 Ok(Some(account)) => Ok(User {
                     account,
                     csrf: None,
@@ -164,19 +164,22 @@ impl FromRequestParts<Arc<Console>> for User {
                 Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
             };
         }
-        let found = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| {
-            let (name, csrf) = console.sessions.find(&id, console.idle)?;
-            Some((id, name, csrf))
-        });
-        if let Some((id, name, csrf)) = found {
-            // Read each time: a removed account or a changed role counts at once.
-            if let Ok(Some(account)) = console.accounts.get(&name) {
-                return Ok(User {
-                    account,
-                    csrf: Some(csrf),
-                    session: Some(id),
-                    source,
-                });
+        if let Some(id) = cookie(&parts.headers, SESSION_COOKIE) {
+            match console
+                .accounts
+                .session(&id, console.idle, crate::util::now())
+                .await
+            {
+                Ok(Some((account, csrf))) => {
+                    return Ok(User {
+                        account,
+                        csrf: Some(csrf),
+                        session: Some(id),
+                        source,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
             }
         }
         if api {

@@ -1,12 +1,12 @@
-//! What the console reads and acts on, who is asking ([`User`]), the live
-//! sessions, and the one way the console writes to the log:
+//! What the console reads and acts on, who is asking ([`User`]), and the
+//! one way the console writes to the log:
 //! [`Console::record`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::accounts::{Account, AccountStore, Role};
 use super::index::Index;
@@ -25,7 +25,6 @@ use crate::util::now;
 pub struct Console {
     pub config: Arc<Config>,
     pub accounts: AccountStore,
-    pub sessions: Sessions,
     pub idle: Duration,
     pub guard: Guard,
     pub index: Arc<Index>,
@@ -97,76 +96,6 @@ impl User {
             _ => None,
         }
     }
-}
-
-/// A session ends this long after login whatever its activity.
-const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most (oldest dropped first).
-const MAX_SESSIONS: usize = 10_000;
-
-struct Session {
-    name: String,
-    csrf: String,
-    started: Instant,
-    last: Instant,
-}
-
-/// The live sessions of this process, by id.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    pub fn start(&self, name: &str) -> (String, String) {
-        let (id, csrf) = (random_hex(), random_hex());
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        let now = Instant::now();
-        map.insert(
-            id.clone(),
-            Session {
-                name: name.to_string(),
-                csrf: csrf.clone(),
-                started: now,
-                last: now,
-            },
-        );
-        (id, csrf)
-    }
-
-    /// The account name and CSRF token of a live session, refreshed.
-    pub fn find(&self, id: &str, idle: Duration) -> Option<(String, String)> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let s = map.get_mut(id)?;
-        if s.last.elapsed() > idle || s.started.elapsed() > ABSOLUTE {
-            map.remove(id);
-            return None;
-        }
-        s.last = Instant::now();
-        Some((s.name.clone(), s.csrf.clone()))
-    }
-
-    pub fn end(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-}
-
-pub fn random_hex() -> String {
-    use rand::RngCore;
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    crate::util::hex(&raw)
 }
 
 /// A full walk of one chain, running or done.

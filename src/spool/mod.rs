@@ -12,6 +12,7 @@ pub mod journal;
 mod pg_domains;
 mod postgres;
 mod sqlite;
+pub mod tables;
 mod values;
 
 use std::future::Future;
@@ -93,6 +94,14 @@ impl Storage {
             Storage::Sqlite(s) => Box::new(crate::policy::memory::SqliteDomains::open(s.path())?),
             Storage::Postgres(pg) => Box::new(SharedDomains(pg.clone())),
         })
+    }
+
+    /// Where the small tables are (console accounts, sessions).
+    pub fn tables(&self, sqlite_schema: &str) -> Result<tables::Tables, tables::TableError> {
+        match self {
+            Storage::Sqlite(s) => tables::Tables::sqlite(s.path(), sqlite_schema),
+            Storage::Postgres(pg) => Ok(tables::Tables::Postgres(pg.clone())),
+        }
     }
 
     pub fn spool(&self) -> Arc<dyn Spool> {

@@ -183,6 +183,31 @@ CREATE TABLE domain_hosts (
     PRIMARY KEY (domain, mx_host)
 );
 ",
+    "
+-- Version 5: console accounts, API tokens (their SHA-256) and login
+-- sessions (the SHA-256 of the cookie), one set for the cluster.
+CREATE TABLE console_accounts (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    tenant     TEXT,
+    hash       TEXT NOT NULL,
+    totp       BYTEA,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE console_tokens (
+    hash       BYTEA PRIMARY KEY,
+    name       TEXT NOT NULL REFERENCES console_accounts (name) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE console_sessions (
+    id      BYTEA PRIMARY KEY,
+    name    TEXT NOT NULL REFERENCES console_accounts (name) ON DELETE CASCADE,
+    csrf    TEXT NOT NULL,
+    started BIGINT NOT NULL,
+    last    BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_last ON console_sessions (last);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
