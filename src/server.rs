@@ -48,6 +48,9 @@ async fn console_state(
     Ok(Arc::new(crate::console::Console {
         config: config.clone(),
         accounts,
+        inbox: crate::report::received::Inbox::new(
+            storage.tables(crate::report::received::SCHEMA)?,
+        ),
         idle: config
             .console
             .as_ref()

@@ -39,7 +39,8 @@ fn gateway() -> (Gateway, u16) {
             .unwrap();
         assert!(out.status.success(), "{}", output_text(&out));
         format!(
-            "{}\n[report]\nsigning_key = \"{}\"\n\n[console]\naddress = \"127.0.0.1:{port}\"\n\n\
+            "{}\n[report]\nsigning_key = \"{}\"\n\n[console]\naddress = \"127.0.0.1:{port}\"\n\
+             tlsrpt_receive = true\nmta_sts_mode = \"enforce\"\n\n\
              [[tenant]]\nid = \"default\"\nnetworks = [\"127.0.0.0/8\"]\n\n\
              [[tenant]]\nid = \"b\"\nusers = [\"alice\"]\n{}",
             base_config(dir, relay, submission),
@@ -570,6 +571,8 @@ fn chromium_walks_every_page_as_each_role() {
     let (gw, port) = gateway();
     let (_, deferred, of_b) = traffic(&gw);
     let base = format!("https://127.0.0.1:{port}");
+    // A report another sender posted, for the Reports page.
+    assert_eq!(post_report(port, &tlsrpt_gzip("shot-1")).status, 200);
     let mut check = Web::new(port);
     check.login("ann", SECRET);
     wait_rows(&mut check, "status=sent", 2);
@@ -710,7 +713,7 @@ fn the_api_keeps_to_its_openapi_document() {
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     // Every operation of the document was exercised.
-    assert!(text.contains("5 selected / 5 total"), "{text}");
+    assert!(text.contains("6 selected / 6 total"), "{text}");
     assert!(!text.contains('❌'), "{text}");
 }
 
@@ -964,4 +967,114 @@ fn in_a_cluster_accounts_sessions_and_tokens_are_good_on_every_node() {
     let mut api = Web::new(second_port);
     api.bearer = Some(token.trim().to_string());
     assert_eq!(api.get("/api/v1/queue").status, 401);
+}
+
+/// RFC 8460 Appendix B's example report, with `id` as its report-id.
+fn tlsrpt_json(id: &str) -> String {
+    format!(
+        r#"{{"organization-name": "Company-X",
+  "date-range": {{"start-datetime": "2026-11-29T00:00:00Z", "end-datetime": "2026-11-29T23:59:59Z"}},
+  "contact-info": "sts-reporting@company-x.example", "report-id": "{id}",
+  "policies": [{{
+    "policy": {{"policy-type": "sts", "policy-string": ["version: STSv1", "mode: enforce"],
+               "policy-domain": "gw-own.test", "mx-host": ["gw.test"]}},
+    "summary": {{"total-successful-session-count": 5326, "total-failure-session-count": 303}},
+    "failure-details": [{{"result-type": "certificate-expired", "sending-mta-ip": "2001:db8::1",
+                          "receiving-mx-hostname": "gw.test", "failed-session-count": 303}}]}}]}}"#
+    )
+}
+
+fn tlsrpt_gzip(id: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(tlsrpt_json(id).as_bytes()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// POSTs a report as a sender does: no login, `application/tlsrpt+gzip`.
+fn post_report(port: u16, body: &[u8]) -> Reply {
+    post_body(port, "application/tlsrpt+gzip", body.to_vec())
+}
+
+fn post_body(port: u16, media: &str, body: Vec<u8>) -> Reply {
+    let web = Web::new(port);
+    let req = web
+        .client
+        .post(format!("{}/tlsrpt", web.base))
+        .header("content-type", media)
+        .body(body);
+    web.rt.block_on(async {
+        let res = req.send().await.expect("the console answers");
+        Reply {
+            status: res.status().as_u16(),
+            headers: HashMap::new(),
+            body: res.text().await.unwrap_or_default(),
+        }
+    })
+}
+
+/// Senders post TLS-RPT reports without an account: each is parsed and
+/// kept once, and shown to those who see the whole gateway; what is not a
+/// report, or too large, is refused. The MTA-STS policy file is served.
+#[test]
+fn tlsrpt_reports_are_received_and_the_mta_sts_policy_is_served() {
+    let (_gw, port) = gateway();
+    let mut anyone = Web::new(port);
+    let policy = anyone.get("/.well-known/mta-sts.txt");
+    assert_eq!(policy.status, 200, "{}", policy.body);
+    assert!(
+        policy
+            .body
+            .starts_with("version: STSv1\nmode: enforce\nmx: "),
+        "{}",
+        policy.body
+    );
+
+    assert_eq!(post_report(port, &tlsrpt_gzip("r-1")).status, 200);
+    // Sent again (senders retry): kept once.
+    let again = post_body(
+        port,
+        "application/tlsrpt+json",
+        tlsrpt_json("r-1").into_bytes(),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    let r = post_body(port, "text/plain", tlsrpt_json("r-2").into_bytes());
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("tlsrpt+json"), "{}", r.body);
+    let r = post_body(
+        port,
+        "application/tlsrpt+json",
+        b"{\"report-id\": 1}".to_vec(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post_body(port, "application/tlsrpt+gzip", vec![0x1f; 2 << 20]);
+    assert_eq!(r.status, 413, "a body over 1 MiB");
+
+    let mut admin = Web::new(port);
+    admin.login("audrey", SECRET);
+    let page = admin.get("/reports");
+    assert!(
+        page.body.contains("Company-X")
+            && page.body.contains("gw-own.test")
+            && page.body.contains("certificate-expired"),
+        "{}",
+        page.body
+    );
+    let listed = admin.get("/api/v1/tlsrpt/received");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let v: Value = serde_json::from_str(&listed.body).unwrap();
+    let ours: Vec<&Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["report_id"] == "r-1")
+        .collect();
+    assert_eq!(ours.len(), 1, "{v}");
+    assert_eq!(ours[0]["failures"], 303);
+    assert_eq!(ours[0]["domains"][0], "gw-own.test");
+
+    let mut tenant = Web::new(port);
+    tenant.login("tom", SECRET);
+    assert_eq!(tenant.get("/api/v1/tlsrpt/received").status, 403);
+    assert!(!tenant.get("/reports").body.contains("Company-X"));
 }

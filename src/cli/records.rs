@@ -46,17 +46,21 @@ pub fn records(config: &Config, domain: &str) -> anyhow::Result<String> {
          _25._tcp.{host}. IN TLSA 3 1 1 {next}\n\n\
          ; MTA-STS (RFC 8461): change id= whenever the policy file changes.\n\
          _mta-sts.{domain}. IN TXT \"v=STSv1; id={id}\"\n\n\
-         ; TLS-RPT (RFC 8460): where senders report failed TLS to {domain}.\n\
+         ; TLS-RPT (RFC 8460): where senders report failed TLS to {domain}\n\
+         ; (with [console] tlsrpt_receive, rua=https://mta-sts.{domain}/tlsrpt\n\
+         ; brings them to the console's Reports page).\n\
          _smtp._tls.{domain}. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\"\n\n\
          ; Serve this at https://mta-sts.{domain}/.well-known/mta-sts.txt\n\
          ; (start with mode: testing; enforce once the reports are clean):",
         next_path.display(),
         next_path.display(),
     );
-    let _ = write!(
-        out,
-        "version: STSv1\nmode: testing\nmx: {host}\nmax_age: 604800\n"
-    );
+    let mode = config
+        .console
+        .as_ref()
+        .and_then(|c| c.mta_sts_mode)
+        .unwrap_or(crate::config::PublishedStsMode::Testing);
+    out.push_str(&mode.policy_file(host));
     Ok(out)
 }
 

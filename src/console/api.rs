@@ -22,8 +22,8 @@ use super::state::{Console, User};
         title = "sealgate",
         description = "The gateway's transactions, queue and log chains. Authenticate with `Authorization: Bearer TOKEN` (`sealgate account token NAME`); a tenant-admin's token sees its own tenant only, an auditor's changes nothing."
     ),
-    paths(dashboard, transactions, message, queue, act),
-    components(schemas(QueueAction)),
+    paths(dashboard, transactions, message, queue, act, tlsrpt_received),
+    components(schemas(QueueAction, crate::report::received::Received)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -50,6 +50,41 @@ pub fn routes() -> Router<Arc<Console>> {
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/queue", get(queue))
         .route("/api/v1/queue/{id}/{action}", post(act))
+        .route("/api/v1/tlsrpt/received", get(tlsrpt_received))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Since {
+    /// Unix seconds; default: 30 days ago.
+    since: Option<i64>,
+}
+
+/// TLS-RPT reports other senders posted about the gateway's own domains,
+/// newest first, at most 500 (not for a tenant-admin: they are the
+/// gateway's, not a tenant's).
+#[utoipa::path(get, path = "/api/v1/tlsrpt/received", params(Since), responses(
+    (status = 200, body = Vec<crate::report::received::Received>),
+    (status = 400, description = "`since` is not a 64-bit integer"),
+    (status = 401, description = "no or an unknown token"),
+    (status = 403, description = "a tenant-admin"),
+))]
+async fn tlsrpt_received(
+    State(console): State<Arc<Console>>,
+    user: User,
+    Query(q): Query<Since>,
+) -> Response {
+    if user.scope().is_some() {
+        return super::session::refuse(
+            axum::http::StatusCode::FORBIDDEN,
+            "TLS-RPT reports are the gateway's, not a tenant's",
+        );
+    }
+    let since = q.since.unwrap_or_else(|| crate::util::now() - 30 * 86_400);
+    match console.inbox.since(since).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => super::query::internal(e),
+    }
 }
 
 async fn openapi() -> Response {

@@ -37,6 +37,19 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
             "A tenant's records of a period as JSON lines with their hashes, ending in the chain head signed with the gateway's key (docs/auditors.md).",
             "Die Einträge eines Mandanten für einen Zeitraum als JSON-Zeilen mit ihren Hashes, am Ende der mit dem Schlüssel des Gateways signierte Kettenkopf (docs/auditors.md).",
         ),
+        "tlsrpt-received" => (
+            "TLS-RPT reports received (30 days)",
+            "Empfangene TLS-RPT-Berichte (30 Tage)",
+        ),
+        "tlsrpt-received-note" => (
+            "What other senders saw of TLS to our domains (POSTed to /tlsrpt).",
+            "Was andere Absender von TLS zu unseren Domains sahen (per POST an /tlsrpt).",
+        ),
+        "organization" => ("Reporter", "Berichtender"),
+        "period" => ("Period", "Zeitraum"),
+        "successful" => ("Successful", "Erfolgreich"),
+        "failed" => ("Failed", "Fehlgeschlagen"),
+        "failure-kinds" => ("Failure types", "Fehlerarten"),
         "tlsrpt-sent" => (
             "TLS-RPT reports sent (30 days)",
             "Gesendete TLS-RPT-Berichte (30 Tage)",

@@ -1,7 +1,7 @@
 //! The Reports page: each tenant's chain, verified in full on request with
 //! its progress shown while it runs; the log of a tenant and period for
 //! download, ending in a head signed with the gateway's key; and the
-//! TLS-RPT reports this gateway sent.
+//! TLS-RPT reports this gateway sent and those it received.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,12 +34,20 @@ pub(super) async fn page(State(console): State<Arc<Console>>, user: User, lang: 
         Ok(c) => c,
         Err(e) => return internal(e),
     };
+    let since = crate::util::now() - 30 * 86_400;
+    let received = if user.scope().is_some() {
+        Vec::new()
+    } else {
+        match console.inbox.since(since).await {
+            Ok(r) => r,
+            Err(e) => return internal(e),
+        }
+    };
     let sent = if user.scope().is_some() {
         // Reports to recipient domains are the gateway's, not a tenant's.
         Vec::new()
     } else {
         let db = console.config.database_path();
-        let since = crate::util::now() - 30 * 86_400;
         match tokio::task::spawn_blocking(move || crate::report::tlsrpt::sent_since(&db, since))
             .await
         {
@@ -109,6 +117,27 @@ pub(super) async fn page(State(console): State<Arc<Console>>, user: User, lang: 
                     button type="submit" { (t("export")) }
                 }
                 @if user.scope().is_none() {
+                    h2 { (t("tlsrpt-received")) }
+                    p.muted { (t("tlsrpt-received-note")) }
+                    @if received.is_empty() { p.muted { (t("none")) } } @else {
+                        table #received {
+                            tr {
+                                th { (t("time")) } th { (t("organization")) } th { (t("domain")) }
+                                th { (t("period")) } th.num { (t("successful")) } th.num { (t("failed")) } th { (t("failure-kinds")) }
+                            }
+                            @for r in &received {
+                                tr {
+                                    td { (rfc3339(r.received_at)) }
+                                    td { (r.organization) br; span.small.muted { (r.report_id) } }
+                                    td { (r.domains.join(", ")) }
+                                    td.small { (rfc3339(r.begins)) " – " (rfc3339(r.ends)) }
+                                    td.num { (r.successes) }
+                                    td.num { @if r.failures > 0 { span.bad { (r.failures) } } @else { "0" } }
+                                    td.small { (r.failure_kinds.join(", ")) }
+                                }
+                            }
+                        }
+                    }
                     h2 { (t("tlsrpt-sent")) }
                     @if sent.is_empty() { p.muted { (t("none")) } } @else {
                         table {

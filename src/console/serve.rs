@@ -129,6 +129,13 @@ fn router(console: Arc<Console>) -> Router {
         .route("/domains/{domain}/confirm", post(confirm))
         .route("/lang/{code}", get(language))
         .route("/static/console.css", get(stylesheet))
+        .route(
+            "/tlsrpt",
+            post(tlsrpt).layer(axum::extract::DefaultBodyLimit::max(
+                crate::report::received::MAX_POSTED,
+            )),
+        )
+        .route("/.well-known/mta-sts.txt", get(mta_sts))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -619,6 +626,64 @@ fn open_to(console: &Console, peer: SocketAddr) -> Result<(), Refused> {
         Ok(())
     } else {
         Err(Refused::NOT_OPEN)
+    }
+}
+
+/// A TLS-RPT report another sender POSTs (RFC 8460 §3); no login, since
+/// senders have none: what is kept is bounded (report::received).
+async fn tlsrpt(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !console
+        .config
+        .console
+        .as_ref()
+        .is_some_and(|c| c.tlsrpt_receive)
+    {
+        return refuse(StatusCode::NOT_FOUND, "no such page");
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let source = peer.ip().to_string();
+    match console.inbox.receive(media, &body, &source, now()).await {
+        Ok((r, new)) => {
+            tracing::info!(
+                organization = %r.organization,
+                report_id = %r.report_id,
+                client = %source,
+                new,
+                "TLS-RPT report received for {}: {} successful, {} failed session(s)",
+                r.domains.join(", "),
+                r.successes,
+                r.failures
+            );
+            (StatusCode::OK, "report received\n").into_response()
+        }
+        Err(crate::report::received::ReceiveError::Store(e)) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// The gateway's MTA-STS policy file, where `[console] mta_sts_mode` asks
+/// for it (served on the host name `mta-sts.DOMAIN`: docs/console.md).
+async fn mta_sts(State(console): State<Arc<Console>>) -> Response {
+    match console.config.console.as_ref().and_then(|c| c.mta_sts_mode) {
+        Some(mode) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "max-age=3600"),
+            ],
+            mode.policy_file(&console.config.hostname),
+        )
+            .into_response(),
+        None => refuse(StatusCode::NOT_FOUND, "no MTA-STS policy is published here"),
     }
 }
 

@@ -25,6 +25,8 @@ use crate::util::now;
 pub struct Console {
     pub config: Arc<Config>,
     pub accounts: AccountStore,
+    /// TLS-RPT reports other senders posted (`[console] tlsrpt_receive`).
+    pub inbox: crate::report::received::Inbox,
     pub idle: Duration,
     pub guard: Guard,
     pub index: Arc<Index>,

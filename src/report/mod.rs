@@ -15,6 +15,7 @@ pub mod export;
 pub mod heads;
 pub mod html;
 pub mod log;
+pub mod received;
 pub mod tlsrpt;
 
 pub use event::EventData;

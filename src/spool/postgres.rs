@@ -208,6 +208,25 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_last ON console_sessions (last);
 ",
+    "
+-- Version 6: TLS-RPT reports received for the gateway's own domains
+-- (report::received).
+CREATE TABLE tlsrpt_received (
+    organization  TEXT NOT NULL,
+    report_id     TEXT NOT NULL,
+    received_at   BIGINT NOT NULL,
+    source        TEXT NOT NULL,
+    begins        BIGINT NOT NULL,
+    ends          BIGINT NOT NULL,
+    domains       TEXT NOT NULL,
+    successes     BIGINT NOT NULL,
+    failures      BIGINT NOT NULL,
+    failure_kinds TEXT NOT NULL,
+    report        TEXT NOT NULL,
+    PRIMARY KEY (organization, report_id)
+);
+CREATE INDEX tlsrpt_received_at ON tlsrpt_received (received_at);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
