@@ -82,8 +82,9 @@ phase "tests"
 # gateway on PostgreSQL (the cluster backend, docs/cluster.md): both
 # backends must behave alike. tests/report.rs edits the SQLite file on
 # purpose and stays single-backend; tests/storage.rs and tests/cluster.rs
-# cover the PostgreSQL log. The console reads the log of either.
-SEALGATE_TEST_STORAGE=postgres cargo test --no-fail-fast --test relay --test faults --test operations --test console || status=$?
+# cover the PostgreSQL log. The console reads the log of either; policy
+# and sealed keep the domain memory, passwords and certificates there.
+SEALGATE_TEST_STORAGE=postgres cargo test --no-fail-fast --test relay --test faults --test operations --test console --test policy --test sealed || status=$?
 phase "tests on PostgreSQL"
 
 # Stop the peers the integration tests started and left for each other.

@@ -117,7 +117,14 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             memory.clone(),
             Some(journal.clone()),
         )?
-        .with_dkim(dkim.clone()),
+        .with_dkim(dkim.clone())
+        .with_stores(
+            crate::seal::channel::PasswordStore::new(
+                storage.tables(crate::seal::channel::STORE_SCHEMA)?,
+                &config.passwords_key(),
+            ),
+            crate::seal::certs::CertStore::new(storage.tables(crate::seal::certs::SCHEMA)?),
+        ),
     );
     let reporter = Arc::new(
         Reporter::new(&config, outbound.clone())

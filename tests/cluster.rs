@@ -599,3 +599,46 @@ fn a_node_reaches_postgresql_over_tls_and_checks_its_certificate() {
     let (ok, said) = command(&without_ca, &secure);
     assert!(!ok && said.to_lowercase().contains("certificate"), "{said}");
 }
+
+/// The pre-agreed envelope passwords are the cluster's: set on one node,
+/// listed on another. A node with another store key is refused (it would
+/// seal passwords no other node opens) until it has the cluster's key.
+#[test]
+fn pre_agreed_passwords_are_shared_and_a_node_with_another_key_is_refused() {
+    let url = pg_database(pg_server(), "passwords");
+    let shared = tempfile::tempdir().unwrap();
+    let first = node(&url, shared.path(), "first", "1s");
+    let second = node(&url, shared.path(), "second", "1s");
+    let set = |gw: &Gateway, address: &str| {
+        with_stdin(
+            std::process::Command::new(bin())
+                .args(["--config", gw.config.to_str().unwrap()])
+                .args(["passwords", "set", address]),
+            "a pre-agreed password 1\n",
+        )
+    };
+    let out = set(&first, "bob@dst.test");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = cli_ok(&second, &["passwords", "list"]);
+    assert!(listed.contains("bob@dst.test"), "{listed}");
+
+    let out = set(&second, "carol@dst.test");
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("is not the key the stored passwords were sealed with"),
+        "{}",
+        output_text(&out)
+    );
+    std::fs::copy(
+        first.dir.path().join("passwords.key"),
+        second.dir.path().join("passwords.key"),
+    )
+    .unwrap();
+    let out = set(&second, "carol@dst.test");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = cli_ok(&first, &["passwords", "list"]);
+    assert!(
+        listed.contains("bob@dst.test") && listed.contains("carol@dst.test"),
+        "{listed}"
+    );
+}

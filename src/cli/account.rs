@@ -38,16 +38,8 @@ pub(super) fn account(config: Config, command: AccountCommand) -> anyhow::Result
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // Where the gateway keeps them: a cluster's accounts are its nodes'.
-    let (runtime, store) = if config.storage_url().is_some() {
-        let (runtime, storage) = command_storage(&config)?;
-        let tables = storage.tables(crate::console::accounts::SCHEMA)?;
-        (runtime, AccountStore::new(tables))
-    } else {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        (runtime, AccountStore::open(&config.database_path())?)
-    };
+    let (runtime, tables) = command_tables(&config, crate::console::accounts::SCHEMA)?;
+    let store = AccountStore::new(tables);
     let now = crate::util::now();
     match command {
         AccountCommand::Add { name, role, tenant } => {

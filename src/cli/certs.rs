@@ -39,7 +39,9 @@ pub(super) fn certs(config: Config, command: CertsCommand) -> anyhow::Result<()>
     crate::util::private_files();
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = CertStore::open(&config.database_path())?;
+    // Where the gateway keeps them: a cluster's are its nodes'.
+    let (runtime, tables) = command_tables(&config, crate::seal::certs::SCHEMA)?;
+    let store = CertStore::new(tables);
     match command {
         CertsCommand::Import {
             file,
@@ -50,11 +52,11 @@ pub(super) fn certs(config: Config, command: CertsCommand) -> anyhow::Result<()>
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let chain = read_chain(&bytes).with_context(|| format!("{}", file.display()))?;
-            import(config, &store, &tenant, chain, address.as_deref())
+            import(config, &runtime, &store, &tenant, chain, address.as_deref())
         }
         CertsCommand::List { tenant } => {
             let tenant = tenant_of(&config, tenant)?;
-            let list = store.list(&tenant)?;
+            let list = runtime.block_on(store.list(&tenant))?;
             let now = crate::util::now();
             for c in &list {
                 println!(
@@ -71,7 +73,7 @@ pub(super) fn certs(config: Config, command: CertsCommand) -> anyhow::Result<()>
         }
         CertsCommand::Remove { what, tenant } => {
             let tenant = tenant_of(&config, tenant)?;
-            let n = store.remove(&tenant, &what)?;
+            let n = runtime.block_on(store.remove(&tenant, &what))?;
             if n == 0 {
                 bail!("no certificate of tenant {tenant} matches `{what}`");
             }
@@ -117,6 +119,7 @@ fn read_chain(bytes: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 fn import(
     config: Config,
+    runtime: &tokio::runtime::Runtime,
     store: &CertStore,
     tenant: &str,
     chain: Vec<CertificateDer<'static>>,
@@ -138,7 +141,6 @@ fn import(
     };
     let subject = cert.subject().to_string();
     let not_after = cert.validity().not_after.timestamp();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let now = crate::util::now();
     let judgments = runtime.block_on(async {
         let dns = crate::dns::Dns::new(&config.dns)?;
@@ -167,7 +169,7 @@ fn import(
             not_after,
             added_at: now,
         };
-        let new = store.add(tenant, &stored)?;
+        let new = runtime.block_on(store.add(tenant, &stored))?;
         println!(
             "{address} (tenant {tenant}): {} {} ({}; {})",
             if new { "imported" } else { "already known:" },

@@ -408,6 +408,26 @@ fn command_storage(
     Ok((runtime, storage))
 }
 
+/// The gateway's small tables for a command: the cluster's database, or
+/// this node's SQLite file (made, with `schema`, if it is not there yet).
+fn command_tables(
+    config: &Config,
+    schema: &str,
+) -> anyhow::Result<(tokio::runtime::Runtime, crate::spool::tables::Tables)> {
+    if config.storage_url().is_some() {
+        let (runtime, storage) = command_storage(config)?;
+        let tables = storage.tables(schema)?;
+        return Ok((runtime, tables));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = config.database_path();
+    let tables = crate::spool::tables::Tables::sqlite(&db, schema)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    Ok((runtime, tables))
+}
+
 fn time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| {

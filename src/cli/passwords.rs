@@ -32,7 +32,9 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
     crate::util::private_files();
     crate::util::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = PasswordStore::open(&config.database_path(), &config.passwords_key())?;
+    // Where the gateway keeps them: a cluster's are its nodes'.
+    let (runtime, tables) = command_tables(&config, crate::seal::channel::STORE_SCHEMA)?;
+    let store = PasswordStore::new(tables, &config.passwords_key());
     match command {
         PasswordsCommand::Set {
             address,
@@ -56,7 +58,7 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
                 }
                 pw
             };
-            store.set(&tenant, &address, &password)?;
+            runtime.block_on(store.set(&tenant, &address, &password))?;
             if generate {
                 println!("{}", password.display());
             }
@@ -65,7 +67,7 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
         }
         PasswordsCommand::Remove { address, tenant } => {
             let tenant = tenant_of(&config, tenant)?;
-            if !store.remove(&tenant, &address)? {
+            if !runtime.block_on(store.remove(&tenant, &address))? {
                 bail!("{address} (tenant {tenant}) has no stored password");
             }
             println!("{address} (tenant {tenant}): password removed");
@@ -73,7 +75,7 @@ pub(super) fn passwords(config: Config, command: PasswordsCommand) -> anyhow::Re
         }
         PasswordsCommand::List { tenant } => {
             let tenant = tenant_of(&config, tenant)?;
-            let list = store.list(&tenant)?;
+            let list = runtime.block_on(store.list(&tenant))?;
             for (address, at) in &list {
                 println!("{address:<40}  set {}", time(*at));
             }

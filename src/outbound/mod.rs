@@ -105,6 +105,18 @@ impl Outbound {
         self
     }
 
+    /// The pre-agreed passwords and the recipient certificates, where the
+    /// gateway keeps its tables.
+    pub fn with_stores(
+        mut self,
+        passwords: PasswordStore,
+        certs: crate::seal::certs::CertStore,
+    ) -> Outbound {
+        self.passwords = Some(passwords);
+        self.certs = Some(certs);
+        self
+    }
+
     /// `db`: where MTA-STS policies are cached across restarts (none: memory only).
     pub fn new(
         config: Arc<Config>,
@@ -122,20 +134,8 @@ impl Outbound {
                 Contacts::load(file).map_err(|e| OutboundError::Seal(e.to_string()))?;
             }
         }
-        let passwords = match &db {
-            Some(path) => Some(
-                PasswordStore::open(path, &config.passwords_key())
-                    .map_err(|e| OutboundError::Seal(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let certs = match &db {
-            Some(path) => Some(
-                crate::seal::certs::CertStore::open(path)
-                    .map_err(|e| OutboundError::Seal(e.to_string()))?,
-            ),
-            None => None,
-        };
+        // Given by the gateway (with_stores); a check has none.
+        let (passwords, certs) = (None, None);
         let mut store = rustls::RootCertStore::empty();
         store.extend(qualifier.roots().anchors().iter().cloned());
         let http = reqwest::Client::builder()

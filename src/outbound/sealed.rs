@@ -146,6 +146,7 @@ impl Outbound {
         let agreed = match &self.passwords {
             Some(store) => store
                 .get(&job.envelope.tenant.0, rcpt)
+                .await
                 .map_err(|e| defer(e.to_string()))?,
             None => None,
         };

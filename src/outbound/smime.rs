@@ -74,7 +74,7 @@ impl Outbound {
                 continue;
             }
             let address = &p.recipient.address;
-            let known = match store.for_address(tenant, address) {
+            let known = match store.for_address(tenant, address).await {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::error!(id = %job.id, %address, "{e}");

@@ -1,19 +1,18 @@
 //! The recipient certificate directory: per tenant, the S/MIME
 //! certificates (with the intermediates that came with them) imported by
 //! `sealgate certs import`, one row per address a certificate names, in
-//! the gateway's database. Certificates are public; what makes one usable
+//! the gateway's database (a cluster's, shared by its nodes). Certificates are public; what makes one usable
 //! (chain, revocation, expiry) is judged each time it is used, by
 //! `qualify::recipient`, not stored.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Duration;
 
-use rusqlite::{Connection, params};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-const SCHEMA: &str = "
+use crate::spool::tables::{TableError, Tables, Value};
+
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS recipient_certs (
     tenant      TEXT NOT NULL,
     address     TEXT NOT NULL,
@@ -29,7 +28,7 @@ CREATE TABLE IF NOT EXISTS recipient_certs (
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("certificate store: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] TableError),
     #[error("certificate store: a stored chain does not parse: {0}")]
     Stored(String),
 }
@@ -47,123 +46,128 @@ pub struct StoredCert {
     pub added_at: i64,
 }
 
+/// The directory, in the gateway's tables (a cluster's nodes share it).
 pub struct CertStore {
-    conn: Mutex<Connection>,
+    tables: Tables,
 }
 
 impl CertStore {
+    /// The directory in the node's SQLite file.
     pub fn open(db: &Path) -> Result<CertStore, CertsError> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(CertStore {
-            conn: Mutex::new(conn),
-        })
+        Ok(CertStore::new(Tables::sqlite(db, SCHEMA)?))
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn new(tables: Tables) -> CertStore {
+        CertStore { tables }
     }
 
     /// Stores `cert` for its address; false: it was there already.
-    pub fn add(&self, tenant: &str, cert: &StoredCert) -> Result<bool, CertsError> {
+    pub async fn add(&self, tenant: &str, cert: &StoredCert) -> Result<bool, CertsError> {
         let pem: String = cert
             .chain
             .iter()
             .map(|c| pem_of(c))
             .collect::<Vec<_>>()
             .concat();
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO recipient_certs
-             (tenant, address, fingerprint, chain, subject, not_after, added_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                tenant,
-                cert.address.to_ascii_lowercase(),
-                cert.fingerprint,
-                pem,
-                cert.subject,
-                cert.not_after,
-                cert.added_at
-            ],
-        )?;
+        let n = self
+            .tables
+            .execute(
+                "INSERT INTO recipient_certs
+                 (tenant, address, fingerprint, chain, subject, not_after, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (tenant, address, fingerprint) DO NOTHING",
+                &[
+                    tenant.into(),
+                    cert.address.to_ascii_lowercase().into(),
+                    cert.fingerprint.clone().into(),
+                    pem.into(),
+                    cert.subject.clone().into(),
+                    cert.not_after.into(),
+                    cert.added_at.into(),
+                ],
+            )
+            .await?;
         Ok(n == 1)
     }
 
     /// The certificates for `address`, the longest-valid first.
-    pub fn for_address(&self, tenant: &str, address: &str) -> Result<Vec<StoredCert>, CertsError> {
+    pub async fn for_address(
+        &self,
+        tenant: &str,
+        address: &str,
+    ) -> Result<Vec<StoredCert>, CertsError> {
         self.select(
             "WHERE tenant = ?1 AND address = ?2 ORDER BY not_after DESC",
-            params![tenant, address.to_ascii_lowercase()],
+            &[tenant.into(), address.to_ascii_lowercase().into()],
         )
+        .await
     }
 
     /// Every certificate of the tenant, by address.
-    pub fn list(&self, tenant: &str) -> Result<Vec<StoredCert>, CertsError> {
+    pub async fn list(&self, tenant: &str) -> Result<Vec<StoredCert>, CertsError> {
         self.select(
             "WHERE tenant = ?1 ORDER BY address, not_after DESC",
-            params![tenant],
+            &[tenant.into()],
         )
+        .await
     }
 
     /// Removes the certificates of an address, or one certificate (by its
     /// fingerprint, or a prefix of it of at least 8 hex digits) for every
     /// address; how many rows went.
-    pub fn remove(&self, tenant: &str, what: &str) -> Result<usize, CertsError> {
+    pub async fn remove(&self, tenant: &str, what: &str) -> Result<usize, CertsError> {
         let fp = what.replace(':', "").to_ascii_uppercase();
         let by_fingerprint = fp.len() >= 8 && fp.chars().all(|c| c.is_ascii_hexdigit());
         let n = if by_fingerprint {
-            self.conn().execute(
-                "DELETE FROM recipient_certs WHERE tenant = ?1 AND substr(fingerprint, 1, ?2) = ?3",
-                params![tenant, fp.len() as i64, fp],
-            )?
+            // A prefix of hex digits: no LIKE wildcard can be in it.
+            self.tables
+                .execute(
+                    "DELETE FROM recipient_certs WHERE tenant = ?1 AND fingerprint LIKE ?2",
+                    &[tenant.into(), format!("{fp}%").into()],
+                )
+                .await?
         } else {
-            self.conn().execute(
-                "DELETE FROM recipient_certs WHERE tenant = ?1 AND address = ?2",
-                params![tenant, what.to_ascii_lowercase()],
-            )?
+            self.tables
+                .execute(
+                    "DELETE FROM recipient_certs WHERE tenant = ?1 AND address = ?2",
+                    &[tenant.into(), what.to_ascii_lowercase().into()],
+                )
+                .await?
         };
-        Ok(n)
+        Ok(n as usize)
     }
 
-    fn select(
-        &self,
-        filter: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<StoredCert>, CertsError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT address, fingerprint, chain, subject, not_after, added_at
-             FROM recipient_certs {filter}"
-        ))?;
-        let rows = stmt
-            .query_map(args, |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+    async fn select(&self, filter: &str, args: &[Value]) -> Result<Vec<StoredCert>, CertsError> {
+        let rows = self
+            .tables
+            .query(
+                &format!(
+                    "SELECT address, fingerprint, chain, subject, not_after, added_at
+                     FROM recipient_certs {filter}"
+                ),
+                args,
+            )
+            .await?;
         rows.into_iter()
-            .map(
-                |(address, fingerprint, pem, subject, not_after, added_at)| {
-                    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|row| {
+                let mut r = row.into_iter();
+                let mut next = || r.next().unwrap_or(Value::Null);
+                let (address, fingerprint, pem, subject, not_after, added_at) =
+                    (next(), next(), next(), next(), next(), next());
+                let fingerprint = fingerprint.text().unwrap_or_default();
+                let chain =
+                    CertificateDer::pem_slice_iter(pem.text().unwrap_or_default().as_bytes())
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| CertsError::Stored(format!("{fingerprint}: {e}")))?;
-                    Ok(StoredCert {
-                        address,
-                        fingerprint,
-                        chain,
-                        subject,
-                        not_after,
-                        added_at,
-                    })
-                },
-            )
+                Ok(StoredCert {
+                    address: address.text().unwrap_or_default(),
+                    fingerprint,
+                    chain,
+                    subject: subject.text().unwrap_or_default(),
+                    not_after: not_after.int().unwrap_or_default(),
+                    added_at: added_at.int().unwrap_or_default(),
+                })
+            })
             .collect()
     }
 }
@@ -184,8 +188,8 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn certificates_are_kept_per_tenant_and_address_and_removed_by_either_key() {
+    #[tokio::test]
+    async fn certificates_are_kept_per_tenant_and_address_and_removed_by_either_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CertStore::open(&dir.path().join("db")).expect("open");
         let key = rcgen::KeyPair::generate().expect("key");
@@ -206,24 +210,28 @@ mod tests {
         assert!(
             store
                 .add("t", &cert("Bob@X.test", "AB12CD34EF", 10))
+                .await
                 .expect("add")
         );
         assert!(
             !store
                 .add("t", &cert("bob@x.test", "AB12CD34EF", 10))
+                .await
                 .expect("again")
         );
         assert!(
             store
                 .add("t", &cert("bob@x.test", "FFEE0011", 20))
+                .await
                 .expect("add")
         );
         assert!(
             store
                 .add("other", &cert("bob@x.test", "AB12CD34EF", 10))
+                .await
                 .expect("add")
         );
-        let found = store.for_address("t", "BOB@x.test").expect("find");
+        let found = store.for_address("t", "BOB@x.test").await.expect("find");
         assert_eq!(
             found
                 .iter()
@@ -232,9 +240,9 @@ mod tests {
             ["FFEE0011", "AB12CD34EF"]
         );
         assert_eq!(found[0].chain, vec![der.clone()]);
-        assert_eq!(store.remove("t", "ab:12:cd:34").expect("rm"), 1);
-        assert_eq!(store.remove("t", "bob@x.test").expect("rm"), 1);
-        assert!(store.list("t").expect("list").is_empty());
-        assert_eq!(store.list("other").expect("list").len(), 1);
+        assert_eq!(store.remove("t", "ab:12:cd:34").await.expect("rm"), 1);
+        assert_eq!(store.remove("t", "bob@x.test").await.expect("rm"), 1);
+        assert!(store.list("t").await.expect("list").is_empty());
+        assert_eq!(store.list("other").await.expect("list").len(), 1);
     }
 }

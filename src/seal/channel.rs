@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::raw::Raw;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+use crate::spool::tables::{TableError, Tables};
 
 use super::envelope;
 use super::password::Password;
@@ -47,8 +47,8 @@ pub enum ChannelError {
     Store(String),
 }
 
-impl From<rusqlite::Error> for ChannelError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<TableError> for ChannelError {
+    fn from(e: TableError) -> Self {
         ChannelError::Store(e.to_string())
     }
 }
@@ -183,7 +183,7 @@ Please pass it on by phone or SMS, never by e-mail.\r\n",
         .expect("writing to a Vec does not fail")
 }
 
-const STORE_SCHEMA: &str = "
+pub const STORE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS seal_passwords (
     tenant   TEXT NOT NULL,
     address  TEXT NOT NULL,
@@ -191,27 +191,40 @@ CREATE TABLE IF NOT EXISTS seal_passwords (
     set_at   INTEGER NOT NULL,
     PRIMARY KEY (tenant, address)
 ) WITHOUT ROWID;
+-- which store key sealed them: a node with another key is told so
+CREATE TABLE IF NOT EXISTS seal_password_key (
+    one         INTEGER PRIMARY KEY CHECK (one = 1),
+    fingerprint TEXT NOT NULL
+);
 ";
 
 /// Pre-agreed passwords per recipient, each sealed with the store key (a
 /// random password in `data_dir/passwords.key`, mode 0600) in our own
-/// envelope format, in the gateway's database.
+/// envelope format, in the gateway's tables. In a cluster they are shared
+/// and every node needs the same key file: the store remembers a
+/// fingerprint of the key, and a node with another key is refused, saying
+/// so, before it seals or opens anything.
 pub struct PasswordStore {
-    conn: Mutex<Connection>,
+    tables: Tables,
     key_path: PathBuf,
     iterations: u32,
 }
 
 impl PasswordStore {
+    /// The store in the node's SQLite file.
     pub fn open(db: &Path, key_path: &Path) -> Result<PasswordStore, ChannelError> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(STORE_SCHEMA)?;
-        Ok(PasswordStore {
-            conn: Mutex::new(conn),
+        Ok(PasswordStore::new(
+            Tables::sqlite(db, STORE_SCHEMA)?,
+            key_path,
+        ))
+    }
+
+    pub fn new(tables: Tables, key_path: &Path) -> PasswordStore {
+        PasswordStore {
+            tables,
             key_path: key_path.to_path_buf(),
             iterations: envelope::MIN_ITERATIONS,
-        })
+        }
     }
 
     /// The store key; made on first use.
@@ -245,7 +258,34 @@ impl PasswordStore {
         }
     }
 
-    pub fn set(
+    /// Refuses a key other than the one the stored passwords were sealed
+    /// with (the first key used is remembered).
+    async fn check_key(&self, key: &Password) -> Result<(), ChannelError> {
+        let ours = key_fingerprint(key);
+        self.tables
+            .execute(
+                "INSERT INTO seal_password_key (one, fingerprint) VALUES (1, ?1)
+                 ON CONFLICT (one) DO NOTHING",
+                &[ours.clone().into()],
+            )
+            .await?;
+        let stored = self
+            .tables
+            .row("SELECT fingerprint FROM seal_password_key", &[])
+            .await?
+            .and_then(|r| r.into_iter().next()?.text())
+            .unwrap_or_default();
+        if stored != ours {
+            return Err(ChannelError::Store(format!(
+                "{} is not the key the stored passwords were sealed with (its fingerprint is {ours}, \
+                 the store's {stored}): copy passwords.key from a node of the cluster that has it",
+                self.key_path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn set(
         &self,
         tenant: &str,
         address: &str,
@@ -254,58 +294,64 @@ impl PasswordStore {
         let key = self
             .key(true)?
             .ok_or_else(|| ChannelError::Store("no key".into()))?;
+        self.check_key(&key).await?;
         let sealed = envelope::seal(password.canonical().as_bytes(), &key, self.iterations);
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| ChannelError::Store("poisoned".into()))?;
-        conn.execute(
-            "INSERT OR REPLACE INTO seal_passwords (tenant, address, sealed, set_at) VALUES (?, ?, ?, ?)",
-            params![tenant, address.to_lowercase(), sealed, chrono::Utc::now().timestamp()],
-        )?;
+        // The newest password is the one agreed.
+        self.tables
+            .execute(
+                "INSERT INTO seal_passwords (tenant, address, sealed, set_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, address)
+                 DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
+                &[
+                    tenant.into(),
+                    address.to_lowercase().into(),
+                    sealed.into(),
+                    chrono::Utc::now().timestamp().into(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
-    pub fn remove(&self, tenant: &str, address: &str) -> Result<bool, ChannelError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| ChannelError::Store("poisoned".into()))?;
-        Ok(conn.execute(
-            "DELETE FROM seal_passwords WHERE tenant = ? AND address = ?",
-            params![tenant, address.to_lowercase()],
-        )? > 0)
+    pub async fn remove(&self, tenant: &str, address: &str) -> Result<bool, ChannelError> {
+        Ok(self
+            .tables
+            .execute(
+                "DELETE FROM seal_passwords WHERE tenant = ?1 AND address = ?2",
+                &[tenant.into(), address.to_lowercase().into()],
+            )
+            .await?
+            > 0)
     }
 
     /// Addresses with a pre-agreed password (never the passwords).
-    pub fn list(&self, tenant: &str) -> Result<Vec<(String, i64)>, ChannelError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| ChannelError::Store("poisoned".into()))?;
-        let mut stmt = conn.prepare(
-            "SELECT address, set_at FROM seal_passwords WHERE tenant = ? ORDER BY address",
-        )?;
-        let rows = stmt
-            .query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+    pub async fn list(&self, tenant: &str) -> Result<Vec<(String, i64)>, ChannelError> {
+        let rows = self
+            .tables
+            .query(
+                "SELECT address, set_at FROM seal_passwords WHERE tenant = ?1 ORDER BY address",
+                &[tenant.into()],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut r = r.into_iter();
+                Some((r.next()?.text()?, r.next()?.int()?))
+            })
+            .collect())
     }
 
     /// The pre-agreed password of a recipient, if there is one.
-    pub fn get(&self, tenant: &str, address: &str) -> Result<Option<Password>, ChannelError> {
-        let sealed: Option<Vec<u8>> = {
-            let conn = self
-                .conn
-                .lock()
-                .map_err(|_| ChannelError::Store("poisoned".into()))?;
-            conn.query_row(
-                "SELECT sealed FROM seal_passwords WHERE tenant = ? AND address = ?",
-                params![tenant, address.to_lowercase()],
-                |r| r.get(0),
+    pub async fn get(&self, tenant: &str, address: &str) -> Result<Option<Password>, ChannelError> {
+        let sealed = self
+            .tables
+            .row(
+                "SELECT sealed FROM seal_passwords WHERE tenant = ?1 AND address = ?2",
+                &[tenant.into(), address.to_lowercase().into()],
             )
-            .optional()?
-        };
+            .await?
+            .and_then(|r| r.into_iter().next()?.bytes());
         let Some(sealed) = sealed else {
             return Ok(None);
         };
@@ -315,12 +361,20 @@ impl PasswordStore {
                 self.key_path.display()
             )));
         };
+        self.check_key(&key).await?;
         let plain = envelope::open(&sealed, key.canonical())
             .map_err(|e| ChannelError::Store(format!("a stored password does not open: {e}")))?;
         let text = String::from_utf8(plain)
             .map_err(|_| ChannelError::Store("a stored password is not text".into()))?;
         Ok(Some(Password::from_text(&text)))
     }
+}
+
+/// Names a store key without revealing it: 16 hex digits of a SHA-256.
+fn key_fingerprint(key: &Password) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("sealgate passwords.key {}", key.canonical()));
+    crate::util::hex(&digest[..8])
 }
 
 #[cfg(test)]
@@ -347,20 +401,20 @@ mod tests {
         assert_eq!(c.phone("eve@dst.test"), None);
     }
 
-    #[test]
-    fn stored_passwords_are_sealed_and_come_back() {
+    #[tokio::test]
+    async fn stored_passwords_are_sealed_and_come_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("g.db");
         let key = dir.path().join("passwords.key");
         let store = PasswordStore::open(&db, &key).expect("open");
-        assert_eq!(store.get("t", "bob@dst.test").expect("get"), None);
+        assert_eq!(store.get("t", "bob@dst.test").await.expect("get"), None);
         let pw = Password::from_text("correct horse battery staple");
-        store.set("t", "Bob@dst.test", &pw).expect("set");
+        store.set("t", "Bob@dst.test", &pw).await.expect("set");
         assert_eq!(
-            store.get("t", "bob@DST.test").expect("get"),
+            store.get("t", "bob@DST.test").await.expect("get"),
             Some(pw.clone())
         );
-        assert_eq!(store.get("other", "bob@dst.test").expect("get"), None);
+        assert_eq!(store.get("other", "bob@dst.test").await.expect("get"), None);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key).expect("key").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -370,15 +424,29 @@ mod tests {
                 .any(|w| w == pw.canonical().as_bytes()),
             "the password is not in the database in clear"
         );
-        assert_eq!(store.list("t").expect("list")[0].0, "bob@dst.test");
+        assert_eq!(store.list("t").await.expect("list")[0].0, "bob@dst.test");
         std::fs::remove_file(&key).expect("rm key");
         assert!(
             store
                 .get("t", "bob@dst.test")
+                .await
                 .unwrap_err()
                 .to_string()
                 .contains("missing")
         );
-        assert!(store.remove("t", "bob@dst.test").expect("remove"));
+        assert!(store.remove("t", "bob@dst.test").await.expect("remove"));
+        // Another node's key (here: a new one made for a new file) is refused
+        // rather than sealing passwords no other node can open.
+        let other = PasswordStore::open(&db, &dir.path().join("other.key")).expect("open");
+        let err = other
+            .set("t", "eve@dst.test", &pw)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not the key the stored passwords were sealed with"),
+            "{err}"
+        );
+        assert!(other.list("t").await.expect("list").is_empty());
     }
 }

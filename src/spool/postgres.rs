@@ -227,6 +227,32 @@ CREATE TABLE tlsrpt_received (
 );
 CREATE INDEX tlsrpt_received_at ON tlsrpt_received (received_at);
 ",
+    "
+-- Version 7: the pre-agreed envelope passwords (sealed with the store key
+-- every node holds, named by its fingerprint) and the recipient
+-- certificates, one set for the cluster.
+CREATE TABLE seal_passwords (
+    tenant  TEXT NOT NULL,
+    address TEXT NOT NULL,
+    sealed  BYTEA NOT NULL,
+    set_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, address)
+);
+CREATE TABLE seal_password_key (
+    one         INTEGER PRIMARY KEY CHECK (one = 1),
+    fingerprint TEXT NOT NULL
+);
+CREATE TABLE recipient_certs (
+    tenant      TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    chain       TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    not_after   BIGINT NOT NULL,
+    added_at    BIGINT NOT NULL,
+    PRIMARY KEY (tenant, address, fingerprint)
+);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.

@@ -5,8 +5,9 @@
 //! One SQL text serves both: it is written for SQLite with numbered
 //! parameters (`?1`), which become PostgreSQL's (`$1`); values cross as
 //! [`Value`]. Only what both engines read alike belongs here: plain
-//! `INSERT`/`UPDATE`/`DELETE`/`SELECT`, `ON CONFLICT … DO NOTHING`, no
-//! casts, no engine's functions. The SQLite schema is made by the module
+//! `INSERT`/`UPDATE`/`DELETE`/`SELECT`, `ON CONFLICT … DO NOTHING` or
+//! `DO UPDATE SET c = excluded.c`, `LIKE`, no casts, no engine's own
+//! functions. The SQLite schema is made by the module
 //! that owns the table; the PostgreSQL one is a migration of
 //! `spool::postgres`.
 
