@@ -112,7 +112,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         Outbound::new(
             config.clone(),
             dns,
-            Some(config.database_path()),
+            Some(storage.tables(crate::qualify::mta_sts::SCHEMA)?),
             policies.clone(),
             memory.clone(),
             Some(journal.clone()),

@@ -476,3 +476,47 @@ fn a_second_delivery_is_answered_from_the_dns_cache() {
         "the second delivery's MX, address and TLSA from the cache: hits {hits} -> {hits_after}, misses {misses} -> {misses_after}"
     );
 }
+
+/// RFC 8461 §5.1 across a cluster: a policy one node fetched guards the
+/// other node's first delivery to the domain, even when that node cannot
+/// reach the policy host (here: its fetches go to a closed port, as an
+/// attacker who blocks them would make them fail). Without the shared
+/// cache the second node would find no policy and deliver to an MX the
+/// policy does not list.
+#[test]
+fn rfc8461_5_1_a_policy_cached_by_one_node_holds_on_another() {
+    let url = pg_database(pg_server(), "sts_cache");
+    let shared = tempfile::tempdir().unwrap();
+    let node = |name: &str, blocked: bool| {
+        let w = world();
+        Gateway::start_with(|dir, relay, sub| {
+            let mut text = w.config(dir, relay, sub);
+            if blocked {
+                text = text.replace(
+                    &format!("https_port = {}", world::HTTPS_PORT),
+                    "https_port = 1",
+                );
+            }
+            format!(
+                "{text}\n[storage]\nurl = \"{url}\"\n\n[cluster]\nnode = \"{name}\"\n\n\
+                 [spool]\nkey_file = \"{}\"\n",
+                shared.path().join("spool.key").display()
+            )
+        })
+    };
+    let first = node("first", false);
+    let rcpt = format!("{}@badmx.sts.test", unique("fetched"));
+    let id = send(&first, &rcpt);
+    let reason = deferred_reason(&first, &id);
+    assert!(reason.contains("does not match"), "{reason}");
+
+    let second = node("second", true);
+    let rcpt = format!("{}@badmx.sts.test", unique("cached"));
+    let id = send(&second, &rcpt);
+    let reason = deferred_reason(&second, &id);
+    assert!(
+        reason.contains("MTA-STS enforce") && reason.contains("does not match"),
+        "{reason}"
+    );
+    assert!(world().mails(&rcpt).is_empty());
+}

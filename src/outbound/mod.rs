@@ -117,16 +117,17 @@ impl Outbound {
         self
     }
 
-    /// `db`: where MTA-STS policies are cached across restarts (none: memory only).
+    /// `sts_cache`: where MTA-STS policies are cached across restarts
+    /// (none: memory only).
     pub fn new(
         config: Arc<Config>,
         dns: Dns,
-        db: Option<std::path::PathBuf>,
+        sts_cache: Option<crate::spool::tables::Tables>,
         policies: Arc<Policies>,
         memory: Arc<DomainMemory>,
         journal: Option<Arc<Journal>>,
     ) -> Result<Outbound, OutboundError> {
-        let qualifier = Qualifier::new(config.clone(), dns, db.clone())?;
+        let qualifier = Qualifier::new(config.clone(), dns, sts_cache)?;
         // A broken contacts file is found at start (and named by line), not
         // when the first message is sealed.
         for t in &config.tenants {

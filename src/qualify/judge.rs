@@ -58,11 +58,11 @@ pub struct Judged {
 pub type EvidenceSlot = Arc<Mutex<Option<CertEvidence>>>;
 
 impl Qualifier {
-    /// `db`: where MTA-STS policies are cached across restarts (none: memory only).
+    /// `tables`: where MTA-STS policies are cached across restarts (none: memory only).
     pub fn new(
         config: Arc<Config>,
         dns: Dns,
-        db: Option<std::path::PathBuf>,
+        tables: Option<crate::spool::tables::Tables>,
     ) -> Result<Qualifier, QualifyError> {
         let roots = Roots::load(&config.outbound.pkix_roots)?;
         let mta_sts = if config.mta_sts.enabled {
@@ -70,7 +70,12 @@ impl Qualifier {
                 Some(r) => Roots::load(r)?,
                 None => roots.clone(),
             };
-            Some(MtaSts::new(&config.mta_sts, &sts_roots, dns.clone(), db)?)
+            Some(MtaSts::new(
+                &config.mta_sts,
+                &sts_roots,
+                dns.clone(),
+                tables,
+            )?)
         } else {
             None
         };

@@ -10,13 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::config::MtaStsConfig;
 use crate::dns::{Dns, DnsError};
 use crate::qualify::pkix::Roots;
+use crate::spool::tables::Tables;
 
 /// Why a policy record, a policy or its fetch was not good.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,8 +168,15 @@ pub struct MtaSts {
     port: u16,
     max_size: usize,
     memory: Mutex<HashMap<String, Policy>>,
-    db: Option<PathBuf>,
+    tables: Option<Tables>,
 }
+
+/// The cache's table in a node's SQLite file (a cluster's is a migration
+/// of its database): policies outlive a restart, and in a cluster a policy
+/// one node fetched protects the others' first delivery too (§5.1).
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mta_sts_policies (
+    domain TEXT PRIMARY KEY, id TEXT NOT NULL, body TEXT NOT NULL,
+    expires INTEGER NOT NULL)";
 
 /// How a failed policy fetch begins its detail (TLS-RPT reports it as
 /// `sts-policy-fetch-error`).
@@ -185,13 +191,13 @@ pub enum Discovery {
 }
 
 impl MtaSts {
-    /// `db`: the SQLite database that keeps policies across restarts; `None`
-    /// keeps them in memory only (`sealgate check`).
+    /// `tables`: where policies are kept across restarts (with
+    /// [`SCHEMA`]); `None` keeps them in memory only (`sealgate check`).
     pub fn new(
         config: &MtaStsConfig,
         roots: &Roots,
         dns: Dns,
-        db: Option<PathBuf>,
+        tables: Option<Tables>,
     ) -> Result<MtaSts, MtaStsError> {
         let mut store = rustls::RootCertStore::empty();
         store.extend(roots.anchors().iter().cloned());
@@ -210,23 +216,13 @@ impl MtaSts {
             .dns_resolver(Arc::new(Resolver(dns.clone())))
             .build()
             .map_err(|e| MtaStsError::Setup(format!("HTTPS client: {e}")))?;
-        if let Some(path) = &db {
-            let conn =
-                rusqlite::Connection::open(path).map_err(|e| MtaStsError::Setup(e.to_string()))?;
-            conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS mta_sts_policies (
-                    domain TEXT PRIMARY KEY, id TEXT NOT NULL, body TEXT NOT NULL,
-                    expires INTEGER NOT NULL)",
-            )
-            .map_err(|e| MtaStsError::Setup(e.to_string()))?;
-        }
         Ok(MtaSts {
             dns,
             http,
             port: config.https_port,
             max_size: config.max_policy_size,
             memory: Mutex::new(HashMap::new()),
-            db,
+            tables,
         })
     }
 
@@ -325,28 +321,23 @@ impl MtaSts {
         {
             return Some(p);
         }
-        let path = self.db.clone()?;
-        let domain = domain.to_string();
-        let row = tokio::task::spawn_blocking(move || {
-            let conn = rusqlite::Connection::open(path).ok()?;
-            conn.query_row(
+        let row = self
+            .tables
+            .as_ref()?
+            .row(
                 "SELECT id, body, expires FROM mta_sts_policies WHERE domain = ?1",
-                [&domain],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
+                &[domain.into()],
             )
-            .ok()
-        })
-        .await
-        .ok()??;
-        let (id, body, expires) = row;
+            .await
+            .inspect_err(|e| tracing::warn!(%domain, "cannot read the MTA-STS policy cache: {e}"))
+            .ok()??;
+        let mut row = row.into_iter();
+        let (id, body, expires) = (row.next()?.text()?, row.next()?.text()?, row.next()?.int()?);
         let mut policy = parse_policy(&body, &id, now).ok()?;
         policy.expires = expires;
+        if let Ok(mut m) = self.memory.lock() {
+            m.insert(domain.to_string(), policy.clone());
+        }
         (expires > now).then_some(policy)
     }
 
@@ -354,25 +345,22 @@ impl MtaSts {
         if let Ok(mut m) = self.memory.lock() {
             m.insert(domain.to_string(), policy.clone());
         }
-        let Some(path) = self.db.clone() else { return };
-        let (domain, id, body, expires) = (
-            domain.to_string(),
-            policy.id.clone(),
-            body.to_string(),
-            policy.expires,
-        );
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = rusqlite::Connection::open(path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            conn.execute(
+        let Some(tables) = &self.tables else { return };
+        let result = tables
+            .execute(
                 "INSERT INTO mta_sts_policies (domain, id, body, expires) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(domain) DO UPDATE SET id = ?2, body = ?3, expires = ?4",
-                rusqlite::params![domain, id, body, expires],
+                 ON CONFLICT (domain) DO UPDATE
+                 SET id = excluded.id, body = excluded.body, expires = excluded.expires",
+                &[
+                    domain.into(),
+                    policy.id.clone().into(),
+                    body.into(),
+                    policy.expires.into(),
+                ],
             )
-        })
-        .await;
-        if !matches!(result, Ok(Ok(_))) {
-            tracing::warn!("could not store the MTA-STS policy: {result:?}");
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(%domain, "could not store the MTA-STS policy: {e}");
         }
     }
 }

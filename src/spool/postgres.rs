@@ -253,6 +253,16 @@ CREATE TABLE recipient_certs (
     PRIMARY KEY (tenant, address, fingerprint)
 );
 ",
+    "
+-- Version 8: the MTA-STS policy cache (qualify::mta_sts), one for the
+-- cluster: a policy one node fetched guards every node's first delivery.
+CREATE TABLE mta_sts_policies (
+    domain  TEXT PRIMARY KEY,
+    id      TEXT NOT NULL,
+    body    TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
