@@ -181,15 +181,31 @@ impl SqliteSpool {
         let pooled = self.readers.lock().ok().and_then(|mut v| v.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.path)?,
+            None => {
+                let conn = open_connection(&self.path)?;
+                // Readers load bodies once and walk the log forward: a
+                // large cache holds pages they never read again, and there
+                // can be as many readers as deliveries run at once.
+                conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+                conn
+            }
         };
         let result = f(&conn);
-        if let Ok(mut pool) = self.readers.lock() {
+        // A burst of reads leaves no more connections (and their caches)
+        // behind than the pool keeps.
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < MAX_READERS
+        {
             pool.push(conn);
         }
         result
     }
 }
+
+/// Reader connections kept open between reads.
+const MAX_READERS: usize = 8;
+/// A reader's page cache, as SQLite's negative `cache_size`: KiB.
+const READER_CACHE_KIB: i64 = -512;
 
 fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
     let conn = Connection::open(path)?;

@@ -119,6 +119,8 @@ impl Tables {
     pub fn sqlite(db: &Path, schema: &str) -> Result<Tables, TableError> {
         let conn = Connection::open(db)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // Small tables read by key: a small cache, whatever the file's size.
+        conn.pragma_update(None, "cache_size", -256)?;
         conn.execute_batch("PRAGMA foreign_keys = ON;")?;
         conn.execute_batch(schema)?;
         Ok(Tables::Sqlite(Arc::new(Mutex::new(conn))))
