@@ -24,9 +24,6 @@ use crate::spool::at_rest::KekChange;
 use crate::spool::{Operator, Spool};
 use crate::util::now;
 
-/// Why a cluster node does not send TLS-RPT reports, and what to do.
-pub const CLUSTER_TLSRPT: &str = "a cluster does not send TLS-RPT reports yet (each node keeps its own record of what it sent, so every node would send them again); `sealgate report tlsrpt --day DAY` prints them from the shared log for sending by hand (docs/cluster.md)";
-
 pub struct Server {
     listener: UnixListener,
     spool: Arc<dyn Spool>,
@@ -127,11 +124,6 @@ impl Server {
             };
         }
         if op == "tlsrpt" {
-            // The send state is this node's own: every node would mail
-            // the cluster's reports once more.
-            if self.spool.shared() {
-                return format!("error: {CLUSTER_TLSRPT}");
-            }
             let day = match crate::config::parse_instant(id, crate::config::DayEdge::Start) {
                 Ok(t) => t.div_euclid(86_400) * 86_400,
                 Err(e) => return format!("error: {e}"),

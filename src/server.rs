@@ -51,6 +51,9 @@ async fn console_state(
         inbox: crate::report::received::Inbox::new(
             storage.tables(crate::report::received::SCHEMA)?,
         ),
+        tlsrpt_sent: crate::report::tlsrpt::SentLog::new(
+            storage.tables(crate::report::tlsrpt::SCHEMA)?,
+        ),
         idle: config
             .console
             .as_ref()
@@ -127,7 +130,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         ),
     );
     let reporter = Arc::new(
-        Reporter::new(&config, outbound.clone())
+        Reporter::new(&config, &storage, outbound.clone())
             .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
     );
     let reload_outbound = outbound.clone();
@@ -173,10 +176,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             heads_shutdown,
         ))
     });
-    if config.report.tlsrpt && spool.shared() {
-        // Each node would send the same day's reports from its own state.
-        tracing::warn!("report.tlsrpt: {}", crate::control::CLUSTER_TLSRPT);
-    } else if config.report.tlsrpt {
+    // In a cluster every node runs it: the shared record of what was sent
+    // lets each report go out once.
+    if config.report.tlsrpt {
         tokio::spawn(reporter.run(shutdown.clone()));
     }
     if let Some((listener, tls)) = console_listener {

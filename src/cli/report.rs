@@ -255,9 +255,6 @@ pub(super) fn report_command(config: Config, command: ReportCommand) -> anyhow::
                 * 86_400;
             let day = tlsrpt::day_name(day_start);
             if send {
-                if config.storage_url().is_some() {
-                    bail!("{}", crate::control::CLUSTER_TLSRPT);
-                }
                 let answer =
                     crate::control::request(&config.control_socket(), &format!("tlsrpt {day}"))
                         .ok_or_else(|| {

@@ -47,12 +47,8 @@ pub(super) async fn page(State(console): State<Arc<Console>>, user: User, lang: 
         // Reports to recipient domains are the gateway's, not a tenant's.
         Vec::new()
     } else {
-        let db = console.config.database_path();
-        match tokio::task::spawn_blocking(move || crate::report::tlsrpt::sent_since(&db, since))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return internal(e),
+        match console.tlsrpt_sent.since(since).await {
+            Ok(s) => s,
             Err(e) => return internal(e),
         }
     };

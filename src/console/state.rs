@@ -27,6 +27,8 @@ pub struct Console {
     pub accounts: AccountStore,
     /// TLS-RPT reports other senders posted (`[console] tlsrpt_receive`).
     pub inbox: crate::report::received::Inbox,
+    /// TLS-RPT reports this gateway (or another node) sent.
+    pub tlsrpt_sent: crate::report::tlsrpt::SentLog,
     pub idle: Duration,
     pub guard: Guard,
     pub index: Arc<Index>,

@@ -28,8 +28,9 @@ use crate::message::TenantId;
 use crate::outbound::{Direct, Outbound};
 use crate::qualify::mta_sts::FETCH_FAILED;
 use crate::qualify::{Check, CheckName, Level, Status, Verdict};
+use crate::spool::tables::{TableError, Tables};
 
-const SCHEMA: &str = "
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tlsrpt_sent (
     day     TEXT NOT NULL,
     domain  TEXT NOT NULL,
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS tlsrpt_sent (
     PRIMARY KEY (day, domain, rua)
 ) WITHOUT ROWID;
 ";
+
+/// How long a node's claim on a report may stand unfinished before another
+/// node takes it (the claiming node died mid-send).
+const CLAIM: i64 = 3600;
 
 /// One report this gateway sent (or tried to), as `tlsrpt_sent` keeps it.
 #[derive(Debug, Clone)]
@@ -50,25 +55,118 @@ pub struct Sent {
     pub outcome: String,
 }
 
-/// The reports sent since `since` (Unix seconds), newest first; none when
-/// the gateway never sent one.
-pub fn sent_since(db: &std::path::Path, since: i64) -> rusqlite::Result<Vec<Sent>> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
-    conn.prepare(
-        "SELECT day, domain, rua, at, outcome FROM tlsrpt_sent WHERE at >= ? ORDER BY at DESC LIMIT 500",
-    )?
-    .query_map([since], |r| {
-        Ok(Sent {
-            day: r.get(0)?,
-            domain: r.get(1)?,
-            rua: r.get(2)?,
-            at: r.get(3)?,
-            outcome: r.get(4)?,
-        })
-    })?
-    .collect()
+/// What was sent, in the gateway's tables: a cluster's nodes share it, so
+/// each report goes out once whichever node's hourly run gets to it first.
+/// A row is claimed (`sending`) before its report is sent, and becomes
+/// `sent`, or goes again so that the next run retries; a day whose run
+/// left nothing to do is marked `complete` and not read again.
+#[derive(Clone)]
+pub struct SentLog(Tables);
+
+impl SentLog {
+    pub fn new(tables: Tables) -> SentLog {
+        SentLog(tables)
+    }
+
+    /// The reports sent since `since` (Unix seconds), newest first.
+    pub async fn since(&self, since: i64) -> Result<Vec<Sent>, TableError> {
+        let rows = self
+            .0
+            .query(
+                "SELECT day, domain, rua, at, outcome FROM tlsrpt_sent
+                 WHERE at >= ?1 AND domain <> '*' ORDER BY at DESC LIMIT 500",
+                &[since.into()],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut r = r.into_iter();
+                Some(Sent {
+                    day: r.next()?.text()?,
+                    domain: r.next()?.text()?,
+                    rua: r.next()?.text()?,
+                    at: r.next()?.int()?,
+                    outcome: r.next()?.text()?,
+                })
+            })
+            .collect())
+    }
+
+    /// (domain, rua) of the day's rows; `None` when the day is complete.
+    async fn done(&self, day: &str, now: i64) -> Result<Option<Vec<(String, String)>>, TableError> {
+        self.0
+            .execute(
+                "DELETE FROM tlsrpt_sent WHERE outcome = 'sending' AND at < ?1",
+                &[(now - CLAIM).into()],
+            )
+            .await?;
+        let rows = self
+            .0
+            .query(
+                "SELECT domain, rua FROM tlsrpt_sent WHERE day = ?1",
+                &[day.into()],
+            )
+            .await?;
+        let rows: Vec<(String, String)> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut r = r.into_iter();
+                Some((r.next()?.text()?, r.next()?.text()?))
+            })
+            .collect();
+        if rows.iter().any(|(d, _)| d == "*") {
+            return Ok(None);
+        }
+        Ok(Some(rows))
+    }
+
+    /// Takes the row for this node; false: another node has it, or it is done.
+    async fn claim(
+        &self,
+        day: &str,
+        domain: &str,
+        rua: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<bool, TableError> {
+        let n = self
+            .0
+            .execute(
+                "INSERT INTO tlsrpt_sent (day, domain, rua, at, outcome) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (day, domain, rua) DO NOTHING",
+                &[day.into(), domain.into(), rua.into(), now.into(), outcome.into()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish(
+        &self,
+        day: &str,
+        domain: &str,
+        rua: &str,
+        sent: bool,
+        now: i64,
+    ) -> Result<(), TableError> {
+        if sent {
+            self.0
+                .execute(
+                    "UPDATE tlsrpt_sent SET outcome = 'sent', at = ?4
+                     WHERE day = ?1 AND domain = ?2 AND rua = ?3",
+                    &[day.into(), domain.into(), rua.into(), now.into()],
+                )
+                .await?;
+        } else {
+            self.0
+                .execute(
+                    "DELETE FROM tlsrpt_sent WHERE day = ?1 AND domain = ?2 AND rua = ?3",
+                    &[day.into(), domain.into(), rua.into()],
+                )
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The verdict of a logged attempt, as far as TLS-RPT reads it.
@@ -217,21 +315,26 @@ pub fn aggregate(
         progress: None,
     };
     each(conn, &sel, |r| {
-        let Ok(EventData::Attempt(a)) = r.event() else {
-            return Ok(());
-        };
-        // No connection, no session: routing and connect failures are not TLS-RPT's.
-        let Some(v) = &a.verdict else {
-            return Ok(());
-        };
-        let domain = &a.domain;
-        let (policy, failure) = judge(v);
-        days.entry(domain.to_ascii_lowercase())
-            .or_default()
-            .add(policy, failure);
+        count(&mut days, r.kind, r.data);
         Ok(())
     })?;
     Ok(days)
+}
+
+/// Counts one logged record (its kind and data): an attempt with a
+/// connection is a session.
+pub fn count(days: &mut BTreeMap<String, DomainDay>, kind: &str, data: &str) {
+    let Ok(EventData::Attempt(a)) = EventData::parse(kind, data) else {
+        return;
+    };
+    // No connection, no session: routing and connect failures are not TLS-RPT's.
+    let Some(v) = &a.verdict else {
+        return;
+    };
+    let (policy, failure) = judge(v);
+    days.entry(a.domain.to_ascii_lowercase())
+        .or_default()
+        .add(policy, failure);
 }
 
 /// Who is reporting.
@@ -318,7 +421,9 @@ impl DayRun {
 
 /// Makes and sends the reports, daily in the gateway.
 pub struct Reporter {
-    db: std::path::PathBuf,
+    /// Where the day's attempts are read from.
+    log: crate::spool::Storage,
+    sent: SentLog,
     outbound: Arc<Outbound>,
     /// For `https:` report addresses.
     http: reqwest::Client,
@@ -326,9 +431,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(config: &Config, outbound: Arc<Outbound>) -> Result<Reporter, String> {
+    pub fn new(
+        config: &Config,
+        storage: &crate::spool::Storage,
+        outbound: Arc<Outbound>,
+    ) -> Result<Reporter, String> {
         Ok(Reporter {
-            db: config.database_path(),
+            log: storage.clone(),
+            sent: SentLog::new(storage.tables(SCHEMA).map_err(|e| e.to_string())?),
             http: outbound.https_client(Duration::from_secs(60))?,
             outbound,
             by: Submitter::from_config(config),
@@ -360,22 +470,14 @@ impl Reporter {
     /// Sends the reports of the day starting at `day_start` that were not
     /// sent yet.
     pub async fn run_day(&self, day_start: i64) -> anyhow::Result<DayRun> {
-        let db = self.db.clone();
         let day = day_name(day_start);
-        let (days, done) = tokio::task::spawn_blocking({
-            let day = day.clone();
-            move || -> anyhow::Result<_> {
-                let conn = open(&db)?;
-                let days = aggregate(&conn, day_start, day_start + 86_400)?;
-                let done: Vec<(String, String)> = conn
-                    .prepare("SELECT domain, rua FROM tlsrpt_sent WHERE day = ?1")?
-                    .query_map([&day], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                Ok((days, done))
-            }
-        })
-        .await??;
         let mut run = DayRun::default();
+        let Some(done) = self.sent.done(&day, crate::util::now()).await? else {
+            return Ok(run);
+        };
+        let days = self.aggregate(day_start).await?;
+        // Rows another node holds now: the day is not complete until they are done.
+        let mut elsewhere = 0;
         for (domain, sessions) in &days {
             // Looked up before and found asking for nothing.
             if done.iter().any(|(d, r)| d == domain && r.is_empty()) {
@@ -384,7 +486,9 @@ impl Reporter {
             let rua = match self.rua(domain).await {
                 Ok(Some(rua)) => rua,
                 Ok(None) => {
-                    self.mark(&day, domain, "", "unrequested").await?;
+                    self.sent
+                        .claim(&day, domain, "", "unrequested", crate::util::now())
+                        .await?;
                     run.unrequested.push(domain.clone());
                     continue;
                 }
@@ -403,20 +507,60 @@ impl Reporter {
                 if done.iter().any(|(d, r)| d == domain && *r == target) {
                     continue;
                 }
+                if !self
+                    .sent
+                    .claim(&day, domain, &target, "sending", crate::util::now())
+                    .await?
+                {
+                    elsewhere += 1;
+                    continue;
+                }
                 let result = match &uri {
                     ReportUri::Mail(to) => self.mail(domain, &report, to).await,
                     ReportUri::Http(url) => self.post(&report, url).await,
                 };
+                self.sent
+                    .finish(&day, domain, &target, result.is_ok(), crate::util::now())
+                    .await?;
                 match result {
-                    Ok(()) => {
-                        self.mark(&day, domain, &target, "sent").await?;
-                        run.sent.push((domain.clone(), target));
-                    }
+                    Ok(()) => run.sent.push((domain.clone(), target)),
                     Err(why) => run.failed.push((domain.clone(), target, why)),
                 }
             }
         }
+        // A day that is over and left nothing to do is not read again.
+        let over = day_start + 86_400 <= crate::util::now();
+        if over && run.failed.is_empty() && elsewhere == 0 {
+            self.sent
+                .claim(&day, "*", "*", "complete", crate::util::now())
+                .await?;
+        }
         Ok(run)
+    }
+
+    /// The day's sessions per domain, from the log wherever it is kept (a
+    /// cluster's is copied into a scratch file first).
+    async fn aggregate(&self, day_start: i64) -> anyhow::Result<BTreeMap<String, DomainDay>> {
+        let (from, to) = (day_start, day_start + 86_400);
+        match &self.log {
+            crate::spool::Storage::Sqlite(s) => {
+                let db = s.path().to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    let conn = Connection::open_with_flags(
+                        &db,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )?;
+                    aggregate(&conn, from, to)
+                })
+                .await?
+            }
+            crate::spool::Storage::Postgres(pg) => {
+                let mut days = BTreeMap::new();
+                pg.each_attempt(from, to, &mut |r| count(&mut days, &r.kind, &r.data))
+                    .await?;
+                Ok(days)
+            }
+        }
     }
 
     /// The report addresses `domain` publishes; `None` when it asks for
@@ -490,24 +634,6 @@ impl Reporter {
             Err(format!("HTTP {}", response.status()))
         }
     }
-
-    async fn mark(&self, day: &str, domain: &str, rua: &str, outcome: &str) -> anyhow::Result<()> {
-        let db = self.db.clone();
-        let (day, domain, rua, outcome) = (
-            day.to_string(),
-            domain.to_string(),
-            rua.to_string(),
-            outcome.to_string(),
-        );
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            open(&db)?.execute(
-                "INSERT OR REPLACE INTO tlsrpt_sent (day, domain, rua, at, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![day, domain, rua, crate::util::now(), outcome],
-            )?;
-            Ok(())
-        })
-        .await?
-    }
 }
 
 /// The report as RFC 8460 JSON: fields we have no value for are left out
@@ -537,13 +663,6 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(bytes)?;
     e.finish()
-}
-
-fn open(db: &std::path::Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
 }
 
 /// `2026-11-23` for the day starting at `day_start`.

@@ -263,6 +263,18 @@ CREATE TABLE mta_sts_policies (
     expires BIGINT NOT NULL
 );
 ",
+    "
+-- Version 9: the TLS-RPT reports sent (report::tlsrpt::SentLog): a node
+-- claims a report before it sends it, so each goes out once.
+CREATE TABLE tlsrpt_sent (
+    day     TEXT NOT NULL,
+    domain  TEXT NOT NULL,
+    rua     TEXT NOT NULL,
+    at      BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (day, domain, rua)
+);
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -547,6 +559,33 @@ impl PgSpool {
             }
         }
         tx.commit()?;
+        Ok(n)
+    }
+
+    /// Every tenant's `attempt` records of `[from, to)`, streamed to `f`
+    /// (TLS-RPT counts them without a copy of the log).
+    pub async fn each_attempt(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut (dyn FnMut(&crate::report::log::Stored) + Send),
+    ) -> Result<u64, SpoolError> {
+        use futures_util::TryStreamExt;
+        let client = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &to];
+        let rows = client
+            .query_raw(
+                "SELECT seq, at, kind, queue_id, data, prev, hash FROM txlog
+                 WHERE at >= $1 AND at < $2 AND kind = 'attempt'",
+                params,
+            )
+            .await?;
+        futures_util::pin_mut!(rows);
+        let mut n = 0;
+        while let Some(r) = rows.try_next().await? {
+            f(&stored(&r));
+            n += 1;
+        }
         Ok(n)
     }
 
