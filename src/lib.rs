@@ -27,6 +27,7 @@ pub mod seal;
 pub mod server;
 pub mod spool;
 pub mod systemd;
+pub mod tables;
 pub mod tls;
 pub mod util;
 pub mod view;

@@ -130,8 +130,13 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         ),
     );
     let reporter = Arc::new(
-        Reporter::new(&config, &storage, outbound.clone())
-            .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
+        Reporter::new(
+            &config,
+            Arc::new(storage.clone()),
+            storage.tables(crate::report::tlsrpt::SCHEMA)?,
+            outbound.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("TLS-RPT reporter: {e}"))?,
     );
     let reload_outbound = outbound.clone();
     let queue = Queue::new(config.clone(), spool.clone(), outbound, journal);

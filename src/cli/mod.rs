@@ -413,7 +413,7 @@ fn command_storage(
 fn command_tables(
     config: &Config,
     schema: &str,
-) -> anyhow::Result<(tokio::runtime::Runtime, crate::spool::tables::Tables)> {
+) -> anyhow::Result<(tokio::runtime::Runtime, crate::tables::Tables)> {
     if config.storage_url().is_some() {
         let (runtime, storage) = command_storage(config)?;
         let tables = storage.tables(schema)?;
@@ -423,7 +423,7 @@ fn command_tables(
         .enable_all()
         .build()?;
     let db = config.database_path();
-    let tables = crate::spool::tables::Tables::sqlite(&db, schema)
+    let tables = crate::tables::Tables::sqlite(&db, schema)
         .with_context(|| format!("cannot open {}", db.display()))?;
     Ok((runtime, tables))
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::spool::tables::{TableError, Tables, Value};
+use crate::tables::{TableError, Tables, Value};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS console_accounts (

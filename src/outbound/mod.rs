@@ -122,7 +122,7 @@ impl Outbound {
     pub fn new(
         config: Arc<Config>,
         dns: Dns,
-        sts_cache: Option<crate::spool::tables::Tables>,
+        sts_cache: Option<crate::tables::Tables>,
         policies: Arc<Policies>,
         memory: Arc<DomainMemory>,
         journal: Option<Arc<Journal>>,

@@ -62,7 +62,7 @@ impl Qualifier {
     pub fn new(
         config: Arc<Config>,
         dns: Dns,
-        tables: Option<crate::spool::tables::Tables>,
+        tables: Option<crate::tables::Tables>,
     ) -> Result<Qualifier, QualifyError> {
         let roots = Roots::load(&config.outbound.pkix_roots)?;
         let mta_sts = if config.mta_sts.enabled {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::MtaStsConfig;
 use crate::dns::{Dns, DnsError};
 use crate::qualify::pkix::Roots;
-use crate::spool::tables::Tables;
+use crate::tables::Tables;
 
 /// Why a policy record, a policy or its fetch was not good.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

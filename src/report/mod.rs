@@ -79,6 +79,9 @@ pub trait LogStore: Send + Sync {
     ) -> LogFuture<'a, log::Verified>;
     /// Appends one event that no spool change carries (a console action).
     fn append<'a>(&'a self, tenant: &'a str, event: Event) -> LogFuture<'a, ()>;
+    /// The TLS sessions of `[from, to)` per recipient domain, every
+    /// tenant's, for TLS-RPT ([`tlsrpt::aggregate`]).
+    fn sessions(&self, from: i64, to: i64) -> LogFuture<'_, tlsrpt::Sessions>;
 }
 
 pub type LogFuture<'a, T> =

@@ -12,7 +12,7 @@ use std::io::Read;
 use mail_auth::report::tlsrpt::TlsReport;
 use serde::Serialize;
 
-use crate::spool::tables::{TableError, Tables, Value};
+use crate::tables::{TableError, Tables, Value};
 
 /// Largest body accepted, as posted.
 pub const MAX_POSTED: usize = 1 << 20;

@@ -28,7 +28,7 @@ use crate::message::TenantId;
 use crate::outbound::{Direct, Outbound};
 use crate::qualify::mta_sts::FETCH_FAILED;
 use crate::qualify::{Check, CheckName, Level, Status, Verdict};
-use crate::spool::tables::{TableError, Tables};
+use crate::tables::{TableError, Tables};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tlsrpt_sent (
@@ -302,11 +302,10 @@ impl DomainDay {
 
 /// The sessions of `[from, to)` per recipient domain (lower case), from
 /// the log's attempt records of every tenant.
-pub fn aggregate(
-    conn: &Connection,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<BTreeMap<String, DomainDay>> {
+/// Each recipient domain's sessions of a period.
+pub type Sessions = BTreeMap<String, DomainDay>;
+
+pub fn aggregate(conn: &Connection, from: i64, to: i64) -> anyhow::Result<Sessions> {
     let mut days: BTreeMap<String, DomainDay> = BTreeMap::new();
     let sel = Selection {
         from,
@@ -323,7 +322,7 @@ pub fn aggregate(
 
 /// Counts one logged record (its kind and data): an attempt with a
 /// connection is a session.
-pub fn count(days: &mut BTreeMap<String, DomainDay>, kind: &str, data: &str) {
+pub fn count(days: &mut Sessions, kind: &str, data: &str) {
     let Ok(EventData::Attempt(a)) = EventData::parse(kind, data) else {
         return;
     };
@@ -422,7 +421,7 @@ impl DayRun {
 /// Makes and sends the reports, daily in the gateway.
 pub struct Reporter {
     /// Where the day's attempts are read from.
-    log: crate::spool::Storage,
+    log: Arc<dyn super::LogStore>,
     sent: SentLog,
     outbound: Arc<Outbound>,
     /// For `https:` report addresses.
@@ -431,14 +430,16 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// `sent`: the gateway's tables, with [`SCHEMA`].
     pub fn new(
         config: &Config,
-        storage: &crate::spool::Storage,
+        log: Arc<dyn super::LogStore>,
+        sent: Tables,
         outbound: Arc<Outbound>,
     ) -> Result<Reporter, String> {
         Ok(Reporter {
-            log: storage.clone(),
-            sent: SentLog::new(storage.tables(SCHEMA).map_err(|e| e.to_string())?),
+            log,
+            sent: SentLog::new(sent),
             http: outbound.https_client(Duration::from_secs(60))?,
             outbound,
             by: Submitter::from_config(config),
@@ -475,7 +476,7 @@ impl Reporter {
         let Some(done) = self.sent.done(&day, crate::util::now()).await? else {
             return Ok(run);
         };
-        let days = self.aggregate(day_start).await?;
+        let days = self.log.sessions(day_start, day_start + 86_400).await?;
         // Rows another node holds now: the day is not complete until they are done.
         let mut elsewhere = 0;
         for (domain, sessions) in &days {
@@ -536,31 +537,6 @@ impl Reporter {
                 .await?;
         }
         Ok(run)
-    }
-
-    /// The day's sessions per domain, from the log wherever it is kept (a
-    /// cluster's is copied into a scratch file first).
-    async fn aggregate(&self, day_start: i64) -> anyhow::Result<BTreeMap<String, DomainDay>> {
-        let (from, to) = (day_start, day_start + 86_400);
-        match &self.log {
-            crate::spool::Storage::Sqlite(s) => {
-                let db = s.path().to_path_buf();
-                tokio::task::spawn_blocking(move || {
-                    let conn = Connection::open_with_flags(
-                        &db,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                    )?;
-                    aggregate(&conn, from, to)
-                })
-                .await?
-            }
-            crate::spool::Storage::Postgres(pg) => {
-                let mut days = BTreeMap::new();
-                pg.each_attempt(from, to, &mut |r| count(&mut days, &r.kind, &r.data))
-                    .await?;
-                Ok(days)
-            }
-        }
     }
 
     /// The report addresses `domain` publishes; `None` when it asks for

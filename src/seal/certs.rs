@@ -10,7 +10,7 @@ use std::path::Path;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::spool::tables::{TableError, Tables, Value};
+use crate::tables::{TableError, Tables, Value};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS recipient_certs (

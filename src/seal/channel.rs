@@ -13,7 +13,7 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::raw::Raw;
 use serde::Serialize;
 
-use crate::spool::tables::{TableError, Tables};
+use crate::tables::{TableError, Tables};
 
 use super::envelope;
 use super::password::Password;

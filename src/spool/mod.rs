@@ -12,7 +12,6 @@ pub mod journal;
 mod pg_domains;
 mod postgres;
 mod sqlite;
-pub mod tables;
 mod values;
 
 use std::future::Future;
@@ -96,11 +95,14 @@ impl Storage {
         })
     }
 
-    /// Where the small tables are (console accounts, sessions).
-    pub fn tables(&self, sqlite_schema: &str) -> Result<tables::Tables, tables::TableError> {
+    /// Where the small tables are (console accounts, sessions, caches).
+    pub fn tables(
+        &self,
+        sqlite_schema: &str,
+    ) -> Result<crate::tables::Tables, crate::tables::TableError> {
         match self {
-            Storage::Sqlite(s) => tables::Tables::sqlite(s.path(), sqlite_schema),
-            Storage::Postgres(pg) => Ok(tables::Tables::Postgres(pg.clone())),
+            Storage::Sqlite(s) => crate::tables::Tables::sqlite(s.path(), sqlite_schema),
+            Storage::Postgres(pg) => Ok(crate::tables::Tables::Postgres(pg.pool())),
         }
     }
 
@@ -188,6 +190,36 @@ impl crate::report::LogStore for Storage {
                     let (tenant, seqs) = (tenant.to_string(), seqs.to_vec());
                     s.read_log(move |conn| crate::report::log::read_seqs(conn, &tenant, &seqs))
                         .await
+                }
+            }
+        })
+    }
+
+    fn sessions(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> crate::report::LogFuture<'_, crate::report::tlsrpt::Sessions> {
+        Box::pin(async move {
+            match self {
+                Storage::Postgres(pg) => {
+                    let mut days = Default::default();
+                    pg.each_attempt(from, to, &mut |r| {
+                        crate::report::tlsrpt::count(&mut days, &r.kind, &r.data)
+                    })
+                    .await?;
+                    Ok(days)
+                }
+                Storage::Sqlite(s) => {
+                    let db = s.path().to_path_buf();
+                    tokio::task::spawn_blocking(move || {
+                        let conn = rusqlite::Connection::open_with_flags(
+                            &db,
+                            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                        )?;
+                        crate::report::tlsrpt::aggregate(&conn, from, to)
+                    })
+                    .await?
                 }
             }
         })

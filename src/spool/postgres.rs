@@ -479,6 +479,11 @@ impl PgSpool {
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
+    /// The connection pool, for the small tables (crate::tables).
+    pub(super) fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
         self.pool.get().await.map_err(unavailable)
     }

@@ -19,9 +19,6 @@ use bytes::BytesMut;
 use rusqlite::Connection;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::SpoolError;
-use super::postgres::PgSpool;
-
 /// A value in a row or a parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -95,23 +92,21 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 pub enum TableError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("{}", crate::util::error_chain(.0))]
-    Shared(#[from] SpoolError),
+    #[error("storage database error: {}", crate::util::error_chain(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to the shared database could be had.
+    #[error("storage database unavailable: {}", crate::util::error_chain(.0))]
+    Unavailable(#[from] deadpool_postgres::PoolError),
     #[error("a column holds {0}, not a value a table here keeps")]
     Column(String),
-}
-
-impl From<tokio_postgres::Error> for TableError {
-    fn from(e: tokio_postgres::Error) -> TableError {
-        TableError::Shared(SpoolError::Postgres(e))
-    }
 }
 
 /// The database the small tables are in.
 #[derive(Clone)]
 pub enum Tables {
     Sqlite(Arc<Mutex<Connection>>),
-    Postgres(Arc<PgSpool>),
+    /// The pool of the cluster's database (spool::Storage hands it out).
+    Postgres(deadpool_postgres::Pool),
 }
 
 impl Tables {
@@ -136,8 +131,8 @@ impl Tables {
                     .execute(rusqlite::params_from_iter(params.iter()))?;
                 Ok(n as u64)
             }
-            Tables::Postgres(pg) => {
-                let c = pg.client().await?;
+            Tables::Postgres(pool) => {
+                let c = pool.get().await?;
                 let statement = c.prepare_cached(&dollars(sql)).await?;
                 Ok(c.execute(&statement, &refs(params)).await?)
             }
@@ -170,8 +165,8 @@ impl Tables {
                 }
                 Ok(out)
             }
-            Tables::Postgres(pg) => {
-                let c = pg.client().await?;
+            Tables::Postgres(pool) => {
+                let c = pool.get().await?;
                 let statement = c.prepare_cached(&dollars(sql)).await?;
                 let rows = c.query(&statement, &refs(params)).await?;
                 rows.iter()
