@@ -224,6 +224,10 @@ impl Index {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A cache: losing the last second of it to a crash costs a re-read.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Pages are found by index in a file of hundreds of MB: the
+        // system's page cache holds it; ours stays the same size whatever
+        // the log's (SQLite's default is 2 MiB).
+        conn.pragma_update(None, "cache_size", -1024)?;
         let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if layout != LAYOUT {
             for table in TABLES {

@@ -106,6 +106,7 @@ impl SqliteSpool {
             std::fs::create_dir_all(dir)?;
         }
         let conn = open_connection(path)?;
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         crate::report::log::init(&conn)?;
@@ -203,9 +204,11 @@ impl SqliteSpool {
 }
 
 /// Reader connections kept open between reads.
-const MAX_READERS: usize = 8;
+const MAX_READERS: usize = 4;
 /// A reader's page cache, as SQLite's negative `cache_size`: KiB.
-const READER_CACHE_KIB: i64 = -512;
+const READER_CACHE_KIB: i64 = -256;
+/// The writer's: it appends, and re-reads little but the B-tree's upper pages.
+const WRITER_CACHE_KIB: i64 = -1024;
 
 fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
     let conn = Connection::open(path)?;
