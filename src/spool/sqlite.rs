@@ -203,8 +203,9 @@ impl SqliteSpool {
     }
 }
 
-/// Reader connections kept open between reads.
-const MAX_READERS: usize = 4;
+/// Reader connections kept open between reads: as many as deliveries
+/// commonly run at once (opening one costs more than a body's read).
+const MAX_READERS: usize = 16;
 /// A reader's page cache, as SQLite's negative `cache_size`: KiB.
 const READER_CACHE_KIB: i64 = -256;
 /// The writer's: it appends, and re-reads little but the B-tree's upper pages.
