@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -25,22 +25,6 @@ fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn package() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(deb) = std::env::var_os("SEALGATE_DEB") {
-        return PathBuf::from(deb);
-    }
-    run(Command::new("bash").arg(root.join("packaging/build-deb.sh")));
-    std::fs::read_dir(root.join("target/debian"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("sealgate_") && name.ends_with(".deb")
-        })
-        .expect("packaging/build-deb.sh made no .deb")
 }
 
 /// Purges the package however the test ends: the machine is left as found.
@@ -108,7 +92,7 @@ fn queue_ids() -> String {
 
 #[test]
 fn the_package_installs_runs_upgrades_and_purges() {
-    let deb = package();
+    let deb = debian_package();
     let deb = deb.to_str().unwrap();
 
     let contents = output_text(&run(Command::new("dpkg-deb").args(["-c", deb])));

@@ -998,3 +998,30 @@ impl Drop for PrivatePg {
         self.halt();
     }
 }
+
+/// The Debian package under test: the one run-tests.sh built and named in
+/// `SEALGATE_DEB`, else one built now by packaging/build-deb.sh (a
+/// release build).
+pub fn debian_package() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(deb) = std::env::var_os("SEALGATE_DEB") {
+        return PathBuf::from(deb);
+    }
+    let out = Command::new("bash")
+        .arg(root.join("packaging/build-deb.sh"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "packaging/build-deb.sh: {}",
+        output_text(&out)
+    );
+    std::fs::read_dir(root.join("target/debian"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("sealgate_") && name.ends_with(".deb")
+        })
+        .expect("packaging/build-deb.sh made no .deb")
+}
