@@ -156,7 +156,10 @@ fn serve(stream: TcpStream, how: Behaviour, mut record: impl FnMut(&[u8])) {
                 }
                 std::thread::sleep(how.data_reply_after);
                 if how.stall_after_data {
-                    // Holds the connection until the client gives up.
+                    // Holds the connection until the client gives up:
+                    // longer than the gateway's 30 s shutdown bound, so
+                    // that the bound, not this read's timeout, ends it.
+                    input.get_ref().set_read_timeout(Some(3 * T)).ok();
                     let mut rest = Vec::new();
                     let _ = input.read_to_end(&mut rest);
                     return;
