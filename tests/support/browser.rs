@@ -119,16 +119,28 @@ impl Session {
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
-        let e = self.element(css);
-        post(
-            &format!("{}/element/{e}/value", self.base),
-            json!({ "text": text }),
-        );
+        self.on_element(css, "value", json!({ "text": text }));
     }
 
     pub fn click(&self, css: &str) {
-        let e = self.element(css);
-        post(&format!("{}/element/{e}/click", self.base), json!({}));
+        self.on_element(css, "click", json!({}));
+    }
+
+    /// Acts on the element `css` finds. A page that was still loading when
+    /// it was found can replace it before the action ("stale element
+    /// reference"): it is found again, a few times.
+    fn on_element(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..5 {
+            let e = self.element(css);
+            match try_post(&format!("{}/element/{e}/{action}", self.base), &body) {
+                Ok(_) => return,
+                Err(v) if v["value"]["error"] == "stale element reference" => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(v) => panic!("{action} on {css}: {v}"),
+            }
+        }
+        panic!("{action} on {css}: the element went stale five times");
     }
 
     pub fn script(&self, script: &str) -> Value {
@@ -179,13 +191,21 @@ impl Drop for Session {
 }
 
 fn post(url: &str, body: Value) -> Value {
+    try_post(url, &body).unwrap_or_else(|v| panic!("POST {url} {body}: {v}"))
+}
+
+/// The answer's JSON: `Err` unless the status is 200.
+fn try_post(url: &str, body: &Value) -> Result<Value, Value> {
     let mut response = ureq::post(url)
         .config()
         .http_status_as_error(false)
         .build()
-        .send_json(&body)
+        .send_json(body)
         .unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let v: Value = response.body_mut().read_json().unwrap();
-    assert_eq!(response.status(), 200, "POST {url} {body}: {v}");
-    v
+    if response.status() == 200 {
+        Ok(v)
+    } else {
+        Err(v)
+    }
 }
