@@ -156,6 +156,9 @@ const TOUCH: i64 = 30;
 
 const ACCOUNT: &str =
     "SELECT name, role, tenant, created_at, totp IS NOT NULL FROM console_accounts";
+/// The same columns, of `a`, for the joins that find an account by its
+/// token or session in one query.
+const ACCOUNT_OF: &str = "a.name, a.role, a.tenant, a.created_at, a.totp IS NOT NULL";
 
 impl AccountStore {
     /// The accounts in the node's SQLite file.
@@ -346,18 +349,17 @@ impl AccountStore {
 
     /// The account a bearer token belongs to, if any.
     pub async fn by_token(&self, token: &str) -> Result<Option<Account>, AccountError> {
-        let name = self
+        let row = self
             .tables
             .row(
-                "SELECT name FROM console_tokens WHERE hash = ?1",
+                &format!(
+                    "SELECT {ACCOUNT_OF} FROM console_tokens t
+                     JOIN console_accounts a ON a.name = t.name WHERE t.hash = ?1"
+                ),
                 &[token_hash(token).into()],
             )
-            .await?
-            .and_then(|r| r.into_iter().next()?.text());
-        match name {
-            Some(name) => self.get(&name).await,
-            None => Ok(None),
-        }
+            .await?;
+        row.map(account).transpose()
     }
 
     /// A new session for `name`: its id (the cookie) and its CSRF token.
@@ -402,22 +404,27 @@ impl AccountStore {
         now: i64,
     ) -> Result<Option<(Account, String)>, AccountError> {
         let key = Value::from(token_hash(id));
-        let Some(row) = self
+        // The account is read with the session each time: a removed
+        // account or a changed role counts at once.
+        let Some(mut row) = self
             .tables
             .row(
-                "SELECT name, csrf, started, last FROM console_sessions WHERE id = ?1",
+                &format!(
+                    "SELECT {ACCOUNT_OF}, s.csrf, s.started, s.last FROM console_sessions s
+                     JOIN console_accounts a ON a.name = s.name WHERE s.id = ?1"
+                ),
                 std::slice::from_ref(&key),
             )
             .await?
         else {
             return Ok(None);
         };
-        let mut row = row.into_iter();
-        let (Some(name), Some(csrf), Some(started), Some(last)) = (
-            row.next().and_then(Value::text),
-            row.next().and_then(Value::text),
-            row.next().and_then(|v| v.int()),
-            row.next().and_then(|v| v.int()),
+        let session = row.split_off(5);
+        let mut session = session.into_iter();
+        let (Some(csrf), Some(started), Some(last)) = (
+            session.next().and_then(Value::text),
+            session.next().and_then(|v| v.int()),
+            session.next().and_then(|v| v.int()),
         ) else {
             return Ok(None);
         };
@@ -433,8 +440,7 @@ impl AccountStore {
                 )
                 .await?;
         }
-        // Read each time: a removed account or a changed role counts at once.
-        Ok(self.get(&name).await?.map(|a| (a, csrf)))
+        Ok(Some((account(row)?, csrf)))
     }
 
     pub async fn end_session(&self, id: &str) -> Result<(), AccountError> {
