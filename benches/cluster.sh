@@ -11,6 +11,7 @@
 # (pg_stat_statements: each is at least one round trip).
 # Run as root after ./run-tests.sh has installed the peers:
 #   benches/cluster.sh [MESSAGES] [SIZE] [SESSIONS]
+# DETAIL=1 also prints the statements each PostgreSQL set-up ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3000} SIZE=${2:-10240} SESSIONS=${3:-12}
@@ -131,6 +132,14 @@ run() {
   sleep 0.2
   pg_after=$(pg_ticks)
   stop_sink
+  if [ -n "$url" ] && [ -n "${DETAIL:-}" ]; then
+    # What the statements were, most frequent first (DETAIL=1).
+    psql "$server/postgres" -tAF ' | ' -c "SELECT s.calls, round(s.total_exec_time::numeric, 1) AS ms,
+        left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110)
+      FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+      WHERE d.datname = 'sealgate_bench' ORDER BY s.calls DESC LIMIT 15" >&2
+  fi
+  [ -n "$url" ] && psql "$server/postgres" -qtAc "SELECT pg_stat_statements_reset()" >/dev/null
   local tck per_msg
   tck=$(getconf CLK_TCK)
   per_msg="-"

@@ -8,6 +8,7 @@
 //! shared PostgreSQL can replace the embedded SQLite for multi-node setups.
 
 pub mod at_rest;
+mod fresh;
 pub mod journal;
 mod pg_domains;
 mod postgres;

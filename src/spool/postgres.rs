@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Transaction as PoolTx;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::future::{try_join, try_join3};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
@@ -275,6 +276,11 @@ CREATE TABLE tlsrpt_sent (
     PRIMARY KEY (day, domain, rua)
 );
 ",
+    "
+-- Version 10: sealed bodies are ciphertext, which never compresses: kept
+-- out of line without trying to.
+ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -287,6 +293,9 @@ pub struct PgSpool {
     health: Arc<Health>,
     /// A node's lease; none for a command's view.
     lease: Option<Duration>,
+    /// What this node just stored, for the first attempt, and the task
+    /// that asks the database whether it may still go (a node only).
+    fresh: Option<(super::fresh::Fresh, mpsc::UnboundedSender<Check>)>,
     /// Dropped with the spool: the heartbeat stops and the node lock goes.
     _beat: oneshot::Sender<()>,
 }
@@ -314,6 +323,8 @@ enum Op {
 /// What a write gives back.
 enum Done {
     Stored,
+    /// Stored, and the message given back to the caller.
+    Kept(Box<NewMessage>),
     Recorded(RecordResult),
     Jobs(Vec<DueJob>),
     Deleted(bool),
@@ -422,6 +433,11 @@ impl PgSpool {
             tokio::spawn(beat.run(lock, stopped));
         }
         let cipher = Arc::new(cipher);
+        let fresh = lease.map(|_| {
+            let (checks, rx) = mpsc::unbounded_channel();
+            tokio::spawn(check_loop(pool.clone(), node.to_string(), rx));
+            (super::fresh::Fresh::default(), checks)
+        });
         let (writer, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer_loop(
             pool.clone(),
@@ -437,6 +453,7 @@ impl PgSpool {
             writer,
             health,
             lease,
+            fresh,
             _beat: stop_beat,
         }))
     }
@@ -952,6 +969,14 @@ impl PgSpool {
         }))
     }
 
+    /// Drops the copy kept for a message's first attempt: an operator
+    /// acted on it, and its next attempt must see what the database says.
+    fn forget(&self, id: QueueId) {
+        if let Some((fresh, _)) = &self.fresh {
+            fresh.forget(id);
+        }
+    }
+
     /// Holds (`true`) or releases a message, in the writer's next batch.
     async fn set_held(
         &self,
@@ -960,6 +985,7 @@ impl PgSpool {
         held: bool,
         now: i64,
     ) -> Result<HoldOutcome, SpoolError> {
+        self.forget(id);
         match self.write(Op::Hold(id, by, held, now)).await? {
             Done::Hold(h) => Ok(h),
             _ => Err(SpoolError::Stopped),
@@ -1082,9 +1108,13 @@ impl Spool for PgSpool {
     fn store(&self, message: NewMessage) -> BoxFuture<'_, Result<(), SpoolError>> {
         Box::pin(async move {
             let sealed = seal_message(&self.cipher, &message)?;
-            self.write(Op::Store(Box::new(message), Box::new(sealed)))
-                .await
-                .map(|_| ())
+            let done = self
+                .write(Op::Store(Box::new(message), Box::new(sealed)))
+                .await?;
+            if let (Done::Kept(message), Some((fresh, _))) = (done, &self.fresh) {
+                fresh.put(message, std::time::Instant::now());
+            }
+            Ok(())
         })
     }
 
@@ -1093,10 +1123,25 @@ impl Spool for PgSpool {
         id: QueueId,
         domain: &'a str,
     ) -> BoxFuture<'a, Result<Option<LoadedJob>, SpoolError>> {
-        Box::pin(self.load_now(id, Some(domain)))
+        Box::pin(async move {
+            if let Some((fresh, checks)) = &self.fresh
+                && let Some(job) = fresh.take(id, domain, std::time::Instant::now())
+            {
+                let (reply, rx) = oneshot::channel();
+                checks
+                    .send(Check { id, reply })
+                    .map_err(|_| SpoolError::Stopped)?;
+                if rx.await.map_err(|_| SpoolError::Stopped)?? {
+                    return Ok(Some(job));
+                }
+            }
+            self.load_now(id, Some(domain)).await
+        })
     }
 
     fn load_all(&self, id: QueueId) -> BoxFuture<'_, Result<Option<LoadedJob>, SpoolError>> {
+        // An operator's bounce: what it records, a first attempt must see.
+        self.forget(id);
         Box::pin(self.load_now(id, None))
     }
 
@@ -1118,6 +1163,7 @@ impl Spool for PgSpool {
 
     fn retry(&self, id: QueueId, now: i64) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async move {
+            self.forget(id);
             match self.write(Op::Retry(id, now)).await? {
                 Done::Jobs(j) => Ok(j),
                 _ => Err(SpoolError::Stopped),
@@ -1136,6 +1182,7 @@ impl Spool for PgSpool {
 
     fn delete(&self, id: QueueId, by: Operator) -> BoxFuture<'_, Result<bool, SpoolError>> {
         Box::pin(async move {
+            self.forget(id);
             match self.write(Op::Delete(id, by)).await? {
                 Done::Deleted(d) => Ok(d),
                 _ => Err(SpoolError::Stopped),
@@ -1350,12 +1397,29 @@ async fn insert_keys(tx: &Transaction<'_>, keys: &[StoredKey]) -> Result<(), Spo
     Ok(())
 }
 
+/// The head of each tenant's chain as this node's writer last left it:
+/// while no other node appended since, the next append links to it in one
+/// statement instead of reading the head first.
+type Heads = std::collections::HashMap<String, Known>;
+
+/// A head this writer left, and how many appends go straight to the lock
+/// because the last guess was wrong (other nodes are appending too).
+struct Known {
+    seq: i64,
+    hash: Vec<u8>,
+    skip: u8,
+}
+
+/// Appends that take the lock without guessing after a wrong guess.
+const SKIP_AFTER_MISS: u8 = 8;
+
 async fn writer_loop(
     pool: Pool,
     cipher: Arc<Cipher>,
     node: String,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
+    let mut heads = Heads::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -1364,13 +1428,93 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(&pool, &cipher, &node, batch).await;
+        run_batch(&pool, &cipher, &node, &mut heads, batch).await;
     }
 }
 
-/// One transaction for the batch; each write in a savepoint. Every writer
-/// is answered after the commit, or with the error that prevented it.
-async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) {
+/// Whether a message kept for its first attempt may still go: not held,
+/// deleted or taken over since it was stored (an operator on another node
+/// may have acted).
+struct Check {
+    id: QueueId,
+    reply: oneshot::Sender<Result<bool, SpoolError>>,
+}
+
+/// Answers every waiting [`Check`] with one query: the state is read from
+/// the database, as a load would, without the body and the recipients.
+async fn check_loop(pool: Pool, node: String, mut rx: mpsc::UnboundedReceiver<Check>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<i64> = batch.iter().map(|c| c.id.0 as i64).collect();
+        let found: Result<std::collections::HashSet<i64>, SpoolError> = async {
+            let client = pool.get().await.map_err(unavailable)?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT id FROM messages WHERE id = ANY($1) AND owner = $2
+                       AND NOT held AND purge_at IS NULL",
+                )
+                .await?;
+            let rows = client.query(&statement, &[&ids, &node]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        }
+        .await;
+        match found {
+            Ok(found) => {
+                for c in batch {
+                    let _ = c.reply.send(Ok(found.contains(&(c.id.0 as i64))));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for c in batch {
+                    let _ = c.reply.send(Err(SpoolError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum BatchError {
+    /// The server refused a statement: one write may be at fault, so each
+    /// is tried again on its own.
+    Refused(SpoolError),
+    /// The connection failed, or the commit did: the outcome is not known,
+    /// so nothing is tried again.
+    Failed(SpoolError),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(e: tokio_postgres::Error) -> BatchError {
+        if e.as_db_error().is_some() {
+            BatchError::Refused(e.into())
+        } else {
+            BatchError::Failed(e.into())
+        }
+    }
+}
+
+impl From<SpoolError> for BatchError {
+    fn from(e: SpoolError) -> BatchError {
+        match e {
+            SpoolError::Postgres(e) => e.into(),
+            // Sealing failed, or a row was corrupt: the write's own fault.
+            other => BatchError::Refused(other),
+        }
+    }
+}
+
+type Results = Vec<Option<Result<Done, SpoolError>>>;
+
+/// One transaction for the batch. Every writer is answered after the
+/// commit, or with the error that prevented it.
+async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, heads: &mut Heads, batch: Vec<Write>) {
     let mut client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
@@ -1381,89 +1525,38 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
             return;
         }
     };
-    let mut results: Vec<Option<Result<Done, SpoolError>>> = batch.iter().map(|_| None).collect();
-    let outcome: Result<(), SpoolError> = async {
-        let mut tx = client.transaction().await?;
-        // New messages, the bulk of the work: all in one statement per
-        // table and one chain append per tenant. Should that fail (one bad
-        // row spoils it), each is tried on its own below.
-        let stores: Vec<(usize, &NewMessage, &Sealed)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| match &w.op {
-                Op::Store(m, sealed) => Some((i, &**m, &**sealed)),
-                _ => None,
-            })
-            .collect();
-        if stores.len() > 1 {
-            let sp = tx.savepoint("bulk").await?;
-            match insert_messages(&sp, node, &stores).await {
-                Ok(()) => {
-                    sp.commit().await?;
-                    for (i, _, _) in &stores {
-                        results[*i] = Some(Ok(Done::Stored));
-                    }
-                }
-                Err(e) => {
-                    sp.rollback().await?;
-                    tracing::warn!(
-                        "storing {} messages at once failed ({e}); one by one",
-                        stores.len()
-                    );
-                }
+    let outcome = match together(&mut client, cipher, node, heads, &batch).await {
+        Ok(results) => Ok(results),
+        Err(BatchError::Refused(e)) => {
+            // What this writer knows of the heads may be what the rolled
+            // back transaction would have left.
+            heads.clear();
+            if batch.len() > 1 {
+                tracing::warn!(
+                    "a batch of {} writes failed together ({e}); each on its own",
+                    batch.len()
+                );
             }
+            one_by_one(&mut client, cipher, node, &batch)
+                .await
+                .map_err(|e| e.to_string())
         }
-        let records: Vec<(usize, &AttemptRecord)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| match &w.op {
-                Op::Record(a) => Some((i, &**a)),
-                _ => None,
-            })
-            .collect();
-        if records.len() > 1 {
-            let sp = tx.savepoint("records").await?;
-            match record_many(&sp, cipher, node, &records).await {
-                Ok(done) => {
-                    sp.commit().await?;
-                    for (i, r) in done {
-                        results[i] = Some(Ok(Done::Recorded(r)));
-                    }
-                }
-                Err(e) => {
-                    sp.rollback().await?;
-                    tracing::warn!(
-                        "recording {} attempts at once failed ({e}); one by one",
-                        records.len()
-                    );
-                }
-            }
+        Err(BatchError::Failed(e)) => {
+            heads.clear();
+            Err(e.to_string())
         }
-        for (w, slot) in batch.iter().zip(results.iter_mut()) {
-            if slot.is_some() {
-                continue;
-            }
-            let sp = tx.savepoint("op").await?;
-            let r = apply(&sp, cipher, node, &w.op).await;
-            if r.is_ok() {
-                sp.commit().await?;
-            } else {
-                sp.rollback().await?;
-            }
-            *slot = Some(r);
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-    .await;
+    };
     match outcome {
-        Ok(()) => {
+        Ok(results) => {
             for (w, r) in batch.into_iter().zip(results) {
-                let _ = w.reply.send(r.unwrap_or(Err(SpoolError::Stopped)));
+                let r = match (w.op, r) {
+                    (Op::Store(message, _), Some(Ok(Done::Stored))) => Ok(Done::Kept(message)),
+                    (_, r) => r.unwrap_or(Err(SpoolError::Stopped)),
+                };
+                let _ = w.reply.send(r);
             }
         }
-        Err(e) => {
-            let why = e.to_string();
+        Err(why) => {
             tracing::error!("storage transaction failed: {why}");
             for w in batch {
                 let _ = w.reply.send(Err(SpoolError::Unavailable(format!(
@@ -1472,6 +1565,115 @@ async fn run_batch(pool: &Pool, cipher: &Cipher, node: &str, batch: Vec<Write>) 
             }
         }
     }
+}
+
+/// The whole batch in one transaction, in few round trips: the new
+/// messages and the attempts' outcomes with one statement per table,
+/// sent together without waiting for each other (pipelined), then the
+/// rest an operator asked for, then one chain append per tenant for
+/// everything, last, so that the head's lock is held only to the commit.
+async fn together(
+    client: &mut deadpool_postgres::Object,
+    cipher: &Cipher,
+    node: &str,
+    heads: &mut Heads,
+    batch: &[Write],
+) -> Result<Results, BatchError> {
+    let tx = client.transaction().await?;
+    let mut results: Results = batch.iter().map(|_| None).collect();
+    let stores: Vec<(usize, &NewMessage, &Sealed)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            Op::Store(m, sealed) => Some((i, &**m, &**sealed)),
+            _ => None,
+        })
+        .collect();
+    let records: Vec<(usize, &AttemptRecord)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            Op::Record(a) => Some((i, &**a)),
+            _ => None,
+        })
+        .collect();
+    let (_, recorded) = try_join(
+        insert_messages(&tx, node, &stores),
+        record_many(&tx, cipher, node, &records),
+    )
+    .await?;
+    let mut dsns = std::collections::HashSet::new();
+    for (i, r, dsn) in recorded {
+        if dsn {
+            dsns.insert(i);
+        }
+        results[i] = Some(Ok(Done::Recorded(r)));
+    }
+    for (i, _, _) in &stores {
+        results[*i] = Some(Ok(Done::Stored));
+    }
+    for (w, slot) in batch.iter().zip(results.iter_mut()) {
+        if slot.is_none() {
+            *slot = Some(Ok(apply(&tx, cipher, node, &w.op).await?));
+        }
+    }
+    // Per tenant in the batch's order; tenants in name order, as every
+    // writer locks them: two nodes locking two heads in opposite orders
+    // would deadlock.
+    let mut events: std::collections::BTreeMap<&str, Vec<crate::report::Event>> =
+        Default::default();
+    for (i, w) in batch.iter().enumerate() {
+        let (tenant, list, dsn) = match &w.op {
+            Op::Store(m, _) => (&m.envelope.tenant.0, &m.events, None),
+            Op::Record(a) => (
+                &a.tenant.0,
+                &a.events,
+                a.dsn.as_ref().filter(|_| dsns.contains(&i)),
+            ),
+            _ => continue,
+        };
+        events
+            .entry(tenant)
+            .or_default()
+            .extend(list.iter().cloned());
+        if let Some(dsn) = dsn {
+            events
+                .entry(&dsn.envelope.tenant.0)
+                .or_default()
+                .extend(dsn.events.iter().cloned());
+        }
+    }
+    for (tenant, events) in &events {
+        append_known(&tx, heads, tenant, node, events).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| BatchError::Failed(e.into()))?;
+    Ok(results)
+}
+
+/// Each write in its own savepoint, so that one bad write spoils only
+/// itself: after the batch failed together.
+async fn one_by_one(
+    client: &mut deadpool_postgres::Object,
+    cipher: &Cipher,
+    node: &str,
+    batch: &[Write],
+) -> Result<Results, SpoolError> {
+    let mut tx = client.transaction().await?;
+    let mut results: Results = Vec::with_capacity(batch.len());
+    for w in batch {
+        let sp = tx.savepoint("op").await?;
+        let r = apply(&sp, cipher, node, &w.op).await;
+        if r.is_ok() {
+            sp.commit().await?;
+        } else {
+            sp.rollback().await?;
+        }
+        results.push(Some(r));
+    }
+    tx.commit().await?;
+    Ok(results)
 }
 
 async fn apply(tx: &PoolTx<'_>, cipher: &Cipher, node: &str, op: &Op) -> Result<Done, SpoolError> {
@@ -1661,7 +1863,7 @@ async fn insert_message(
         ],
     )
     .await?;
-    append(tx, &e.tenant.0, node, &m.events).await
+    append(tx, &e.tenant.0, node, &m.events).await.map(|_| ())
 }
 
 /// Many new messages in one statement per table, and their log records
@@ -1671,6 +1873,9 @@ async fn insert_messages(
     node: &str,
     items: &[(usize, &NewMessage, &Sealed)],
 ) -> Result<(), SpoolError> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let n = items.len();
     let mut id = Vec::with_capacity(n);
     let mut tenant = Vec::with_capacity(n);
@@ -1688,8 +1893,6 @@ async fn insert_messages(
     let mut content = Vec::with_capacity(n);
     let (mut r_id, mut r_idx, mut r_address, mut r_domain) = (vec![], vec![], vec![], vec![]);
     let (mut r_orcpt, mut r_notify, mut r_next, mut r_class) = (vec![], vec![], vec![], vec![]);
-    // Per tenant, in order of first appearance.
-    let mut events: Vec<(&str, Vec<crate::report::Event>)> = Vec::new();
     for (_, m, sealed) in items {
         let e = &m.envelope;
         let key = m.id.0 as i64;
@@ -1720,101 +1923,82 @@ async fn insert_messages(
             r_next.push(m.received_at);
             r_class.push(r.class.name());
         }
-        match events.iter_mut().find(|(t, _)| *t == e.tenant.0) {
-            Some((_, list)) => list.extend(m.events.iter().cloned()),
-            None => events.push((e.tenant.0.as_str(), m.events.clone())),
-        }
     }
-    exec(
-        tx,
-        "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
+    // Prepared first, so that the two are sent in order without waiting
+    // for each other: the recipients reference the messages.
+    let messages = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, tenant, sender, env_id, ret, smtputf8, body_8bit,
              received_at, expires_at, client, size, body, tls_request, content, node, owner)
          SELECT u.*, $15, $15
          FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::text[],
                      $6::boolean[], $7::boolean[], $8::bigint[], $9::bigint[], $10::bytea[],
                      $11::bigint[], $12::bytea[], $13::text[], $14::text[]) AS u",
-        &[
-            &id,
-            &tenant,
-            &sender,
-            &env_id,
-            &ret,
-            &smtputf8,
-            &body_8bit,
-            &received_at,
-            &expires_at,
-            &client,
-            &size,
-            &body,
-            &tls_request,
-            &content,
-            &node,
-        ],
+        )
+        .await?;
+    let recipients = tx
+        .prepare_cached(
+            "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status,
+                                     next_attempt, class)
+             SELECT u.id, u.idx, u.address, u.domain, u.orcpt, u.notify, 0, u.next, u.class
+             FROM UNNEST($1::bigint[], $2::integer[], $3::bytea[], $4::text[], $5::bytea[],
+                         $6::integer[], $7::bigint[], $8::text[])
+                  AS u(id, idx, address, domain, orcpt, notify, next, class)",
+        )
+        .await?;
+    try_join(
+        tx.execute(
+            &messages,
+            &[
+                &id,
+                &tenant,
+                &sender,
+                &env_id,
+                &ret,
+                &smtputf8,
+                &body_8bit,
+                &received_at,
+                &expires_at,
+                &client,
+                &size,
+                &body,
+                &tls_request,
+                &content,
+                &node,
+            ],
+        ),
+        tx.execute(
+            &recipients,
+            &[
+                &r_id, &r_idx, &r_address, &r_domain, &r_orcpt, &r_notify, &r_next, &r_class,
+            ],
+        ),
     )
     .await?;
-    exec(
-        tx,
-        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status,
-                                 next_attempt, class)
-         SELECT u.id, u.idx, u.address, u.domain, u.orcpt, u.notify, 0, u.next, u.class
-         FROM UNNEST($1::bigint[], $2::integer[], $3::bytea[], $4::text[], $5::bytea[],
-                     $6::integer[], $7::bigint[], $8::text[])
-              AS u(id, idx, address, domain, orcpt, notify, next, class)",
-        &[
-            &r_id, &r_idx, &r_address, &r_domain, &r_orcpt, &r_notify, &r_next, &r_class,
-        ],
-    )
-    .await?;
-    // Heads are locked in name order, as every batch does: two nodes
-    // locking two tenants' heads in opposite orders would deadlock.
-    events.sort_by(|a, b| a.0.cmp(b.0));
-    for (tenant, events) in &events {
-        append(tx, tenant, node, events).await?;
-    }
     Ok(())
 }
 
-/// Many attempts' outcomes at once: their log records (one append per
-/// tenant), every recipient's new state in one statement, their bounces,
-/// and the messages they finished. What [`record`] does for one.
+/// Many attempts' outcomes at once: every recipient's new state in one
+/// statement, their bounces, and the messages they finished, in two
+/// round trips. What [`record`] does for one, but for the log: the
+/// caller appends the attempts' records, and those of the bounces stored
+/// (each result says whether its bounce was).
 async fn record_many(
     tx: &PoolTx<'_>,
     cipher: &Cipher,
     node: &str,
     records: &[(usize, &AttemptRecord)],
-) -> Result<Vec<(usize, RecordResult)>, SpoolError> {
-    let mut events: Vec<(&str, Vec<crate::report::Event>)> = Vec::new();
-    for (_, a) in records {
-        match events.iter_mut().find(|(t, _)| *t == a.tenant.0) {
-            Some((_, list)) => list.extend(a.events.iter().cloned()),
-            None => events.push((a.tenant.0.as_str(), a.events.clone())),
-        }
-    }
-    events.sort_by(|a, b| a.0.cmp(b.0));
-    // Logged even for a message deleted meanwhile: the attempt happened.
-    for (tenant, events) in &events {
-        append(tx, tenant, node, events).await?;
+) -> Result<Vec<(usize, RecordResult, bool)>, SpoolError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
     let mut ids: Vec<i64> = records.iter().map(|(_, a)| a.id.0 as i64).collect();
     ids.sort_unstable();
     ids.dedup();
-    let live: std::collections::HashSet<i64> = rows(
-        tx,
-        "SELECT id FROM messages WHERE id = ANY($1) AND purge_at IS NULL ORDER BY id FOR UPDATE",
-        &[&ids],
-    )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
     let (mut id, mut idx, mut status, mut reply, mut next) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let mut dsns = Vec::new();
     for (_, a) in records {
         let key = a.id.0 as i64;
-        if !live.contains(&key) {
-            continue;
-        }
         for (i, outcome) in &a.outcomes {
             let (s, text, n) = match outcome {
                 RecipientOutcome::Delivered { reply } => (DELIVERED, reply, a.now),
@@ -1830,35 +2014,44 @@ async fn record_many(
             reply.push(cipher.seal_text(Field::LastReply, Row(key, *i as i64), text)?);
             next.push(n);
         }
-        if let Some(dsn) = &a.dsn {
-            dsns.push((dsn, seal_message(cipher, dsn)?));
-        }
     }
-    exec(
-        tx,
-        "UPDATE recipients r SET status = u.status, last_reply = u.reply,
-                attempts = r.attempts + 1, next_attempt = u.next
-         FROM UNNEST($1::bigint[], $2::integer[], $3::smallint[], $4::bytea[], $5::bigint[])
-              AS u(id, idx, status, reply, next)
-         WHERE r.message_id = u.id AND r.idx = u.idx AND r.status = 0",
-        &[&id, &idx, &status, &reply, &next],
+    // Sent together, run in this order: the messages still queued are
+    // locked (an operator's delete on another node waits, or is waited
+    // for), their recipients updated, and those left pending read back. A
+    // message deleted or finished has no pending recipient to update.
+    let live = tx
+        .prepare_cached(
+            "SELECT id FROM messages WHERE id = ANY($1) AND purge_at IS NULL ORDER BY id FOR UPDATE",
+        )
+        .await?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE recipients r SET status = u.status, last_reply = u.reply,
+                    attempts = r.attempts + 1, next_attempt = u.next
+             FROM UNNEST($1::bigint[], $2::integer[], $3::smallint[], $4::bytea[], $5::bigint[])
+                  AS u(id, idx, status, reply, next)
+             WHERE r.message_id = u.id AND r.idx = u.idx AND r.status = 0",
+        )
+        .await?;
+    let pending = tx
+        .prepare_cached(
+            "SELECT DISTINCT message_id FROM recipients WHERE message_id = ANY($1) AND status = 0",
+        )
+        .await?;
+    let (live, _, pending) = try_join3(
+        tx.query(&live, &[&ids]),
+        tx.execute(&update, &[&id, &idx, &status, &reply, &next]),
+        tx.query(&pending, &[&ids]),
     )
     .await?;
-    if !dsns.is_empty() {
-        let items: Vec<(usize, &NewMessage, &Sealed)> =
-            dsns.iter().map(|(m, sealed)| (0, &**m, sealed)).collect();
-        insert_messages(tx, node, &items).await?;
+    let live: std::collections::HashSet<i64> = live.iter().map(|r| r.get(0)).collect();
+    let pending: std::collections::HashSet<i64> = pending.iter().map(|r| r.get(0)).collect();
+    let mut dsns = Vec::new();
+    for (i, a) in records {
+        if let Some(dsn) = a.dsn.as_ref().filter(|_| live.contains(&(a.id.0 as i64))) {
+            dsns.push((*i, dsn, seal_message(cipher, dsn)?));
+        }
     }
-    let live_ids: Vec<i64> = live.iter().copied().collect();
-    let pending: std::collections::HashSet<i64> = rows(
-        tx,
-        "SELECT DISTINCT message_id FROM recipients WHERE message_id = ANY($1) AND status = 0",
-        &[&live_ids],
-    )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
     // A finished message: deleted now, or kept until its purge time (the
     // last record of it in the batch says which).
     let mut finish: std::collections::HashMap<i64, i64> = Default::default();
@@ -1878,18 +2071,31 @@ async fn record_many(
         .filter(|(_, p)| **p != 0)
         .map(|(k, p)| (*k, *p))
         .unzip();
-    if !gone_now.is_empty() {
-        exec(tx, "DELETE FROM messages WHERE id = ANY($1)", &[&gone_now]).await?;
-    }
-    if !held.is_empty() {
-        exec(
-            tx,
-            "UPDATE messages m SET purge_at = u.purge_at
-             FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, purge_at) WHERE m.id = u.id",
-            &[&held, &until],
-        )
-        .await?;
-    }
+    let items: Vec<(usize, &NewMessage, &Sealed)> =
+        dsns.iter().map(|(i, m, sealed)| (*i, *m, sealed)).collect();
+    try_join3(
+        insert_messages(tx, node, &items),
+        async {
+            if !gone_now.is_empty() {
+                exec(tx, "DELETE FROM messages WHERE id = ANY($1)", &[&gone_now]).await?;
+            }
+            Ok::<_, SpoolError>(())
+        },
+        async {
+            if !held.is_empty() {
+                exec(
+                    tx,
+                    "UPDATE messages m SET purge_at = u.purge_at
+                     FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, purge_at) WHERE m.id = u.id",
+                    &[&held, &until],
+                )
+                .await?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let stored: std::collections::HashSet<usize> = dsns.iter().map(|(i, _, _)| *i).collect();
     Ok(records
         .iter()
         .map(|(i, a)| {
@@ -1901,6 +2107,7 @@ async fn record_many(
                     finished: gone || !pending.contains(&key),
                     gone,
                 },
+                stored.contains(i),
             )
         })
         .collect())
@@ -1999,15 +2206,15 @@ fn stored(r: &tokio_postgres::Row) -> crate::report::log::Stored {
 
 /// Appends `events` to the tenant's chain. The head row's lock, held to
 /// the commit, makes appends from several nodes take turns: each links to
-/// the head the previous one left.
+/// the head the previous one left. Returns the new head.
 async fn append(
     tx: &PoolTx<'_>,
     tenant: &str,
     node: &str,
     events: &[crate::report::Event],
-) -> Result<(), SpoolError> {
+) -> Result<Option<(i64, Vec<u8>)>, SpoolError> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // One statement creates the head if needed and locks it to the commit.
     let head = one(
@@ -2019,33 +2226,139 @@ async fn append(
     )
     .await?;
     let linked = crate::report::log::link(Some((head.get(0), head.get(1))), tenant, events);
-    let seq: Vec<i64> = linked.iter().map(|r| r.seq).collect();
-    let at: Vec<i64> = linked.iter().map(|r| r.at).collect();
-    let kind: Vec<&str> = linked.iter().map(|r| r.kind).collect();
-    let queue_id: Vec<&str> = linked.iter().map(|r| r.queue_id.as_str()).collect();
-    let data: Vec<&str> = linked.iter().map(|r| r.data.as_str()).collect();
-    let prev: Vec<&[u8]> = linked.iter().map(|r| r.prev.as_slice()).collect();
-    let hash: Vec<&[u8]> = linked.iter().map(|r| r.hash.as_slice()).collect();
-    exec(
-        tx,
-        "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
-         SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
-         FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
-                     $8::bytea[], $9::bytea[]) AS u(seq, at, kind, queue_id, data, prev, hash)",
-        &[
-            &tenant, &node, &seq, &at, &kind, &queue_id, &data, &prev, &hash,
-        ],
-    )
-    .await?;
-    if let Some(last) = linked.last() {
-        exec(
-            tx,
-            "UPDATE txlog_heads SET seq = $2, hash = $3 WHERE tenant = $1",
-            &[&tenant, &last.seq, &last.hash.as_slice()],
+    let Some(last) = linked.last() else {
+        return Ok(None);
+    };
+    let columns = Linked::of(&linked);
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
+             SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
+             FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                         $8::bytea[], $9::bytea[]) AS u(seq, at, kind, queue_id, data, prev, hash)",
         )
         .await?;
+    let update = tx
+        .prepare_cached("UPDATE txlog_heads SET seq = $2, hash = $3 WHERE tenant = $1")
+        .await?;
+    let c = &columns;
+    try_join(
+        tx.execute(
+            &insert,
+            &[
+                &tenant,
+                &node,
+                &c.seq,
+                &c.at,
+                &c.kind,
+                &c.queue_id,
+                &c.data,
+                &c.prev,
+                &c.hash,
+            ],
+        ),
+        tx.execute(&update, &[&tenant, &last.seq, &last.hash.as_slice()]),
+    )
+    .await?;
+    Ok(Some((last.seq, last.hash.to_vec())))
+}
+
+/// [`append`] in one statement when the head is still the one `heads`
+/// knows (no other node or command appended since): the head moves only
+/// if it is unchanged, and the records are written only if it moved.
+/// Otherwise, or the first time, the head is locked and read as always;
+/// after a wrong guess, the next appends lock at once, since other nodes
+/// are appending too.
+async fn append_known(
+    tx: &PoolTx<'_>,
+    heads: &mut Heads,
+    tenant: &str,
+    node: &str,
+    events: &[crate::report::Event],
+) -> Result<(), SpoolError> {
+    let mut skip = 0;
+    match heads.get_mut(tenant) {
+        Some(known) if known.skip > 0 => {
+            known.skip -= 1;
+            skip = known.skip;
+        }
+        Some(known) => {
+            let linked =
+                crate::report::log::link(Some((known.seq, known.hash.clone())), tenant, events);
+            let Some(last) = linked.last() else {
+                return Ok(());
+            };
+            let c = Linked::of(&linked);
+            // Under READ COMMITTED, an UPDATE that waited for another
+            // transaction's lock on the head checks its condition again on
+            // the head that one committed: a moved head updates nothing.
+            let written = exec(
+                tx,
+                "WITH head AS (
+                     UPDATE txlog_heads SET seq = $10, hash = $11
+                     WHERE tenant = $1 AND seq = $12 AND hash = $13 RETURNING 1)
+                 INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
+                 SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                             $8::bytea[], $9::bytea[])
+                      AS u(seq, at, kind, queue_id, data, prev, hash)
+                 WHERE EXISTS (SELECT 1 FROM head)",
+                &[
+                    &tenant,
+                    &node,
+                    &c.seq,
+                    &c.at,
+                    &c.kind,
+                    &c.queue_id,
+                    &c.data,
+                    &c.prev,
+                    &c.hash,
+                    &last.seq,
+                    &last.hash.as_slice(),
+                    &known.seq,
+                    &known.hash.as_slice(),
+                ],
+            )
+            .await?;
+            if written as usize == linked.len() {
+                known.seq = last.seq;
+                known.hash = last.hash.to_vec();
+                return Ok(());
+            }
+            skip = SKIP_AFTER_MISS;
+        }
+        None => {}
     }
+    match append(tx, tenant, node, events).await? {
+        Some((seq, hash)) => heads.insert(tenant.to_string(), Known { seq, hash, skip }),
+        None => heads.remove(tenant),
+    };
     Ok(())
+}
+
+/// Linked log records as the columns of an `UNNEST`.
+struct Linked<'a> {
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<&'a str>,
+    queue_id: Vec<&'a str>,
+    data: Vec<&'a str>,
+    prev: Vec<&'a [u8]>,
+    hash: Vec<&'a [u8]>,
+}
+
+impl<'a> Linked<'a> {
+    fn of(linked: &'a [crate::report::log::Linked]) -> Linked<'a> {
+        Linked {
+            seq: linked.iter().map(|r| r.seq).collect(),
+            at: linked.iter().map(|r| r.at).collect(),
+            kind: linked.iter().map(|r| r.kind).collect(),
+            queue_id: linked.iter().map(|r| r.queue_id.as_str()).collect(),
+            data: linked.iter().map(|r| r.data.as_str()).collect(),
+            prev: linked.iter().map(|r| r.prev.as_slice()).collect(),
+            hash: linked.iter().map(|r| r.hash.as_slice()).collect(),
+        }
+    }
 }
 
 /// Every (message, domain) of `node`'s messages with pending recipients,
