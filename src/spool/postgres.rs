@@ -2243,20 +2243,7 @@ async fn append(
         .await?;
     let c = &columns;
     try_join(
-        tx.execute(
-            &insert,
-            &[
-                &tenant,
-                &node,
-                &c.seq,
-                &c.at,
-                &c.kind,
-                &c.queue_id,
-                &c.data,
-                &c.prev,
-                &c.hash,
-            ],
-        ),
+        tx.execute(&insert, &c.params(&tenant, &node)),
         tx.execute(&update, &[&tenant, &last.seq, &last.hash.as_slice()]),
     )
     .await?;
@@ -2304,20 +2291,15 @@ async fn append_known(
                       AS u(seq, at, kind, queue_id, data, prev, hash)
                  WHERE EXISTS (SELECT 1 FROM head)",
                 &[
-                    &tenant,
-                    &node,
-                    &c.seq,
-                    &c.at,
-                    &c.kind,
-                    &c.queue_id,
-                    &c.data,
-                    &c.prev,
-                    &c.hash,
-                    &last.seq,
-                    &last.hash.as_slice(),
-                    &known.seq,
-                    &known.hash.as_slice(),
-                ],
+                    &c.params(&tenant, &node)[..],
+                    &[
+                        &last.seq,
+                        &last.hash.as_slice(),
+                        &known.seq,
+                        &known.hash.as_slice(),
+                    ],
+                ]
+                .concat(),
             )
             .await?;
             if written as usize == linked.len() {
@@ -2348,6 +2330,21 @@ struct Linked<'a> {
 }
 
 impl<'a> Linked<'a> {
+    /// The parameters `$1` to `$9` of an insert into `txlog`.
+    fn params<'p>(&'p self, tenant: &'p &str, node: &'p &str) -> [&'p (dyn ToSql + Sync); 9] {
+        [
+            tenant,
+            node,
+            &self.seq,
+            &self.at,
+            &self.kind,
+            &self.queue_id,
+            &self.data,
+            &self.prev,
+            &self.hash,
+        ]
+    }
+
     fn of(linked: &'a [crate::report::log::Linked]) -> Linked<'a> {
         Linked {
             seq: linked.iter().map(|r| r.seq).collect(),
