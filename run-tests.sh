@@ -14,7 +14,8 @@ phase() {
 }
 
 peers=(postfix swaks libnet-ssleay-perl openssl sqlite3 knot knot-dnsutils testssl.sh python3 chromium chromium-driver gnupg
-       lintian systemd man-db groff-base adduser binutils util-linux procps podman runc debootstrap)
+       lintian systemd man-db groff-base adduser binutils util-linux procps podman runc debootstrap
+       podman-compose golang-github-containernetworking-plugin-dnsname)
 missing=()
 for p in "${peers[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
