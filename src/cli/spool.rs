@@ -44,6 +44,16 @@ pub(super) fn spool(config: Config, command: SpoolCommand) -> anyhow::Result<()>
     if let Some(answer) = crate::control::request(&config.control_socket(), &line) {
         return report(answer);
     }
+    if config.storage_url().is_some() {
+        // No node runs here: this command rotates, and the live nodes follow.
+        let (runtime, storage) = command_storage(&config)?;
+        let crate::spool::Storage::Postgres(pg) = storage else {
+            bail!("the storage url did not open PostgreSQL");
+        };
+        let done = runtime.block_on(pg.rekey(change))?;
+        println!("{done}");
+        return Ok(());
+    }
     let db = config.database_path();
     if !db.exists() {
         bail!("no spool at {}", db.display());

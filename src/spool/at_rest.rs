@@ -484,6 +484,53 @@ impl Cipher {
         keys.current = key.id;
     }
 
+    /// Opens values sealed under `key` from now on, and goes on sealing
+    /// under the current key: a shared spool's nodes all learn a new data
+    /// key before any of them seals under it.
+    pub fn know(&self, key: &NewDataKey) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys.by_id.insert(key.id, aead_key(&key.dek));
+    }
+
+    /// Follows a rotation another process of a shared spool runs: learns
+    /// the data keys in `stored` (wrapped under this key-encryption key)
+    /// that are new here, seals under `current` once it is known, and
+    /// forgets the keys no longer stored. Whether anything changed.
+    pub fn follow(&self, stored: &[StoredKey], current: u32) -> Result<bool, AtRestError> {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let Some(kek) = keys.kek.as_ref() else {
+            return Ok(false);
+        };
+        let mut learned = Vec::new();
+        for k in stored {
+            if k.kek == kek.fingerprint && !keys.by_id.contains_key(&k.id) {
+                let dek = kek.unwrap(k.id, &k.wrapped)?;
+                learned.push((k.id, aead_key(&dek)));
+            }
+        }
+        let mut changed = !learned.is_empty();
+        keys.by_id.extend(learned);
+        if keys.current != current && keys.by_id.contains_key(&current) {
+            keys.current = current;
+            changed = true;
+        }
+        let before = keys.by_id.len();
+        let now_current = keys.current;
+        keys.by_id
+            .retain(|id, _| *id == now_current || stored.iter().any(|k| k.id == *id));
+        Ok(changed || keys.by_id.len() != before)
+    }
+
+    /// How many data keys this process can open.
+    pub fn key_count(&self) -> usize {
+        self.keys().by_id.len()
+    }
+
+    /// The newest data key this process can open.
+    pub fn newest_key(&self) -> u32 {
+        self.keys().by_id.keys().copied().max().unwrap_or(0)
+    }
+
     /// Last step: every data key but the current one is gone from the
     /// database, and with `kek`, only its wrapping of the current key stays.
     pub fn drop_old_keys(&self, conn: &Connection, kek: Option<Kek>) -> Result<(), AtRestError> {

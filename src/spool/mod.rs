@@ -476,6 +476,10 @@ pub enum SpoolError {
     NodeInUse(String),
     #[error("spool record is corrupt: {0}")]
     Corrupt(String),
+    /// A key rotation on shared storage stopped; the old keys still open
+    /// everything.
+    #[error("the key rotation stopped: {0}")]
+    Rotation(String),
     #[error(transparent)]
     AtRest(#[from] at_rest::AtRestError),
 }

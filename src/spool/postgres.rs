@@ -281,6 +281,13 @@ CREATE TABLE tlsrpt_sent (
 -- out of line without trying to.
 ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
 ",
+    "
+-- Version 11: each node reports, with its heartbeat, the newest data key
+-- it can open and the one it seals under, so that `sealgate spool rekey`
+-- knows when every live node has followed each step of a rotation.
+ALTER TABLE nodes ADD COLUMN keys_known INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN key_current INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -383,12 +390,7 @@ impl PgSpool {
             )
             .await?
             .iter()
-            .map(|r| StoredKey {
-                id: r.get::<_, i32>(0) as u32,
-                kek: r.get(1),
-                wrapped: r.get(2),
-                created_at: r.get(3),
-            })
+            .map(stored_key)
             .collect();
         let current: Option<i32> = tx
             .query_opt("SELECT current FROM spool_key_state", &[])
@@ -420,6 +422,7 @@ impl PgSpool {
             up_since: AtomicI64::new(crate::util::now()),
         });
         let (stop_beat, stopped) = oneshot::channel();
+        let cipher = Arc::new(cipher);
         if let Some(lease) = lease {
             let beat = Beat {
                 config,
@@ -428,11 +431,11 @@ impl PgSpool {
                 slot,
                 lease,
                 health: health.clone(),
+                cipher: cipher.clone(),
             };
             let lock = beat.first_connect().await?;
             tokio::spawn(beat.run(lock, stopped));
         }
-        let cipher = Arc::new(cipher);
         let fresh = lease.map(|_| {
             let (checks, rx) = mpsc::unbounded_channel();
             tokio::spawn(check_loop(pool.clone(), node.to_string(), rx));
@@ -1308,11 +1311,216 @@ impl Spool for PgSpool {
 
     fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
         Box::pin(async move {
-            let _ = change;
-            Err(SpoolError::Unavailable(
-                "sealgate spool rekey does not run on PostgreSQL storage yet".into(),
-            ))
+            if !matches!(change, KekChange::Keep) {
+                return Err(SpoolError::Rotation(
+                    "on shared storage every node reads its own copy of the key file, so \
+                     `sealgate spool rekey` makes a new data key only: run it without \
+                     --new-kek and --kek-out"
+                        .into(),
+                ));
+            }
+            self.rekey_now().await
         })
+    }
+}
+
+/// How long a rotation waits for every live node to follow a step.
+const ROTATION_WAIT: Duration = Duration::from_secs(60);
+
+impl PgSpool {
+    /// Rotates the data key across the cluster, in steps that every live
+    /// node follows by its heartbeat before the next begins: the new key
+    /// is stored and learnt by all (so that any node opens what is sealed
+    /// under it), then made the one all seal under, then every stored
+    /// value is sealed again under it, and the old keys are deleted once
+    /// nothing sealed under them is left.
+    async fn rekey_now(&self) -> Result<RekeyDone, SpoolError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: i32 = tx
+            .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM spool_keys", &[])
+            .await?
+            .get(0);
+        let (rows, key) = self.cipher.new_data_key(id as u32, None)?;
+        insert_keys(&tx, &rows).await?;
+        tx.commit().await?;
+        drop(client);
+        self.cipher.know(&key);
+        self.wait_for_nodes("keys_known", id, "learnt").await?;
+
+        self.client()
+            .await?
+            .execute("UPDATE spool_key_state SET current = $1", &[&id])
+            .await?;
+        self.cipher.activate(key);
+        self.wait_for_nodes("key_current", id, "sealed under")
+            .await?;
+        // What a node sealed under the old key just before it switched is
+        // committed by now.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let mut messages = 0;
+        for _ in 0..3 {
+            let mut after = 0;
+            loop {
+                let (n, last) = self.reseal_batch(after, 100).await?;
+                messages += n;
+                match last {
+                    Some(l) => after = l,
+                    None => break,
+                }
+            }
+            if self.sealed_under_others(id).await? == 0 {
+                self.client()
+                    .await?
+                    .execute("DELETE FROM spool_keys WHERE id <> $1", &[&id])
+                    .await?;
+                self.cipher.forget_old_keys(None);
+                return Ok(RekeyDone {
+                    data_key: id as u32,
+                    messages,
+                    kek: None,
+                });
+            }
+        }
+        Err(SpoolError::Rotation(format!(
+            "values sealed under an old data key keep appearing; data key {id} is in use, \
+             the old keys stay until a rotation ends: run it again"
+        )))
+    }
+
+    /// Waits until every live node but this one reports `column` at `id`.
+    async fn wait_for_nodes(&self, column: &str, id: i32, what: &str) -> Result<(), SpoolError> {
+        let sql = format!(
+            "SELECT name FROM nodes WHERE heartbeat + lease >= $1 AND name <> $2 AND {column} < $3
+             ORDER BY name"
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let behind: Vec<String> = self
+                .client()
+                .await?
+                .query(&sql, &[&crate::util::now(), &self.node, &id])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > ROTATION_WAIT {
+                return Err(SpoolError::Rotation(format!(
+                    "node(s) {} have not {what} data key {id} within {} s (the old keys \
+                     still open everything): run it again",
+                    behind.join(", "),
+                    ROTATION_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Seals again, under the current data key, the values of up to
+    /// `limit` messages after `after`, their rows locked meanwhile; returns
+    /// how many messages changed and the last id seen (`None` at the end).
+    async fn reseal_batch(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(usize, Option<i64>), SpoolError> {
+        let cipher = &self.cipher;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let heads = tx
+            .query(
+                "SELECT id, sender, env_id, client, body FROM messages WHERE id > $1
+                 ORDER BY id LIMIT $2 FOR UPDATE",
+                &[&after, &limit],
+            )
+            .await?;
+        let Some(last) = heads.last().map(|r| r.get::<_, i64>(0)) else {
+            return Ok((0, None));
+        };
+        let again = |field, at, v: Option<Vec<u8>>| -> Result<Option<Vec<u8>>, SpoolError> {
+            Ok(match v {
+                Some(v) => Some(cipher.reseal(field, at, &v)?.unwrap_or(v)),
+                None => None,
+            })
+        };
+        let stale = |v: &Option<Vec<u8>>| v.as_ref().is_some_and(|v| !cipher.is_current(v));
+        let mut changed = std::collections::HashSet::new();
+        for r in &heads {
+            let id: i64 = r.get(0);
+            let values: [Option<Vec<u8>>; 4] = [r.get(1), r.get(2), r.get(3), r.get(4)];
+            if !values.iter().any(stale) {
+                continue;
+            }
+            let at = Row(id, 0);
+            let [sender, env_id, client_, body] = values;
+            tx.execute(
+                "UPDATE messages SET sender = $2, env_id = $3, client = $4, body = $5 WHERE id = $1",
+                &[
+                    &id,
+                    &again(Field::Sender, at, sender)?,
+                    &again(Field::EnvId, at, env_id)?,
+                    &again(Field::Client, at, client_)?,
+                    &again(Field::Body, at, body)?,
+                ],
+            )
+            .await?;
+            changed.insert(id);
+        }
+        let ids: Vec<i64> = heads.iter().map(|r| r.get(0)).collect();
+        let recipients = tx
+            .query(
+                "SELECT message_id, idx, address, orcpt, last_reply FROM recipients
+                 WHERE message_id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        for r in &recipients {
+            let (id, idx): (i64, i32) = (r.get(0), r.get(1));
+            let values: [Option<Vec<u8>>; 3] = [r.get(2), r.get(3), r.get(4)];
+            if !values.iter().any(stale) {
+                continue;
+            }
+            let at = Row(id, idx as i64);
+            let [address, orcpt, reply] = values;
+            tx.execute(
+                "UPDATE recipients SET address = $3, orcpt = $4, last_reply = $5
+                 WHERE message_id = $1 AND idx = $2",
+                &[
+                    &id,
+                    &idx,
+                    &again(Field::Address, at, address)?,
+                    &again(Field::Orcpt, at, orcpt)?,
+                    &again(Field::LastReply, at, reply)?,
+                ],
+            )
+            .await?;
+            changed.insert(id);
+        }
+        tx.commit().await?;
+        Ok((changed.len(), Some(last)))
+    }
+
+    /// Values still sealed under another data key than `id` (the key's
+    /// number is bytes 2 to 5 of a sealed value).
+    async fn sealed_under_others(&self, id: i32) -> Result<i64, SpoolError> {
+        let key = (id as u32).to_be_bytes().to_vec();
+        let other = |c: &str| format!("substring({c} from 2 for 4) <> $1");
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE {} OR {} OR {} OR {})
+                  + (SELECT COUNT(*) FROM recipients WHERE {} OR {} OR {})",
+            other("sender"),
+            other("env_id"),
+            other("client"),
+            other("body"),
+            other("address"),
+            other("orcpt"),
+            other("last_reply"),
+        );
+        Ok(self.client().await?.query_one(&sql, &[&key]).await?.get(0))
     }
 }
 
@@ -2431,6 +2639,16 @@ async fn rows(
     Ok(tx.query(&statement, params).await?)
 }
 
+/// A row of spool_keys (id, kek, wrapped, created_at).
+fn stored_key(r: &PgRow) -> StoredKey {
+    StoredKey {
+        id: r.get::<_, i32>(0) as u32,
+        kek: r.get(1),
+        wrapped: r.get(2),
+        created_at: r.get(3),
+    }
+}
+
 /// A row of (message_id, domain, due) as a job.
 fn due_job(r: &PgRow) -> DueJob {
     DueJob {
@@ -2571,6 +2789,8 @@ struct Beat {
     slot: u8,
     lease: Duration,
     health: Arc<Health>,
+    /// Follows a key rotation run by another process (spool rekey).
+    cipher: Arc<Cipher>,
 }
 
 impl Beat {
@@ -2613,12 +2833,51 @@ impl Beat {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await?,
         };
+        let report = "UPDATE nodes SET heartbeat = $2, keys_known = $3, key_current = $4
+             WHERE name = $1
+             RETURNING flush, (SELECT current FROM spool_key_state),
+                       (SELECT MAX(id) FROM spool_keys), (SELECT COUNT(*) FROM spool_keys)";
         let row = client
             .query_one(
-                "UPDATE nodes SET heartbeat = $2 WHERE name = $1 RETURNING flush",
-                &[&self.node, &crate::util::now()],
+                report,
+                &[
+                    &self.node,
+                    &crate::util::now(),
+                    &(self.cipher.newest_key() as i32),
+                    &(self.cipher.current_key() as i32),
+                ],
             )
             .await?;
+        let (current, newest, count): (Option<i32>, Option<i32>, i64) =
+            (row.get(1), row.get(2), row.get(3));
+        // Another process rotated the data key (or is rotating it).
+        let stale = current.is_some_and(|c| c as u32 != self.cipher.current_key())
+            || newest.is_some_and(|n| n as u32 > self.cipher.newest_key())
+            || count as usize != self.cipher.key_count();
+        if stale && let Some(current) = current {
+            let stored: Vec<StoredKey> = client
+                .query("SELECT id, kek, wrapped, created_at FROM spool_keys", &[])
+                .await?
+                .iter()
+                .map(stored_key)
+                .collect();
+            if self.cipher.follow(&stored, current as u32)? {
+                tracing::info!(
+                    "spool data key {} is now in use (a rotation on another process)",
+                    self.cipher.current_key()
+                );
+                client
+                    .execute(
+                        "UPDATE nodes SET keys_known = $2, key_current = $3 WHERE name = $1",
+                        &[
+                            &self.node,
+                            &(self.cipher.newest_key() as i32),
+                            &(self.cipher.current_key() as i32),
+                        ],
+                    )
+                    .await?;
+            }
+        }
         *lock = Some(client);
         Ok(row.get(0))
     }
