@@ -6,9 +6,12 @@
 //! nothing is acknowledged before its transaction is committed. One
 //! writer task per node drains every waiting write into one transaction
 //! (group commit) and writes a batch's new messages, and its attempts'
-//! outcomes, with one statement per table; should that fail, each write
-//! is tried alone in a savepoint, so that one bad write spoils only
-//! itself. Reads use pooled connections.
+//! outcomes, with one statement per table, sending together (pipelined)
+//! the statements that do not wait for each other's answers; should the
+//! server refuse one, each write is tried alone in a savepoint, so that
+//! one bad write spoils only itself. Reads use pooled connections; the
+//! first attempt of a message this node stored reads only whether it may
+//! still go (spool::fresh keeps the rest).
 //!
 //! A message belongs to one node, which alone delivers it; a node is
 //! alive while its heartbeat (one row, renewed on a connection that also
@@ -2836,7 +2839,7 @@ impl Beat {
         let report = "UPDATE nodes SET heartbeat = $2, keys_known = $3, key_current = $4
              WHERE name = $1
              RETURNING flush, (SELECT current FROM spool_key_state),
-                       (SELECT MAX(id) FROM spool_keys), (SELECT COUNT(*) FROM spool_keys)";
+                       (SELECT MAX(id) FROM spool_keys), (SELECT COUNT(DISTINCT id) FROM spool_keys)";
         let row = client
             .query_one(
                 report,
