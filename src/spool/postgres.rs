@@ -1631,16 +1631,22 @@ async fn writer_loop(
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
     let mut heads = Heads::new();
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx).await {
         run_batch(&pool, &cipher, &node, &mut heads, batch).await;
     }
+}
+
+/// The next request and every other one waiting, up to [`MAX_BATCH`];
+/// `None` once every sender is gone.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Whether a message kept for its first attempt may still go: not held,
@@ -1654,14 +1660,7 @@ struct Check {
 /// Answers every waiting [`Check`] with one query: the state is read from
 /// the database, as a load would, without the body and the recipients.
 async fn check_loop(pool: Pool, node: String, mut rx: mpsc::UnboundedReceiver<Check>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx).await {
         let ids: Vec<i64> = batch.iter().map(|c| c.id.0 as i64).collect();
         let found: Result<std::collections::HashSet<i64>, SpoolError> = async {
             let client = pool.get().await.map_err(unavailable)?;
@@ -2436,37 +2435,80 @@ async fn append(
         &[&tenant, &vec![0u8; 32]],
     )
     .await?;
-    let linked = crate::report::log::link(Some((head.get(0), head.get(1))), tenant, events);
+    let (seq, hash): (i64, Vec<u8>) = (head.get(0), head.get(1));
+    match link_after(tx, tenant, node, (seq, &hash), events).await? {
+        Linking::Moved => Err(SpoolError::Corrupt(format!(
+            "the log head of tenant {tenant} moved while this transaction held its lock"
+        ))),
+        Linking::Linked(head) => Ok(head),
+    }
+}
+
+/// What [`link_after`] did.
+enum Linking {
+    /// The records are written; the new head (none: no records).
+    Linked(Option<(i64, Vec<u8>)>),
+    /// The head was not the one given: nothing is written.
+    Moved,
+}
+
+/// Writes `events` linked after `head`, and moves the head past them, in
+/// one statement, if the head is still `head`. Under READ COMMITTED, an
+/// UPDATE that waited for another transaction's lock on the head checks
+/// its condition again on the head that one committed: a moved head
+/// updates nothing, and then no record is written.
+async fn link_after(
+    tx: &PoolTx<'_>,
+    tenant: &str,
+    node: &str,
+    head: (i64, &[u8]),
+    events: &[crate::report::Event],
+) -> Result<Linking, SpoolError> {
+    let linked = crate::report::log::link(Some((head.0, head.1.to_vec())), tenant, events);
     let Some(last) = linked.last() else {
-        return Ok(None);
+        return Ok(Linking::Linked(None));
     };
-    let columns = Linked::of(&linked);
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
-             SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
-             FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
-                         $8::bytea[], $9::bytea[]) AS u(seq, at, kind, queue_id, data, prev, hash)",
-        )
-        .await?;
-    let update = tx
-        .prepare_cached("UPDATE txlog_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-        .await?;
-    let c = &columns;
-    try_join(
-        tx.execute(&insert, &c.params(&tenant, &node)),
-        tx.execute(&update, &[&tenant, &last.seq, &last.hash.as_slice()]),
+    let c = Linked::of(&linked);
+    let written = exec(
+        tx,
+        "WITH head AS (
+             UPDATE txlog_heads SET seq = $10, hash = $11
+             WHERE tenant = $1 AND seq = $12 AND hash = $13 RETURNING 1)
+         INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
+         SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
+         FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                     $8::bytea[], $9::bytea[])
+              AS u(seq, at, kind, queue_id, data, prev, hash)
+         WHERE EXISTS (SELECT 1 FROM head)",
+        &[
+            &tenant,
+            &node,
+            &c.seq,
+            &c.at,
+            &c.kind,
+            &c.queue_id,
+            &c.data,
+            &c.prev,
+            &c.hash,
+            &last.seq,
+            &last.hash.as_slice(),
+            &head.0,
+            &head.1,
+        ],
     )
     .await?;
-    Ok(Some((last.seq, last.hash.to_vec())))
+    Ok(if written as usize == linked.len() {
+        Linking::Linked(Some((last.seq, last.hash.to_vec())))
+    } else {
+        Linking::Moved
+    })
 }
 
 /// [`append`] in one statement when the head is still the one `heads`
-/// knows (no other node or command appended since): the head moves only
-/// if it is unchanged, and the records are written only if it moved.
-/// Otherwise, or the first time, the head is locked and read as always;
-/// after a wrong guess, the next appends lock at once, since other nodes
-/// are appending too.
+/// knows (no other node or command appended since). Otherwise, or the
+/// first time, the head is locked and read as always; after a wrong
+/// guess, the next appends lock at once, since other nodes are appending
+/// too.
 async fn append_known(
     tx: &PoolTx<'_>,
     heads: &mut Heads,
@@ -2481,44 +2523,14 @@ async fn append_known(
             skip = known.skip;
         }
         Some(known) => {
-            let linked =
-                crate::report::log::link(Some((known.seq, known.hash.clone())), tenant, events);
-            let Some(last) = linked.last() else {
-                return Ok(());
-            };
-            let c = Linked::of(&linked);
-            // Under READ COMMITTED, an UPDATE that waited for another
-            // transaction's lock on the head checks its condition again on
-            // the head that one committed: a moved head updates nothing.
-            let written = exec(
-                tx,
-                "WITH head AS (
-                     UPDATE txlog_heads SET seq = $10, hash = $11
-                     WHERE tenant = $1 AND seq = $12 AND hash = $13 RETURNING 1)
-                 INSERT INTO txlog (tenant, seq, at, kind, queue_id, data, prev, hash, node)
-                 SELECT $1, u.seq, u.at, u.kind, u.queue_id, u.data, u.prev, u.hash, $2
-                 FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
-                             $8::bytea[], $9::bytea[])
-                      AS u(seq, at, kind, queue_id, data, prev, hash)
-                 WHERE EXISTS (SELECT 1 FROM head)",
-                &[
-                    &c.params(&tenant, &node)[..],
-                    &[
-                        &last.seq,
-                        &last.hash.as_slice(),
-                        &known.seq,
-                        &known.hash.as_slice(),
-                    ],
-                ]
-                .concat(),
-            )
-            .await?;
-            if written as usize == linked.len() {
-                known.seq = last.seq;
-                known.hash = last.hash.to_vec();
-                return Ok(());
+            match link_after(tx, tenant, node, (known.seq, &known.hash), events).await? {
+                Linking::Linked(Some((seq, hash))) => {
+                    (known.seq, known.hash) = (seq, hash);
+                    return Ok(());
+                }
+                Linking::Linked(None) => return Ok(()),
+                Linking::Moved => skip = SKIP_AFTER_MISS,
             }
-            skip = SKIP_AFTER_MISS;
         }
         None => {}
     }
@@ -2541,21 +2553,6 @@ struct Linked<'a> {
 }
 
 impl<'a> Linked<'a> {
-    /// The parameters `$1` to `$9` of an insert into `txlog`.
-    fn params<'p>(&'p self, tenant: &'p &str, node: &'p &str) -> [&'p (dyn ToSql + Sync); 9] {
-        [
-            tenant,
-            node,
-            &self.seq,
-            &self.at,
-            &self.kind,
-            &self.queue_id,
-            &self.data,
-            &self.prev,
-            &self.hash,
-        ]
-    }
-
     fn of(linked: &'a [crate::report::log::Linked]) -> Linked<'a> {
         Linked {
             seq: linked.iter().map(|r| r.seq).collect(),
