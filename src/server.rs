@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -75,6 +76,10 @@ async fn console_state(
 /// Runs the gateway with `config`, read from `path` (None: the embedded
 /// defaults); SIGHUP reads `path` again.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before any listener exists: a SIGHUP or SIGTERM that comes as soon as
+    // the port answers must reach our handlers, not the default action
+    // (which ends the process).
+    let signals = Signals::install()?;
     let config = Arc::new(config);
     for w in config.warnings() {
         tracing::warn!("configuration: {w}");
@@ -147,8 +152,13 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let listeners = inbound::bind(&config).await?;
 
     let (stop, shutdown) = watch::channel(false);
+    let Signals {
+        terminate,
+        interrupt,
+        hangup,
+    } = signals;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        wait_for_stop(terminate, interrupt).await;
         tracing::info!("shutting down: no new connections; finishing transactions in progress");
         crate::systemd::stopping("finishing transactions in progress");
         let _ = stop.send(true);
@@ -229,7 +239,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         outbound: reload_outbound,
         in_force,
     };
-    tokio::spawn(reload.on_hangup(shutdown));
+    tokio::spawn(reload.on_hangup(hangup, shutdown));
     let addresses: Vec<String> = listeners
         .iter()
         .map(|(l, _)| format!("{} ({:?})", l.address, l.mode))
@@ -258,18 +268,30 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still dies on them, as by default.
-        return std::future::pending().await;
-    };
+/// The signals `serve` answers, taken over from their default actions.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let take = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Signals {
+            terminate: take(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: take(SignalKind::interrupt(), "SIGINT")?,
+            hangup: take(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+async fn wait_for_stop(mut terminate: Signal, mut interrupt: Signal) {
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
 }
 
@@ -288,12 +310,7 @@ struct Reload {
 }
 
 impl Reload {
-    async fn on_hangup(self, mut shutdown: watch::Receiver<bool>) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reload unavailable");
-            return;
-        };
+    async fn on_hangup(self, mut hup: Signal, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
