@@ -117,6 +117,19 @@ impl fmt::Debug for Kek {
 }
 
 impl Kek {
+    /// The data keys of `stored` wrapped under this key, but those `known`.
+    fn open_keys(
+        &self,
+        stored: &[StoredKey],
+        known: impl Fn(u32) -> bool,
+    ) -> Result<Vec<(u32, LessSafeKey)>, AtRestError> {
+        stored
+            .iter()
+            .filter(|k| k.kek == self.fingerprint && !known(k.id))
+            .map(|k| Ok((k.id, aead_key(&*self.unwrap(k.id, &k.wrapped)?))))
+            .collect()
+    }
+
     fn from_bytes(bytes: &[u8; 32]) -> Kek {
         let digest = ring::digest::digest(
             &ring::digest::SHA256,
@@ -298,13 +311,8 @@ impl Cipher {
                 });
             }
         };
-        let mut by_id = HashMap::new();
-        for k in stored {
-            if k.kek == kek.fingerprint {
-                let dek = kek.unwrap(k.id, &k.wrapped)?;
-                by_id.insert(k.id, aead_key(&dek));
-            }
-        }
+        let mut by_id: HashMap<u32, LessSafeKey> =
+            kek.open_keys(stored, |_| false)?.into_iter().collect();
         if !stored.is_empty() && by_id.is_empty() {
             return Err(AtRestError::WrongKey {
                 path: path.to_path_buf(),
@@ -501,13 +509,7 @@ impl Cipher {
         let Some(kek) = keys.kek.as_ref() else {
             return Ok(false);
         };
-        let mut learned = Vec::new();
-        for k in stored {
-            if k.kek == kek.fingerprint && !keys.by_id.contains_key(&k.id) {
-                let dek = kek.unwrap(k.id, &k.wrapped)?;
-                learned.push((k.id, aead_key(&dek)));
-            }
-        }
+        let learned = kek.open_keys(stored, |id| keys.by_id.contains_key(&id))?;
         let mut changed = !learned.is_empty();
         keys.by_id.extend(learned);
         if keys.current != current && keys.by_id.contains_key(&current) {
