@@ -22,12 +22,27 @@ const CONCURRENCY: usize = 20;
 /// again after `retry`; every node reads the spool's key-encryption key
 /// from `shared`.
 fn node(url: &str, shared: &Path, name: &str, retry: &str) -> Gateway {
+    node_with(url, shared, name, retry, |_, text| text)
+}
+
+/// As [`node`], with its base configuration changed by `edit` (which is
+/// given the node's directory).
+fn node_with(
+    url: &str,
+    shared: &Path,
+    name: &str,
+    retry: &str,
+    edit: impl FnOnce(&Path, String) -> String,
+) -> Gateway {
     Gateway::start_with(|dir, relay, sub| {
         format!(
             "{}\n[storage]\nurl = \"{url}\"\n\n[cluster]\nnode = \"{name}\"\nlease = \"{LEASE}\"\n\n[spool]\nkey_file = \"{}\"\n",
-            base_config(dir, relay, sub).replace(
-                "retry_schedule = [\"1s\"]",
-                &format!("retry_schedule = [\"{retry}\"]\nmax_concurrency = {CONCURRENCY}"),
+            edit(
+                dir,
+                base_config(dir, relay, sub).replace(
+                    "retry_schedule = [\"1s\"]",
+                    &format!("retry_schedule = [\"{retry}\"]\nmax_concurrency = {CONCURRENCY}"),
+                )
             ),
             shared.join("spool.key").display()
         )
@@ -707,4 +722,132 @@ fn a_data_key_rotation_is_followed_by_every_live_node() {
         );
     }
     wait_all(&[acked, after].concat(), &rcpts, Duration::from_secs(60));
+}
+
+/// A next hop that takes one message and holds its reply to the data
+/// until told: an attempt that stays in flight as long as a test wants.
+struct SlowHop {
+    port: u16,
+    got_data: std::sync::mpsc::Receiver<()>,
+    answer: std::sync::mpsc::Sender<()>,
+}
+
+impl SlowHop {
+    fn start() -> SlowHop {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (data_tx, got_data) = std::sync::mpsc::channel();
+        let (answer, answer_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
+            let mut out = stream.try_clone().unwrap();
+            let mut input = BufReader::new(stream);
+            let _ = out.write_all(b"220 slow.test ESMTP\r\n");
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if input.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let verb = line.to_ascii_uppercase();
+                let reply: &[u8] = if verb.starts_with("EHLO") {
+                    b"250 slow.test\r\n"
+                } else if verb.starts_with("DATA") {
+                    let _ = out.write_all(b"354 go ahead\r\n");
+                    let mut data = String::new();
+                    while !data.ends_with("\r\n.\r\n") {
+                        line.clear();
+                        if input.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        data.push_str(&line);
+                    }
+                    let _ = data_tx.send(());
+                    let _ = answer_rx.recv_timeout(Duration::from_secs(60));
+                    b"250 2.0.0 queued\r\n"
+                } else if verb.starts_with("QUIT") {
+                    let _ = out.write_all(b"221 2.0.0 bye\r\n");
+                    return;
+                } else {
+                    b"250 2.0.0 ok\r\n"
+                };
+                let _ = out.write_all(reply);
+            }
+        });
+        SlowHop {
+            port,
+            got_data,
+            answer,
+        }
+    }
+}
+
+/// An operator's bounce asked on one node, of a message another node is
+/// handing to the next hop at that moment: the owner does it once that
+/// attempt is recorded, so the sender is never told "returned" of a
+/// message that arrived, and the log has no attempt after the act.
+#[test]
+fn an_act_asked_on_one_node_waits_for_the_owners_attempt_in_flight() {
+    let url = pg_database(pg_server(), "acts");
+    let shared = tempfile::tempdir().unwrap();
+    let hop = SlowHop::start();
+    let routed = |dir: &Path, text: String| {
+        let policy = policy_dir(dir, &[("slow.toml", &plaintext_exception("slow.test"))]);
+        let text = text.replace(
+            "[[route]]\ndomain = \"*\"",
+            &format!(
+                "[[route]]\ndomain = \"slow.test\"\nnext_hop = \"127.0.0.1:{}\"\n\n[[route]]\ndomain = \"*\"",
+                hop.port
+            ),
+        );
+        format!("{text}{policy}")
+    };
+    let asking = node_with(&url, shared.path(), "asking", "1h", routed);
+    let owner = node_with(&url, shared.path(), "owner", "1h", routed);
+    let rcpt = "someone@slow.test";
+    let id = relay_one(
+        owner.relay,
+        "sender@src.test",
+        &[rcpt],
+        text("<inflight@acts.test>", rcpt).as_bytes(),
+    );
+    hop.got_data
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the owner's attempt reaches the data");
+
+    let config = asking.config.clone();
+    let bouncing = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin())
+                .args(["--config", config.to_str().unwrap(), "queue", "bounce", &id])
+                .args(["--reason", "recalled by the sender"])
+                .output()
+                .unwrap()
+        })
+    };
+    wait_for(Duration::from_secs(30), "the owner to be asked", || {
+        (bouncing.is_finished() || owner.log().contains("bounce asked by node asking"))
+            .then_some(())
+    });
+    assert!(
+        !bouncing.is_finished(),
+        "the bounce ended while the owner's attempt was in flight"
+    );
+    hop.answer.send(()).unwrap();
+    let out = bouncing.join().unwrap();
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("no such message in the queue"), "{said}");
+    let line = wait_delivery_line(&owner, rcpt, "sent");
+    assert_eq!(line["id"], id, "{line:?}");
+    assert!(
+        !owner.log().contains("status=bounced") && !asking.log().contains("status=bounced"),
+        "a bounce was recorded:\n{}",
+        asking.log()
+    );
 }

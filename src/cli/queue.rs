@@ -197,7 +197,15 @@ fn act(
         by: format!("operator (sealgate queue {verb})"),
         reason,
     };
-    let (acted, _) = runtime.block_on(crate::queue::apply(config, spool.as_ref(), id, act, by))?;
+    // In a cluster, another live node that owns the message does it.
+    let acted = match runtime.block_on(crate::queue::elsewhere(spool.as_ref(), id, act, &by)) {
+        Some(done) => done.map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => {
+            runtime
+                .block_on(crate::queue::apply(config, spool.as_ref(), id, act, by))?
+                .0
+        }
+    };
     if !acted.done() {
         bail!("{}", crate::control::acted_text(id, &acted));
     }

@@ -11,6 +11,9 @@
 
 pub mod dsn;
 mod line;
+mod owner;
+
+pub use owner::elsewhere;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -119,6 +122,8 @@ type Reply = tokio::sync::oneshot::Sender<Result<Acted, String>>;
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<Event>,
+    /// In a cluster, acts on messages other nodes own are sent to them.
+    spool: Arc<dyn Spool>,
 }
 
 impl QueueHandle {
@@ -130,8 +135,12 @@ impl QueueHandle {
     }
 
     /// Deletes, holds or bounces a message. An attempt in flight for it is
-    /// recorded first, so the log never shows an attempt after the act.
+    /// recorded first, so the log never shows an attempt after the act; in
+    /// a cluster the node that owns the message does it, for that reason.
     pub async fn act(&self, id: QueueId, act: Act, by: Operator) -> Result<Acted, String> {
+        if let Some(done) = owner::elsewhere(self.spool.as_ref(), id, act, &by).await {
+            return done;
+        }
         let (done, answer) = tokio::sync::oneshot::channel();
         let stopped = || "the queue has stopped".to_string();
         self.tx
@@ -294,13 +303,17 @@ impl Queue {
         journal: Arc<Journal>,
     ) -> Queue {
         let (tx, events) = mpsc::unbounded_channel();
+        let handle = QueueHandle {
+            tx,
+            spool: spool.clone(),
+        };
         Queue {
             config,
             spool,
             outbound,
             journal,
             events,
-            handle: QueueHandle { tx },
+            handle,
         }
     }
 
@@ -510,6 +523,31 @@ impl Queue {
                 }
             }
             Err(e) => tracing::warn!("cannot look for the queues of dead nodes: {e}"),
+        }
+        // Acts other nodes asked of this one, the owner: they join the
+        // others, after any attempt in flight.
+        match self.spool.asked().await {
+            Ok(asked) => {
+                for a in asked {
+                    let (done, result) = tokio::sync::oneshot::channel();
+                    match Act::from_name(&a.act) {
+                        Some(act) => {
+                            tracing::info!(id = %a.id, "{} asked by node {}", a.act, a.from);
+                            let _ = self.handle.tx.send(Event::Act {
+                                id: a.id,
+                                act,
+                                by: a.by.clone(),
+                                done,
+                            });
+                        }
+                        None => {
+                            let _ = done.send(Err(format!("no such act: {:?}", a.act)));
+                        }
+                    }
+                    owner::reply(self.spool.clone(), a, result);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the acts other nodes asked of this one: {e}"),
         }
         let seen = self.spool.flushes();
         if seen != *flushes {

@@ -10,6 +10,7 @@
 pub mod at_rest;
 mod fresh;
 pub mod journal;
+mod pg_acts;
 mod pg_domains;
 mod postgres;
 mod sqlite;
@@ -387,6 +388,29 @@ pub struct Operator {
     pub reason: Option<String>,
 }
 
+/// An operator's act that another node of a cluster asked this one to
+/// do, because this node owns the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// Names the request, for the answer.
+    pub ask: i64,
+    pub id: QueueId,
+    /// The act's name, as `queue::Act::name` gives it.
+    pub act: String,
+    pub by: Operator,
+    /// The node that asked.
+    pub from: String,
+}
+
+/// Where an operator's act was done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarded {
+    /// It is for this node: no other live node owns the message.
+    Here,
+    /// The owner did it; its answer, in the form `queue` wrote it.
+    There { node: String, answer: String },
+}
+
 /// What holding or releasing a message did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldOutcome {
@@ -561,6 +585,26 @@ pub trait Spool: Send + Sync {
     /// than their lease, and returns their jobs; empty when none are left.
     fn adopt(&self, _now: i64, _limit: usize) -> BoxFuture<'_, Result<Vec<DueJob>, SpoolError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+    /// In a cluster: when another live node owns `id`, has it do `act` (an
+    /// operator's act, named as `queue::Act::name` names it) once its
+    /// attempt in flight is recorded, and waits for its answer; asks the
+    /// next owner when that node dies first.
+    fn forward<'a>(
+        &'a self,
+        _id: QueueId,
+        _act: &'a str,
+        _by: &'a Operator,
+    ) -> BoxFuture<'a, Result<Forwarded, SpoolError>> {
+        Box::pin(async { Ok(Forwarded::Here) })
+    }
+    /// The acts other nodes asked this one to do; each is handed out once.
+    fn asked(&self) -> BoxFuture<'_, Result<Vec<Asked>, SpoolError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// This node's answer to an act it was asked to do.
+    fn answer<'a>(&'a self, _ask: i64, _answer: &'a str) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(async { Ok(()) })
     }
     /// Rotates the data key (and the key-encryption key, if asked), sealing
     /// every stored value again; mail keeps flowing meanwhile.

@@ -291,6 +291,25 @@ ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
 ALTER TABLE nodes ADD COLUMN keys_known INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN key_current INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- Version 12: an operator's delete, hold or bounce of a message that
+-- another live node owns is done by that owner, after its attempt in
+-- flight is recorded (spool::pg_acts); the asking node waits for the
+-- answer here, then deletes the row.
+CREATE TABLE node_acts (
+    id       BIGINT PRIMARY KEY,  -- random: no sequence
+    node     TEXT NOT NULL,
+    queue_id BIGINT NOT NULL,
+    act      TEXT NOT NULL,
+    by_whom  TEXT NOT NULL,
+    reason   TEXT,
+    asked_by TEXT NOT NULL,
+    asked_at BIGINT NOT NULL,
+    taken    BOOLEAN NOT NULL DEFAULT false,
+    answer   TEXT
+);
+CREATE INDEX node_acts_waiting ON node_acts (node) WHERE NOT taken;
+",
 ];
 
 /// The PostgreSQL spool. Cheap to share: clone the `Arc`.
@@ -503,6 +522,11 @@ impl PgSpool {
     }
 
     /// The connection pool, for the small tables (crate::tables).
+    /// This node's name (a command's view: the name the configuration gives).
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
     pub(super) fn pool(&self) -> Pool {
         self.pool.clone()
     }
@@ -1310,6 +1334,23 @@ impl Spool for PgSpool {
             );
             Ok(jobs.iter().map(due_job).collect())
         })
+    }
+
+    fn forward<'a>(
+        &'a self,
+        id: QueueId,
+        act: &'a str,
+        by: &'a Operator,
+    ) -> BoxFuture<'a, Result<Forwarded, SpoolError>> {
+        Box::pin(self.forward_act(id, act, by))
+    }
+
+    fn asked(&self) -> BoxFuture<'_, Result<Vec<Asked>, SpoolError>> {
+        Box::pin(self.take_asked())
+    }
+
+    fn answer<'a>(&'a self, ask: i64, answer: &'a str) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(self.give_answer(ask, answer))
     }
 
     fn rekey(&self, change: KekChange) -> BoxFuture<'_, Result<RekeyDone, SpoolError>> {
