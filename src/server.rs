@@ -79,7 +79,28 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     // Before any listener exists: a SIGHUP or SIGTERM that comes as soon as
     // the port answers must reach our handlers, not the default action
     // (which ends the process).
-    let signals = Signals::install()?;
+    let Signals {
+        terminate,
+        interrupt,
+        hangup,
+    } = Signals::install()?;
+    // A stop asked while starting (a database that does not answer, say)
+    // ends the process at once, as the default action did: nothing has
+    // been accepted or started yet. After that, it finishes what is in
+    // progress.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, shutdown) = watch::channel(false);
+    let started = serving.clone();
+    tokio::spawn(async move {
+        wait_for_stop(terminate, interrupt).await;
+        if !started.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("stopped while starting; nothing was accepted");
+            std::process::exit(0);
+        }
+        tracing::info!("shutting down: no new connections; finishing transactions in progress");
+        crate::systemd::stopping("finishing transactions in progress");
+        let _ = stop.send(true);
+    });
     let config = Arc::new(config);
     for w in config.warnings() {
         tracing::warn!("configuration: {w}");
@@ -150,19 +171,8 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     queue.record_journal(accepted_before).await;
     let handle = queue.handle();
     let listeners = inbound::bind(&config).await?;
-
-    let (stop, shutdown) = watch::channel(false);
-    let Signals {
-        terminate,
-        interrupt,
-        hangup,
-    } = signals;
-    tokio::spawn(async move {
-        wait_for_stop(terminate, interrupt).await;
-        tracing::info!("shutting down: no new connections; finishing transactions in progress");
-        crate::systemd::stopping("finishing transactions in progress");
-        let _ = stop.send(true);
-    });
+    // From here on, background work starts: a stop lets it finish.
+    serving.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let console_listener = crate::console::bind(&config).await?;
     let control = control::Server::bind(

@@ -406,3 +406,53 @@ fn under_journald_lines_carry_their_priority_and_no_timestamp() {
         "{log}"
     );
 }
+
+/// `systemctl stop` while the gateway waits for its database: it stops at
+/// once, and says so, rather than first waiting out the database.
+#[test]
+fn a_stop_while_starting_ends_the_process_at_once() {
+    // Takes connections into its backlog and never answers: a database
+    // that hangs.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[storage]\nurl = \"postgres://sealgate@127.0.0.1:{port}/sealgate\"\n",
+            base_config(dir.path(), free_port(), free_port())
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("users"), "").unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(bin())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    // The gateway reached its database: its signal handlers are in place.
+    hole.set_nonblocking(true).unwrap();
+    let _held = wait_for(T, "the gateway to reach the database", || {
+        hole.accept().ok()
+    });
+    let asked = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_for(T, "the gateway to stop", || child.try_wait().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "stopped only after {:?}:\n{text}",
+        asked.elapsed()
+    );
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(text.contains("stopped while starting"), "{text}");
+}
