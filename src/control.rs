@@ -6,13 +6,15 @@
 //! line: `retry ID`, `flush`, `delete ID [REASON]`, `hold ID [REASON]`,
 //! `release ID`, `bounce ID [REASON]`, `confirm DOMAIN`, `tlsrpt DAY` or
 //! `rekey keep|replace|to PATH`,
-//! answered `ok …` or `error …`. When no gateway runs, the CLI changes the
-//! database itself (TLS-RPT reports need the running gateway).
+//! answered `ok …` or `error …`. Each request is answered on its own, so
+//! an act that waits for an attempt in flight holds up no other. When no
+//! gateway runs, the CLI changes the database itself (TLS-RPT reports need
+//! the running gateway).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -26,11 +28,24 @@ use crate::util::now;
 
 pub struct Server {
     listener: UnixListener,
+    requests: Arc<Requests>,
+}
+
+/// What answers the requests, each in a task of its own.
+struct Requests {
     spool: Arc<dyn Spool>,
     queue: QueueHandle,
     memory: Arc<DomainMemory>,
     reporter: Arc<Reporter>,
+    /// Held while this process rotates the spool's keys: one at a time.
+    rotating: tokio::sync::Mutex<()>,
 }
+
+/// How long a client may take to send its request line.
+const REQUEST_LINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest request line read; the longest real one is a path.
+const MAX_LINE: u64 = 64 * 1024;
 
 impl Server {
     pub fn bind(
@@ -53,10 +68,13 @@ impl Server {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Server {
             listener,
-            spool,
-            queue,
-            memory,
-            reporter,
+            requests: Arc::new(Requests {
+                spool,
+                queue,
+                memory,
+                reporter,
+                rotating: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 
@@ -69,19 +87,29 @@ impl Server {
                 },
                 _ = shutdown.changed() => return,
             };
-            let mut stream = BufReader::new(stream);
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.is_err() {
-                continue;
-            }
-            let answer = self.handle(line.trim()).await;
-            let _ = stream
-                .get_mut()
-                .write_all(format!("{answer}\n").as_bytes())
-                .await;
+            // Each request on its own: an act that waits for an attempt in
+            // flight (here, or on the node that owns the message) or a key
+            // rotation does not hold up a flush or a retry meanwhile.
+            let requests = self.requests.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                let mut limited = (&mut stream).take(MAX_LINE);
+                let read = limited.read_line(&mut line);
+                if !matches!(tokio::time::timeout(REQUEST_LINE, read).await, Ok(Ok(_))) {
+                    return;
+                }
+                let answer = requests.handle(line.trim()).await;
+                let _ = stream
+                    .get_mut()
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .await;
+            });
         }
     }
+}
 
+impl Requests {
     async fn handle(&self, line: &str) -> String {
         if line == "flush" {
             return match self.spool.retry_all(now()).await {
@@ -112,6 +140,10 @@ impl Server {
                 None if id == "replace" => KekChange::Replace,
                 Some(("to", path)) => KekChange::WriteTo(path.into()),
                 _ => return format!("error: cannot understand `{line}`"),
+            };
+            let Ok(_one) = self.rotating.try_lock() else {
+                return "error: a rotation of the spool's keys is running already; wait for it"
+                    .to_string();
             };
             return match self.spool.rekey(change).await {
                 Ok(done) => {

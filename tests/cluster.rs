@@ -838,6 +838,21 @@ fn an_act_asked_on_one_node_waits_for_the_owners_attempt_in_flight() {
         !bouncing.is_finished(),
         "the bounce ended while the owner's attempt was in flight"
     );
+    // Meanwhile the node asked answers other requests on its control socket.
+    let flushing = {
+        let config = asking.config.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin())
+                .args(["--config", config.to_str().unwrap(), "queue", "flush"])
+                .output()
+                .unwrap()
+        })
+    };
+    wait_for(Duration::from_secs(10), "a flush beside the bounce", || {
+        flushing.is_finished().then_some(())
+    });
+    let flushed = flushing.join().unwrap();
+    assert!(flushed.status.success(), "{}", output_text(&flushed));
     hop.answer.send(()).unwrap();
     let out = bouncing.join().unwrap();
     let said = output_text(&out);
