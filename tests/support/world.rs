@@ -169,6 +169,18 @@ pub fn world() -> &'static World {
             let www = dir.join("www").join(domain);
             std::fs::create_dir_all(www.join(".well-known")).unwrap();
             std::fs::write(www.join(".well-known/mta-sts.txt"), policy).unwrap();
+            // A server left by another checkout's run would answer in place of
+            // ours with a certificate from another CA: say so, not "BadSignature".
+            // (Ours from an earlier run was stopped above: give it a moment.)
+            let start = Instant::now();
+            while std::net::TcpStream::connect((*addr, HTTPS_PORT)).is_ok() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{addr}:{HTTPS_PORT} is taken by another process before this world's \
+                     MTA-STS server started (a peer left by another checkout? `ss -ltnp`)"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             // Outlives this process on purpose, like Knot and Postfix; stopped
             // through its pid file by `stop` and by the suite's end.
             #[allow(clippy::zombie_processes)]
