@@ -236,6 +236,8 @@ fn queue_flush_tries_every_deferred_message_now() {
         });
     }
     dest().remove_rule(&rule);
+    // A reload reaches Postfix's smtpd processes in their own time.
+    dest().wait_rcpt_reply(&rcpts[0], "250");
     let out = gw.cli(&["queue", "flush"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -305,6 +307,7 @@ fn an_operator_holds_releases_bounces_and_deletes_queued_mail() {
 
     // The peer takes mail again: b goes at the flush, a stays held.
     dest().remove_rule(&rule);
+    dest().wait_rcpt_reply(&rcpt("b"), "250");
     let refused = gw.cli(&["queue", "retry", &a]);
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("held; release it"),
@@ -427,6 +430,7 @@ fn transient_failure_is_retried_then_delivered() {
     assert!(line["delay"].parse::<u64>().is_ok(), "{line:?}");
 
     dest().remove_rule(&rule);
+    dest().wait_rcpt_reply(&rcpt, "250");
     // `queue retry` reaches the running gateway through its control socket.
     let out = gw.cli(&["queue", "retry", &id]);
     assert!(
