@@ -529,22 +529,7 @@ impl Queue {
         match self.spool.asked().await {
             Ok(asked) => {
                 for a in asked {
-                    let (done, result) = tokio::sync::oneshot::channel();
-                    match Act::from_name(&a.act) {
-                        Some(act) => {
-                            tracing::info!(id = %a.id, "{} asked by node {}", a.act, a.from);
-                            let _ = self.handle.tx.send(Event::Act {
-                                id: a.id,
-                                act,
-                                by: a.by.clone(),
-                                done,
-                            });
-                        }
-                        None => {
-                            let _ = done.send(Err(format!("no such act: {:?}", a.act)));
-                        }
-                    }
-                    owner::reply(self.spool.clone(), a, result);
+                    owner::take(&self.handle.tx, self.spool.clone(), a);
                 }
             }
             Err(e) => tracing::warn!("cannot read the acts other nodes asked of this one: {e}"),

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Act, Acted};
+use super::{Act, Acted, Event};
 use crate::message::QueueId;
 use crate::spool::{Asked, Forwarded, Operator, Spool};
 
@@ -41,13 +41,31 @@ pub async fn elsewhere(
     }
 }
 
+/// Puts an act another node asked of this one, the owner, into this
+/// node's queue (`events`), where it waits for any attempt in flight, and
+/// writes the outcome back for the node that asked.
+pub(super) fn take(events: &mpsc::UnboundedSender<Event>, spool: Arc<dyn Spool>, asked: Asked) {
+    let (done, result) = oneshot::channel();
+    match Act::from_name(&asked.act) {
+        Some(act) => {
+            tracing::info!(id = %asked.id, "{} asked by node {}", asked.act, asked.from);
+            let _ = events.send(Event::Act {
+                id: asked.id,
+                act,
+                by: asked.by.clone(),
+                done,
+            });
+        }
+        None => {
+            let _ = done.send(Err(format!("no such act: {:?}", asked.act)));
+        }
+    }
+    reply(spool, asked, result);
+}
+
 /// Writes `result` back to the node that asked, once the queue has done
 /// the act; tries for a minute while the database is away.
-pub fn reply(
-    spool: Arc<dyn Spool>,
-    asked: Asked,
-    result: oneshot::Receiver<Result<Acted, String>>,
-) {
+fn reply(spool: Arc<dyn Spool>, asked: Asked, result: oneshot::Receiver<Result<Acted, String>>) {
     tokio::spawn(async move {
         let result = result
             .await
